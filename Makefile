@@ -1,0 +1,36 @@
+# The two commands: `make demo` and `make test`. Both set up .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-unit install bench stop clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Data, model, Redis, gateway on 127.0.0.1:8000 in the foreground (Ctrl-C stops it).
+demo: $(STAMP)
+	$(VENV)/bin/mlgate demo
+
+## The whole suite: unit tests, then integration tests on real MLflow, Ray Serve and HTTP.
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+## Sequential latency, direct ingress vs Ray's HTTP proxy (needs a trained demo model).
+bench: $(STAMP)
+	$(PY) loadtests/bench_predict.py --compare-ingress --calls 1000
+
+stop: $(STAMP)
+	$(VENV)/bin/mlgate stop
+
+clean:
+	rm -rf .mlgate .pytest_cache

@@ -1,0 +1,1 @@
+"""Observability: every Prometheus metric of mlgate is defined in ``metrics.py``."""

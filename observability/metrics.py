@@ -1,0 +1,72 @@
+"""Every Prometheus metric mlgate exports, defined once, with bounded labels only.
+
+Labels are model, version, stage and outcome (``ok`` or a stable error code): never entity ids,
+raw paths or anything a caller controls. Unknown model names are counted as ``_unknown``.
+A :class:`GatewayMetrics` owns its registry, so tests and replicas never share global state.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+# Sub-millisecond resolution where the gateway lives, seconds where things go wrong.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
+                   0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+UNKNOWN_MODEL = "_unknown"
+STAGES = ("decode", "inference", "encode")
+
+
+class GatewayMetrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "mlgate_requests", "Predict requests by model, version and outcome (ok or error code).",
+            ["model", "version", "outcome"], registry=r)
+        self.request_latency = Histogram(
+            "mlgate_request_duration_seconds", "Time from request received to response ready.",
+            ["model", "outcome"], buckets=LATENCY_BUCKETS, registry=r)
+        self.stage_latency = Histogram(
+            "mlgate_stage_duration_seconds", "Time spent per pipeline stage.",
+            ["model", "stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.instances = Histogram(
+            "mlgate_request_instances", "Rows per predict request.",
+            ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "mlgate_model_batch_rows", "Rows per model call after dynamic batching.",
+            ["model", "version"], buckets=BATCH_BUCKETS, registry=r)
+        self.model_load_seconds = Gauge(
+            "mlgate_model_load_seconds", "Seconds the loaded version took to resolve, download, "
+            "open and validate.", ["model", "version"], registry=r)
+        self.model_ready = Gauge(
+            "mlgate_model_ready", "1 while the model has a validated version serving, else 0.",
+            ["model"], registry=r)
+        self.model_load_failures = Counter(
+            "mlgate_model_load_failures", "Model versions refused at load or validation.",
+            ["model"], registry=r)
+
+    def observe_request(self, model: str, version: str, outcome: str, seconds: float,
+                        rows: int = 0) -> None:
+        self.requests.labels(model, version, outcome).inc()
+        self.request_latency.labels(model, outcome).observe(seconds)
+        if rows:
+            self.instances.labels(model).observe(rows)
+
+    def observe_stage(self, model: str, stage: str, seconds: float) -> None:
+        self.stage_latency.labels(model, stage).observe(seconds)
+
+    def model_loaded(self, model: str, version: str, seconds: float) -> None:
+        self.model_load_seconds.labels(model, version).set(seconds)
+        self.model_ready.labels(model).set(1)
+
+    def model_failed(self, model: str) -> None:
+        self.model_load_failures.labels(model).inc()
+        self.model_ready.labels(model).set(0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,165 @@
+"""Request rows in, model columns out; model outputs in, response rows out.
+
+Pure functions over plain Python and numpy, so they are unit-tested without a server. Validation
+messages name the row and the feature and say what was expected; they never echo the value.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import orjson
+
+from serving.errors import (
+    InvalidFeatureType,
+    InvalidRequest,
+    MalformedJson,
+    MissingFeatures,
+    NonFiniteValue,
+    TooManyInstances,
+    UnknownFeature,
+)
+from serving.runtime.base import ModelSpec
+
+_F32_MAX = float(np.finfo(np.float32).max)
+_NUMBER = (int, float)
+_MAX_NAMES_SHOWN = 5
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a request body; NaN/Infinity literals get their own error, not 'malformed'."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:  # the stdlib parser accepts NaN/Infinity: if it succeeds, those literals were the cause
+        json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedJson() from None
+    raise NonFiniteValue("NaN and Infinity are not valid feature values")
+
+
+def instances_of(payload: Any, max_instances: int) -> list[dict[str, Any]]:
+    """The ``instances`` list of a predict body, after checking the envelope."""
+    if not isinstance(payload, dict):
+        raise InvalidRequest("the body must be a JSON object with an 'instances' list")
+    extra = payload.keys() - {"instances"}
+    if extra:
+        raise InvalidRequest(f"unknown top-level fields: {_names(extra)}")
+    instances = payload.get("instances")
+    if not isinstance(instances, list) or not instances:
+        raise InvalidRequest("'instances' must be a non-empty list of objects")
+    if len(instances) > max_instances:
+        raise TooManyInstances(f"{len(instances)} instances sent, at most {max_instances} allowed")
+    for i, row in enumerate(instances):
+        if not isinstance(row, dict):
+            raise InvalidRequest(f"instances[{i}] must be an object of feature names to values")
+    return instances
+
+
+def decode(instances: Sequence[Mapping[str, Any]], spec: ModelSpec) -> dict[str, np.ndarray]:
+    """Validate rows against the model's signature and turn them into one array per feature."""
+    names = spec.feature_names
+    expected = frozenset(names)
+    optional = frozenset(f.name for f in spec.inputs if not f.required)
+    for i, row in enumerate(instances):
+        if row.keys() != expected:
+            _raise_key_mismatch(i, row, expected, optional)
+    columns: dict[str, np.ndarray] = {}
+    for feature in spec.inputs:
+        values = [row.get(feature.name) for row in instances]
+        columns[feature.name] = _column(values, feature.name, feature.dtype, feature.required)
+    return columns
+
+
+def _raise_key_mismatch(i: int, row: Mapping[str, Any], expected: frozenset[str],
+                        optional: frozenset[str]) -> None:
+    extra = row.keys() - expected
+    if extra:
+        raise UnknownFeature(f"instances[{i}]: unknown features: {_names(extra)}")
+    missing = expected - row.keys() - optional
+    if missing:
+        raise MissingFeatures(f"instances[{i}]: missing features: {_names(missing)}")
+
+
+def _column(values: list[Any], name: str, dtype: str, required: bool) -> np.ndarray:
+    kinds = set(map(type, values))
+    if dtype == "boolean":
+        if kinds <= {bool}:
+            return np.array(values, dtype=np.bool_)
+        raise InvalidFeatureType(_where(values, lambda v: type(v) is not bool, name, "a boolean"))
+    if not kinds <= {int, float}:  # bool is not a number here, though it subclasses int
+        if None in values and not required and kinds - {type(None)} <= {int, float}:
+            values = [np.nan if v is None else v for v in values]
+        else:
+            what = "a number" if required else "a number or null"
+            raise InvalidFeatureType(_where(values, lambda v: type(v) not in _NUMBER, name, what))
+    try:
+        column = np.array(values, dtype=np.float64)
+    except OverflowError:  # an integer beyond float range
+        raise NonFiniteValue(f"{name}: a value is out of range") from None
+    # JSON cannot carry NaN (parse_json refuses it), so the only NaN here is an allowed null.
+    bad = np.abs(column) > _F32_MAX
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise NonFiniteValue(f"instances[{row}].{name}: must be a finite number within ±3.4e38")
+    if dtype in ("long", "integer"):
+        with np.errstate(invalid="ignore"):
+            fractional = np.isfinite(column) & (column != np.round(column))
+        if fractional.any():
+            raise InvalidFeatureType(f"instances[{int(np.argmax(fractional))}].{name}: expected an integer")
+    return column
+
+
+def _where(values: list[Any], is_bad: Any, name: str, what: str) -> str:
+    row = next(i for i, v in enumerate(values) if is_bad(v))
+    got = "null" if values[row] is None else _json_kind(values[row])
+    return f"instances[{row}].{name}: expected {what}, got {got}"
+
+
+def _json_kind(value: Any) -> str:
+    return {bool: "boolean", str: "string", list: "array", dict: "object",
+            int: "number", float: "number"}.get(type(value), "a value")
+
+
+def _names(names: Any) -> str:
+    ordered = sorted(str(n)[:64] for n in names)
+    shown = ", ".join(ordered[:_MAX_NAMES_SHOWN])
+    more = len(ordered) - _MAX_NAMES_SHOWN
+    return shown + (f" (and {more} more)" if more > 0 else "")
+
+
+def concat(batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Several decoded requests as one batch (for ``@serve.batch``)."""
+    if len(batches) == 1:
+        return dict(batches[0])
+    return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
+
+
+def split(outputs: Mapping[str, np.ndarray], sizes: Sequence[int]) -> list[dict[str, np.ndarray]]:
+    """The inverse of :func:`concat` on the model's outputs."""
+    if len(sizes) == 1:
+        return [dict(outputs)]
+    bounds = np.cumsum(sizes)[:-1]
+    parts = {name: np.split(np.asarray(arr), bounds) for name, arr in outputs.items()}
+    return [{name: parts[name][i] for name in outputs} for i in range(len(sizes))]
+
+
+def encode(outputs: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Model outputs as one JSON-ready dict per row.
+
+    A classifier (outputs ``label`` and ``probabilities``) gives ``label`` plus, when binary,
+    ``probability`` of the positive class, else the list of class ``probabilities``. Any other
+    model gives each output under its own name.
+    """
+    if "label" in outputs and "probabilities" in outputs:
+        labels = np.asarray(outputs["label"]).tolist()
+        probs = np.asarray(outputs["probabilities"], dtype=np.float64)
+        if probs.ndim == 2 and probs.shape[1] == 2:
+            return [{"label": lab, "probability": p} for lab, p in zip(labels, probs[:, 1].tolist())]
+        return [{"label": lab, "probabilities": p} for lab, p in zip(labels, probs.tolist())]
+    columns = {name: np.asarray(arr).tolist() for name, arr in outputs.items()}
+    n = len(next(iter(columns.values()))) if columns else 0
+    return [{name: col[i] for name, col in columns.items()} for i in range(n)]

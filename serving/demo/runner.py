@@ -1,0 +1,156 @@
+"""The demo: data, a registered model, Redis, the gateway in the background, real predictions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+from serving.launcher import url, wait_ready
+from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def data_dir(settings: Settings) -> Path:
+    return settings.state_dir / "data"
+
+
+def pid_file(settings: Settings) -> Path:
+    return settings.state_dir / "gateway.pid"
+
+
+def ensure_data(settings: Settings, customers: int) -> None:
+    from serving.demo import data
+
+    if (data_dir(settings) / "transactions.parquet").exists():
+        return
+    print(f"generating demo data for {customers:,} customers ...", flush=True)
+    data.write(data.generate(n_customers=customers), data_dir(settings))
+
+
+def has_alias(settings: Settings, name: str, alias: str) -> bool:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    try:
+        client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return False
+    return True
+
+
+def train(settings: Settings, alias: str, seed: int = 0):
+    from serving.demo import data
+    from serving.demo.train import train_and_register
+
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    print(f"training fraud-detector for @{alias} ...", flush=True)
+    result = train_and_register(data.read(data_dir(settings)), settings.tracking_uri,
+                                settings.artifact_root, alias=alias, seed=seed)
+    print(f"registered {result.name} v{result.version} as @{alias} "
+          f"(AUC {result.metrics['auc']:.3f}, average precision {result.metrics['average_precision']:.3f})")
+    return result
+
+
+def ensure_redis(settings: Settings) -> None:
+    """Start a local redis-server when none answers at the configured URL (local URLs only)."""
+    import redis
+
+    target = urlparse(settings.redis.url)
+    try:
+        redis.Redis.from_url(settings.redis.url, socket_timeout=1).ping()
+        return
+    except redis.RedisError:
+        if target.hostname not in ("127.0.0.1", "localhost"):
+            raise
+    port = target.port or 6379
+    print(f"no Redis at {target.hostname}:{port}: starting redis-server", flush=True)
+    subprocess.run(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes",
+                    "--save", "", "--appendonly", "no", "--dir", str(settings.state_dir)], check=True)
+
+
+def start_detached(settings: Settings, serve_args: list[str], ready_timeout_s: float = 300) -> int:
+    """``mlgate serve`` in the background; returns its pid once /readyz says ready."""
+    if is_running(settings):
+        raise RuntimeError(f"a gateway is already running (pid file {pid_file(settings)}); "
+                           "run `mlgate stop` first")
+    logs = settings.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "gateway.log", "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", *serve_args],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "MLGATE_STATE_DIR": str(settings.state_dir)},
+                                start_new_session=True)
+    pid_file(settings).write_text(str(proc.pid))
+    try:
+        wait_ready(settings, ready_timeout_s, alive=lambda: proc.poll() is None)
+    except Exception:
+        stop(settings)
+        raise RuntimeError(f"the gateway did not start; see {logs / 'gateway.log'}") from None
+    return proc.pid
+
+
+def is_running(settings: Settings) -> bool:
+    path = pid_file(settings)
+    if not path.exists():
+        return False
+    try:
+        os.kill(int(path.read_text()), 0)
+    except (ProcessLookupError, ValueError):
+        path.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def stop(settings: Settings, timeout_s: float = 60) -> bool:
+    """Stop a detached gateway (SIGTERM, then SIGKILL of its process group). False if none."""
+    path = pid_file(settings)
+    if not path.exists():
+        return False
+    pid = int(path.read_text())
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)
+            time.sleep(0.25)
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    path.unlink(missing_ok=True)
+    return True
+
+
+def show_predictions(settings: Settings, model: str = "fraud-detector") -> None:
+    """Send a few real transactions and print them, with a curl line to paste."""
+    from serving.demo import data
+    from serving.demo.train import FEATURE_NAMES, training_table
+
+    demo = data.read(data_dir(settings))
+    table = training_table(data.DemoData(demo.customers, demo.merchants, demo.transactions.tail(2000)))
+    rows = table[table.label == 1].head(2).to_dict("records") + table[table.label == 0].head(2).to_dict("records")
+    instances = [{k: r[k] for k in FEATURE_NAMES} for r in rows]
+    endpoint = url(settings, f"/v1/models/{model}/predict")
+    response = httpx.post(endpoint, json={"instances": instances}, timeout=10)
+    response.raise_for_status()
+    body = response.json()
+    print(f"\n{model} v{body['version']} (@{body['alias']}) answered request {body['request_id']}:")
+    for row, pred in zip(rows, body["predictions"]):
+        print(f"  amount {row['amount']:>8.2f}  risk {row['merchant_risk']:.2f}  foreign {row['is_foreign']}"
+              f"  -> p(fraud) {pred['probability']:.3f}  label {pred['label']}  (truth {row['label']})")
+    one = json.dumps({"instances": instances[:1]})
+    print("\nTry it:\n  curl -s -X POST " + shlex.quote(endpoint)
+          + " -H 'Content-Type: application/json' -d " + shlex.quote(one))
+    print(f"  curl -s {url(settings, f'/v1/models/{model}')}   # version, signature, example body")
+    print(f"  curl -s {url(settings, '/metrics')} | grep mlgate_requests\n", flush=True)

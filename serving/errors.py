@@ -1,0 +1,96 @@
+"""mlgate's error taxonomy: one class per failure a caller can see.
+
+Every error carries its HTTP status, a stable ``code`` for clients to branch on, whether a retry
+may help, and a message that is safe to show (it never echoes request values or exception text).
+No framework imports here: transports map these in their own module (``serving/http/errors.py``).
+"""
+
+from __future__ import annotations
+
+
+class MlgateError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+    retryable: bool = False
+    retry_after_s: int | None = None
+    default_message: str = "internal error"
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or self.default_message
+        super().__init__(self.message)
+
+
+class InvalidRequest(MlgateError):
+    status, code, default_message = 400, "invalid_request", "the request body is not valid"
+
+
+class MalformedJson(InvalidRequest):
+    code, default_message = "malformed_json", "the request body is not valid JSON"
+
+
+class InvalidFeatureType(InvalidRequest):
+    code = "invalid_feature_type"
+
+
+class NonFiniteValue(InvalidRequest):
+    code = "non_finite_value"
+
+
+class UnknownFeature(InvalidRequest):
+    code = "unknown_feature"
+
+
+class MissingFeatures(MlgateError):
+    status, code = 422, "missing_features"
+
+
+class ModelNotFound(MlgateError):
+    status, code = 404, "model_not_found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no model named {name!r} is served here")
+
+
+class RouteNotFound(MlgateError):
+    status, code, default_message = 404, "not_found", "no such endpoint"
+
+
+class MethodNotAllowed(MlgateError):
+    status, code, default_message = 405, "method_not_allowed", "method not allowed on this endpoint"
+
+
+class PayloadTooLarge(MlgateError):
+    status, code = 413, "payload_too_large"
+
+
+class TooManyInstances(PayloadTooLarge):
+    code = "too_many_instances"
+
+
+class UnsupportedMediaType(MlgateError):
+    status, code, default_message = 415, "unsupported_media_type", "send Content-Type: application/json"
+
+
+class ModelNotReady(MlgateError):
+    status, code, retryable, retry_after_s = 503, "model_not_ready", True, 5
+
+
+class DependencyUnavailable(MlgateError):
+    status, code, retryable, retry_after_s = 503, "dependency_unavailable", True, 2
+
+
+class DeadlineExceeded(MlgateError):
+    status, code, retryable = 504, "deadline_exceeded", True
+    default_message = "the request did not finish within its deadline"
+
+
+class InternalError(MlgateError):
+    """Anything unexpected. Its message is fixed: the cause goes to the log, not the caller."""
+
+
+class ModelValidationError(Exception):
+    """A model refused at load time (bad artifact, wrong schema, failing input example).
+
+    Not an HTTP error: it keeps a model from ever serving, and the gateway reports the model as
+    not ready instead.
+    """

@@ -1,0 +1,1 @@
+"""The HTTP transport: a FastAPI app over the transport-free pipeline."""

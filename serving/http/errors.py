@@ -1,0 +1,87 @@
+"""Maps the error taxonomy onto HTTP responses, and framework errors onto the taxonomy."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from serving.errors import (
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    MlgateError,
+    RouteNotFound,
+)
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def request_id(request: Request) -> str:
+    """The caller's X-Request-ID when it is safe to echo, else a new one; stable per request."""
+    rid = getattr(request.state, "request_id", None)
+    if rid is None:
+        given = request.headers.get(REQUEST_ID_HEADER)
+        rid = given if given and _SAFE_REQUEST_ID.match(given) else uuid.uuid4().hex
+        request.state.request_id = rid
+    return rid
+
+
+def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+def error_response(error: MlgateError, rid: str, echo_request_id: bool = True) -> Response:
+    headers = {REQUEST_ID_HEADER: rid} if echo_request_id else {}
+    if error.retry_after_s is not None:
+        headers["retry-after"] = str(error.retry_after_s)
+    # Messages are written to be shown (InternalError's is fixed): never str() of a cause.
+    body = {"error": {"code": error.code, "message": error.message, "request_id": rid,
+                      "retryable": error.retryable}}
+    return json_response(body, error.status, headers)
+
+
+def install_error_handlers(app: FastAPI, echo_request_id: bool = True) -> None:
+    """``echo_request_id=False`` when a middleware in front (Ray Serve's) already sets the header."""
+
+    def respond(error: MlgateError, request: Request) -> Response:
+        return error_response(error, request_id(request), echo_request_id)
+
+    async def on_mlgate_error(request: Request, exc: MlgateError) -> Response:
+        return respond(exc, request)
+
+    async def on_http_exception(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404:
+            error: MlgateError = RouteNotFound()
+        elif exc.status_code == 405:
+            error = MethodNotAllowed()
+        elif exc.status_code < 500:
+            error = InvalidRequest()
+            error.status = exc.status_code
+        else:
+            error = InternalError()
+        return respond(error, request)
+
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return respond(InvalidRequest(f"{where}: {first.get('msg', 'invalid')}"), request)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", extra={"request_id": request_id(request)})
+        return respond(InternalError(), request)
+
+    app.add_exception_handler(MlgateError, on_mlgate_error)
+    app.add_exception_handler(HTTPException, on_http_exception)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_unexpected)

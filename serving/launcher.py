@@ -1,0 +1,123 @@
+"""Start the gateway on Ray Serve from a Serve config file plus mlgate settings.
+
+``mlgate serve`` = what ``serve run serve.yaml`` does, with the ingress mode, ports and
+application args filled in from :class:`Settings`, and a wait for ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path(__file__).parent / "config" / "serve.yaml"
+# Direct-ingress replicas take consecutive ports from the public one, one per replica on a node.
+DIRECT_INGRESS_PORTS = 16
+
+
+def read_config(path: Path = DEFAULT_CONFIG) -> dict[str, Any]:
+    config = yaml.safe_load(path.read_text())
+    if len(config.get("applications", [])) != 1:
+        raise ValueError(f"{path}: mlgate expects exactly one application")
+    return config
+
+
+def app_args(config: dict[str, Any]) -> dict[str, Any]:
+    """The application args of a Serve config: Settings fields the file sets."""
+    return dict(config["applications"][0].get("args") or {})
+
+
+def ray_environment(settings: Settings) -> dict[str, str]:
+    """Environment Ray must start with for the chosen ingress (read by Serve's controller)."""
+    if settings.http.ingress == "proxy":
+        return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+    port = settings.http.port
+    return {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + DIRECT_INGRESS_PORTS),
+    }
+
+
+def resolved_config(config: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The Serve config with ports, app name and the full settings as application args."""
+    resolved = {**config, "http_options": dict(config.get("http_options") or {})}
+    http = resolved["http_options"]
+    http["host"] = settings.http.host
+    http["port"] = settings.http.proxy_port if settings.http.ingress == "direct" else settings.http.port
+    app = dict(config["applications"][0])
+    app["name"] = settings.ray.app_name
+    app["args"] = settings.model_dump(mode="json")
+    resolved["applications"] = [app]
+    return resolved
+
+
+def url(settings: Settings, path: str = "") -> str:
+    host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host
+    return f"http://{host}:{settings.http.port}{path}"
+
+
+def wait_ready(settings: Settings, timeout_s: float, alive=lambda: True) -> None:
+    """Poll /readyz until 200; raise TimeoutError (or RuntimeError if ``alive()`` turns False)."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError("the gateway process exited before it was ready")
+        try:
+            response = httpx.get(url(settings, "/readyz"), timeout=2.0)
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.HTTPError as exc:
+            last = type(exc).__name__
+        time.sleep(0.5)
+    raise TimeoutError(f"gateway not ready after {timeout_s:.0f}s ({last})")
+
+
+def serve_forever(settings: Settings, config: dict[str, Any], ready_timeout_s: float = 300) -> None:
+    """Start (or join) Ray, deploy the application, wait until ready, block until signalled."""
+    import ray
+    from ray.serve._private import api as serve_api  # what `serve run CONFIG` itself calls
+    from ray.serve.config import gRPCOptions
+    from ray.serve.schema import ServeDeploySchema
+
+    if settings.ray.address is None:
+        os.environ.update(ray_environment(settings))
+    else:
+        log.warning("joining Ray at %s: its nodes must run with %s", settings.ray.address,
+                    " ".join(f"{k}={v}" for k, v in ray_environment(settings).items()))
+    schema = ServeDeploySchema.model_validate(resolved_config(config, settings))
+    ray.init(address=settings.ray.address, num_cpus=settings.ray.num_cpus,
+             namespace="serve", include_dashboard=False, log_to_driver=False)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        client = serve_api.serve_start(
+            http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
+            grpc_options=gRPCOptions(**schema.grpc_options.model_dump()))
+        client.deploy_apps(schema, _blocking=False)
+        wait_ready(settings, ready_timeout_s, alive=lambda: not stop.is_set())
+        print(f"mlgate serving on {url(settings)} ({settings.http.ingress} ingress)", flush=True)
+        stop.wait()
+    finally:
+        from ray import serve
+
+        try:
+            serve.delete(settings.ray.app_name)
+        finally:
+            if settings.ray.address is None:
+                serve.shutdown()
+            ray.shutdown()

@@ -1,0 +1,127 @@
+"""Ray Serve glue: the gateway ingress deployment, model deployments, and the app builder.
+
+``build(args)`` is the import path for ``serve run`` / ``serve deploy`` / ``mlgate serve``
+(see serving/config/serve.yaml). Everything here only adapts the transport-free pieces:
+settings -> model table -> pipeline -> FastAPI app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Mapping
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from observability.metrics import GatewayMetrics
+from serving import codec
+from serving.http.app import build_app
+from serving.models import INLINE_MAX_ROWS, InProcessModel, ModelBackend, ModelTable
+from serving.pipeline import Pipeline
+from serving.runtime.base import ModelSpec
+from serving.runtime.loader import load_model
+from serving.settings import BatchingSettings, ModelSettings, Settings
+
+log = logging.getLogger(__name__)
+
+GATEWAY = "Gateway"
+
+
+def model_deployment_name(model: str) -> str:
+    return f"model-{model}"
+
+
+def _load(settings: Settings, model: ModelSettings):
+    return load_model(model, tracking_uri=settings.tracking_uri,
+                      cache_dir=settings.state_dir / "models", onnx=settings.onnx)
+
+
+@serve.deployment(max_ongoing_requests=64)
+class ModelDeployment:
+    """One model in its own replicas; concurrent calls are merged by ``@serve.batch``."""
+
+    def __init__(self, settings: dict[str, Any], model: str) -> None:
+        self._settings = Settings(**settings)
+        self._runtime = _load(self._settings, self._settings.model(model))
+        self.reconfigure(self._settings.batching.model_dump())
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Live batching knobs from the Serve config's ``user_config`` (no restart)."""
+        batching = BatchingSettings(**user_config)
+        self.predict.set_max_batch_size(batching.max_batch_size)
+        self.predict.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+
+    def describe(self) -> ModelSpec:
+        return self._runtime.spec
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
+    async def predict(self, batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        merged = codec.concat(batches)
+        sizes = [len(next(iter(b.values()))) for b in batches]
+        if sum(sizes) <= INLINE_MAX_ROWS:
+            outputs = self._runtime.predict(merged)
+        else:
+            outputs = await asyncio.to_thread(self._runtime.predict, merged)
+        return codec.split(outputs, sizes)
+
+
+class DeploymentModel:
+    """A model reached through a Ray Serve handle (``placement: deployment``)."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self._handle = handle
+        self.spec: ModelSpec = handle.describe.remote().result()
+
+    async def predict(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return await self._handle.predict.remote(dict(columns))
+
+    def close(self) -> None:
+        pass
+
+
+@serve.deployment(name=GATEWAY, max_ongoing_requests=256)
+@serve.ingress()
+class Gateway:
+    """The HTTP ingress. In-process models are loaded here; the app is built after init."""
+
+    async def __init__(self, settings: dict[str, Any],
+                       handles: dict[str, DeploymentHandle] | None = None) -> None:
+        self._settings = Settings(**settings)
+        logging.getLogger("serving").setLevel(self._settings.log_level)
+        metrics = GatewayMetrics()
+        handles = handles or {}
+
+        def backend(model: ModelSettings) -> ModelBackend:
+            if model.placement == "deployment":
+                return DeploymentModel(handles[model.name])
+            return InProcessModel(_load(self._settings, model), metrics)
+
+        self._models = ModelTable(self._settings, metrics, backend)
+        self._models.start()
+        self._pipeline = Pipeline(self._settings, self._models, metrics)
+
+    def __serve_build_asgi_app__(self):
+        return build_app(self._pipeline, echo_request_id=False)  # Ray's middleware sets it
+
+    async def check_health(self) -> None:
+        """Replica liveness for Ray Serve. Readiness (models loaded) is /readyz."""
+
+    def __del__(self) -> None:
+        models = getattr(self, "_models", None)
+        if models is not None:
+            models.close()
+
+
+def build(args: dict[str, Any] | None = None) -> serve.Application:
+    """Ray Serve application builder: ``args`` are :class:`Settings` fields (env fills the rest)."""
+    settings = Settings(**(args or {}))
+    dumped = settings.model_dump(mode="json")
+    handles = {
+        m.name: ModelDeployment.options(name=model_deployment_name(m.name),
+                                        user_config=settings.batching.model_dump())
+        .bind(dumped, m.name)
+        for m in settings.models if m.placement == "deployment"
+    }
+    return Gateway.bind(dumped, handles)

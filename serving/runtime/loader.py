@@ -1,0 +1,152 @@
+"""From ``models:/<name>@<alias>`` to a validated, ready runtime.
+
+Resolve the reference to a version in the MLflow registry, download its artifacts once into a
+local cache, read the input schema from the signature, open the fastest runtime the flavour
+allows, then score the logged input example. A model that fails any step is refused with a
+:class:`ModelValidationError` and never serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.errors import ModelValidationError
+from serving.runtime.base import NUMPY_DTYPES, FeatureSpec, ModelRuntime, ModelSpec
+from serving.settings import ModelSettings, OnnxSettings
+
+log = logging.getLogger(__name__)
+
+_COMPLETE = ".complete"
+
+
+def resolve_version(client: Any, model: ModelSettings) -> tuple[str, str | None, dict[str, str]]:
+    """The registered version a model setting points at, with its alias and tags."""
+    try:
+        if model.version:
+            mv = client.get_model_version(model.name, model.version)
+            alias = None
+        else:
+            mv = client.get_model_version_by_alias(model.name, model.alias)
+            alias = model.alias
+    except Exception as exc:  # MlflowException for unknown names/aliases, network errors
+        raise ModelValidationError(f"cannot resolve {model.uri}: {exc}") from exc
+    return str(mv.version), alias, dict(mv.tags or {})
+
+
+def download(tracking_uri: str, name: str, version: str, cache_dir: Path) -> Path:
+    """Artifacts of one version, fetched once: a finished download is marked and reused."""
+    import mlflow.artifacts
+
+    target = cache_dir / name / version
+    if (target / _COMPLETE).exists():
+        return target
+    partial = target.with_name(f"{version}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(partial))
+    (partial / _COMPLETE).touch()
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+def read_spec(path: Path, name: str, version: str, alias: str | None, uri: str,
+              tags: dict[str, str]) -> tuple[ModelSpec, str]:
+    """The model's spec from its MLmodel file, and the path of its ONNX file (or '')."""
+    from mlflow.models import Model
+
+    mlmodel = Model.load(str(path))
+    schema = mlmodel.get_input_schema()
+    if schema is None or not schema.has_input_names():
+        raise ModelValidationError("the model has no signature with named input columns")
+    inputs = []
+    for col in schema.inputs:
+        dtype = getattr(col.type, "name", str(col.type))
+        if dtype not in NUMPY_DTYPES:
+            raise ModelValidationError(f"input {col.name!r} has unsupported type {dtype!r}")
+        inputs.append(FeatureSpec(col.name, dtype, bool(getattr(col, "required", True))))
+    example = mlmodel.load_input_example(str(path))
+    rows: tuple[dict[str, Any], ...] = ()
+    if example is not None:
+        records = example.to_dict(orient="records") if hasattr(example, "to_dict") else example
+        rows = tuple(_plain(r) for r in records)
+    onnx_file = ""
+    flavor = "pyfunc"
+    if "onnx" in mlmodel.flavors:
+        flavor = "onnx"
+        onnx_file = str(path / mlmodel.flavors["onnx"]["data"])
+    spec = ModelSpec(name=name, version=version, alias=alias, uri=uri, flavor=flavor,
+                     inputs=tuple(inputs), outputs=(), input_example=rows,
+                     run_id=mlmodel.run_id, tags=tags)
+    return spec, onnx_file
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+
+
+def validate(runtime: ModelRuntime) -> ModelRuntime:
+    """Score the logged input example; refuse the model unless every output is sane."""
+    spec = runtime.spec
+    if not spec.input_example:
+        raise ModelValidationError("the model was logged without an input example")
+    names = spec.feature_names
+    try:
+        inputs = {f.name: np.asarray([row[f.name] for row in spec.input_example],
+                                     dtype=NUMPY_DTYPES[f.dtype]) for f in spec.inputs}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelValidationError(f"the input example does not match the signature {names}") from exc
+    try:
+        outputs = runtime.predict(inputs)
+    except Exception as exc:
+        raise ModelValidationError(f"scoring the input example failed: {exc}") from exc
+    n = len(spec.input_example)
+    for out_name, values in outputs.items():
+        arr = np.asarray(values)
+        if arr.shape[:1] != (n,):
+            raise ModelValidationError(f"output {out_name!r} has {arr.shape[:1]} rows for {n} inputs")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ModelValidationError(f"output {out_name!r} is not finite on the input example")
+    if not spec.outputs:
+        runtime.spec = replace(spec, outputs=tuple(outputs))
+    return runtime
+
+
+def load_model(model: ModelSettings, *, tracking_uri: str, cache_dir: Path,
+               onnx: OnnxSettings) -> ModelRuntime:
+    """Resolve, download, open and validate one configured model."""
+    from mlflow import MlflowClient
+
+    started = time.perf_counter()
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    version, alias, tags = resolve_version(client, model)
+    uri = f"models:/{model.name}/{version}"
+    path = download(tracking_uri, model.name, version, cache_dir)
+    spec, onnx_file = read_spec(path, model.name, version, alias, uri, tags)
+    runtime: ModelRuntime
+    if onnx_file:
+        from serving.runtime.onnx_runtime import OnnxRuntime
+
+        runtime = OnnxRuntime(onnx_file, spec, onnx)
+    else:
+        from serving.runtime.pyfunc_runtime import PyfuncRuntime
+
+        log.warning("model %s v%s has no onnx flavour: serving it through mlflow.pyfunc (slower)",
+                    model.name, version)
+        runtime = PyfuncRuntime(str(path), spec)
+    validate(runtime)
+    seconds = time.perf_counter() - started
+    runtime.spec = replace(runtime.spec, load_seconds=seconds)
+    log.info("loaded %s v%s (%s) in %.2fs", model.name, version, spec.flavor, seconds)
+    return runtime
+

@@ -1,0 +1,84 @@
+"""Pydantic models of the HTTP API v1: they generate the OpenAPI schema.
+
+The hot path validates requests with :mod:`serving.codec` against each model's signature (which
+pydantic cannot know ahead of time); these models state the same contract for clients.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FeatureValue = float | int | bool | None
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PredictRequest(_Strict):
+    instances: list[dict[str, FeatureValue]] = Field(
+        min_length=1,
+        description="Rows of named features (KServe v1 / TF Serving row format). Every feature of "
+                    "the model's signature must be present; null only where the signature marks a "
+                    "feature optional. NaN and Infinity are refused.",
+        examples=[[{"amount": 42.5, "hour_of_day": 13}]])
+
+
+class Prediction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    label: int | None = Field(None, description="Predicted class (classifiers).")
+    probability: float | None = Field(None, description="Probability of the positive class "
+                                                        "(binary classifiers).")
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction] = Field(description="One prediction per instance, in order.")
+    model: str
+    version: str = Field(description="Registered model version that answered.")
+    alias: str | None = Field(description="Alias the version was resolved from, if any.")
+    request_id: str
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable machine-readable error code.")
+    message: str = Field(description="What went wrong; safe to show, never echoes input values.")
+    request_id: str
+    retryable: bool = False
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class FeatureSchema(BaseModel):
+    name: str
+    type: Literal["double", "float", "long", "integer", "boolean"]
+    required: bool
+
+
+class ModelSummary(BaseModel):
+    name: str
+    ready: bool
+    version: str | None = None
+    alias: str | None = None
+    error: str | None = Field(None, description="Why the model is not ready, if it is not.")
+
+
+class ModelDetail(ModelSummary):
+    uri: str | None = None
+    flavor: Literal["onnx", "pyfunc"] | None = None
+    inputs: list[FeatureSchema] = []
+    outputs: list[str] = []
+    example_request: PredictRequest | None = Field(
+        None, description="A ready-to-send body for POST /v1/models/{name}/predict.")
+
+
+class ModelList(BaseModel):
+    models: list[ModelSummary]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "not_ready"]
+    models: dict[str, bool] = {}

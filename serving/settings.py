@@ -1,0 +1,149 @@
+"""The one settings object of an mlgate process.
+
+Everything configurable lives here, read from ``MLGATE_*`` environment variables (nested fields
+with ``__``, e.g. ``MLGATE_HTTP__PORT=9000``) or passed explicitly. Nothing is read at import
+time: build a :class:`Settings` in the process entry point and hand it down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    """Address the gateway listens on."""
+    port: int = Field(8000, ge=1, le=65535)
+    """Public HTTP port of the gateway."""
+    ingress: Literal["direct", "proxy"] = "direct"
+    """``direct``: the gateway replica serves HTTP itself on ``port`` (Ray Serve direct ingress).
+    ``proxy``: Ray Serve's HTTP proxy listens on ``port`` and forwards to the replica (≈3 ms
+    slower per call on a 2-core machine, see loadtests/RESULTS.md)."""
+    proxy_port: int = Field(8100, ge=1, le=65535)
+    """Port of Ray Serve's own proxy in ``direct`` mode (it must listen somewhere)."""
+    max_body_bytes: int = Field(1_048_576, gt=0)
+    """Requests with a larger body are refused with 413."""
+
+
+class LimitSettings(_Section):
+    max_instances: int = Field(1000, gt=0)
+    """Most rows one predict request may carry (413 above)."""
+    deadline_ms: int = Field(2000, gt=0)
+    """Default per-request deadline; a request still running then gets 504."""
+
+
+class BatchingSettings(_Section):
+    max_batch_size: int = Field(32, gt=0)
+    """Most requests merged into one model call by ``@serve.batch``."""
+    batch_wait_timeout_s: float = Field(0.001, ge=0)
+    """How long a partial batch waits for more requests."""
+
+
+class OnnxSettings(_Section):
+    intra_op_threads: int = Field(1, ge=0)
+    """onnxruntime threads inside one operator. 1 suits small tree models on few cores: a
+    thread pool costs more to wake than the work it would split. 0 lets onnxruntime decide."""
+    inter_op_threads: int = Field(1, ge=0)
+    """onnxruntime threads across operators (only used in parallel execution mode)."""
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    """onnxruntime graph optimisation level."""
+
+
+class ModelSettings(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    """Registered model name in MLflow."""
+    alias: str | None = "champion"
+    """Alias to resolve (``models:/<name>@<alias>``); ignored when ``version`` is set."""
+    version: str | None = None
+    """Pin a registered version instead of following an alias."""
+    placement: Literal["inprocess", "deployment"] = "inprocess"
+    """``inprocess``: the model runs inside each gateway replica (no extra hop: the fast path).
+    ``deployment``: the model gets its own Ray Serve deployment, reached through a handle, for
+    models that need their own replicas or resources (each call pays a handle hop)."""
+
+    @model_validator(mode="after")
+    def _needs_a_reference(self) -> ModelSettings:
+        if not self.alias and not self.version:
+            raise ValueError(f"model {self.name!r} needs an alias or a version")
+        return self
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}" if self.version else f"models:/{self.name}@{self.alias}"
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    """Online store (features, fallback scores). ``rediss://`` for TLS."""
+
+
+class RaySettings(_Section):
+    address: str | None = None
+    """Join an existing Ray cluster (``auto`` or ``ray://host:10001``); None starts Ray locally."""
+    num_cpus: int | None = None
+    """CPUs for a locally started Ray (None: all)."""
+    app_name: str = "mlgate"
+    """Name of the Ray Serve application."""
+
+
+class Settings(BaseSettings):
+    """All of mlgate's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MLGATE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    state_dir: Path = Path(".mlgate")
+    """Local state: demo data, the SQLite MLflow store, artifacts, pid files."""
+    mlflow_tracking_uri: str | None = Field(
+        None, validation_alias=AliasChoices("MLGATE_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI",
+                                            "mlflow_tracking_uri"))
+    """MLflow tracking/registry URI; default: a SQLite file in ``state_dir``."""
+    models: tuple[ModelSettings, ...] = (ModelSettings(name="fraud-detector"),)
+    """Models the gateway serves."""
+    http: HttpSettings = HttpSettings()
+    limits: LimitSettings = LimitSettings()
+    batching: BatchingSettings = BatchingSettings()
+    onnx: OnnxSettings = OnnxSettings()
+    ray: RaySettings = RaySettings()
+    redis: RedisSettings = RedisSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        # Ray workers may run elsewhere than the launching shell: pass an absolute path on.
+        return path.expanduser().resolve()
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: tuple[ModelSettings, ...]) -> tuple[ModelSettings, ...]:
+        names = [m.name for m in models]
+        if len(names) != len(set(names)):
+            raise ValueError("model names must be unique")
+        return models
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> str:
+        """Where new MLflow experiments keep artifacts when the store is local."""
+        return (self.state_dir / "artifacts").resolve().as_uri()
+
+    def model(self, name: str) -> ModelSettings | None:
+        return next((m for m in self.models if m.name == name), None)

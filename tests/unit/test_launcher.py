@@ -1,0 +1,29 @@
+from ray.serve.schema import ServeDeploySchema
+
+from serving.launcher import app_args, ray_environment, read_config, resolved_config
+from serving.settings import Settings
+
+
+def test_bundled_config_is_a_valid_ray_serve_config():
+    config = read_config()
+    ServeDeploySchema.model_validate(config)  # exactly what `serve deploy` checks
+    app = config["applications"][0]
+    assert app["import_path"] == "serving.ray_app:build"
+    assert app_args(config) == {}
+
+
+def test_direct_ingress_puts_the_gateway_on_the_public_port_and_the_proxy_aside(tmp_path):
+    settings = Settings(state_dir=tmp_path, http={"port": 9100, "proxy_port": 9200})
+    env = ray_environment(settings)
+    assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "9100"
+    resolved = resolved_config(read_config(), settings)
+    assert resolved["http_options"]["port"] == 9200
+    assert Settings(**resolved["applications"][0]["args"]) == settings
+    ServeDeploySchema.model_validate(resolved)
+
+
+def test_proxy_ingress_puts_rays_proxy_on_the_public_port(tmp_path):
+    settings = Settings(state_dir=tmp_path, http={"port": 9100, "ingress": "proxy"})
+    assert ray_environment(settings) == {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+    assert resolved_config(read_config(), settings)["http_options"]["port"] == 9100
