@@ -21,7 +21,7 @@ from serving.errors import (
     TooManyInstances,
     UnknownFeature,
 )
-from serving.runtime.base import ModelSpec
+from serving.runtime.base import NUMPY_DTYPES, ModelSpec
 
 _F32_MAX = float(np.finfo(np.float32).max)
 _NUMBER = (int, float)
@@ -110,7 +110,10 @@ def _column(values: list[Any], name: str, dtype: str, required: bool) -> np.ndar
             fractional = np.isfinite(column) & (column != np.round(column))
         if fractional.any():
             raise InvalidFeatureType(f"instances[{int(np.argmax(fractional))}].{name}: expected an integer")
-    return column
+        if np.isnan(column).any():  # an allowed null: integers cannot hold it
+            return column
+    # The signature's own dtype: schema-enforcing runtimes (mlflow.pyfunc) refuse anything else.
+    return column.astype(NUMPY_DTYPES[dtype], copy=False)
 
 
 def _where(values: list[Any], is_bad: Any, name: str, what: str) -> str:

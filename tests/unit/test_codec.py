@@ -20,7 +20,7 @@ ROW = {"amount": 12.5, "count": 3, "is_online": False, "score": 0.25}
 def test_decode_builds_one_typed_column_per_feature(spec):
     cols = codec.decode([ROW, {**ROW, "amount": 7, "score": None}], spec)
     assert cols["amount"].tolist() == [12.5, 7.0]
-    assert cols["count"].tolist() == [3.0, 3.0]
+    assert cols["count"].tolist() == [3, 3] and cols["count"].dtype == np.int64  # signature dtype
     assert cols["is_online"].dtype == np.bool_
     assert cols["score"][0] == 0.25 and math.isnan(cols["score"][1])  # optional null -> NaN
 

@@ -1,0 +1,212 @@
+"""The gateway end to end: the real CLI starts real Ray Serve (direct ingress) over a real MLflow
+registry; every check goes over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shlex
+import subprocess
+
+import httpx
+import numpy as np
+import orjson
+import pandas as pd
+import pytest
+
+from serving import codec
+from serving.demo import data
+from serving.demo.train import FEATURE_NAMES, training_table
+from serving.runtime.loader import load_model
+from serving.settings import ModelSettings, Settings
+from tests.integration.conftest import DEMO_CUSTOMERS, free_port, free_port_block, run_cli
+
+pytestmark = pytest.mark.integration
+
+MODEL = "fraud-detector"
+PYFUNC = "fraud-pyfunc"
+
+
+def register_sklearn_model(settings: Settings, table: pd.DataFrame) -> None:
+    """A non-ONNX model (sklearn flavour) registered as fraud-pyfunc@champion."""
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+
+    x = table[FEATURE_NAMES]
+    model = LogisticRegression(max_iter=500).fit(x, table["label"])
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    with mlflow.start_run():
+        mlflow.sklearn.log_model(model, name="model", signature=infer_signature(x, model.predict(x)),
+                                 input_example=x.head(3), registered_model_name=PYFUNC)
+    client = mlflow.MlflowClient(settings.tracking_uri)
+    client.set_registered_model_alias(PYFUNC, "champion", "1")
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, redis_url):
+    """`mlgate data`, `mlgate train`, then `mlgate demo --detach` on free ports; `mlgate stop` after."""
+    state = tmp_path_factory.mktemp("demo-state")
+    port = free_port_block(4)
+    env = {
+        "MLGATE_STATE_DIR": str(state),
+        "MLGATE_REDIS__URL": redis_url,
+        "MLGATE_HTTP__PORT": str(port),
+        "MLGATE_HTTP__PROXY_PORT": str(free_port()),
+        "MLGATE_MODELS": json.dumps([{"name": MODEL},
+                                     {"name": PYFUNC, "placement": "deployment"}]),
+        "MLFLOW_TRACKING_URI": "",
+    }
+    for args in (["data", "--customers", str(DEMO_CUSTOMERS)], ["train", "--alias", "champion"]):
+        done = run_cli(args, env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    settings = Settings(state_dir=state, mlflow_tracking_uri=None)
+    table = training_table(data.read(state / "data"))
+    register_sklearn_model(settings, table)
+    demo = run_cli(["demo", "--detach", "--customers", str(DEMO_CUSTOMERS)], env)
+    if demo.returncode != 0:
+        log = state / "logs" / "gateway.log"
+        pytest.fail(f"demo failed:\n{demo.stdout[-2000:]}\n{demo.stderr[-2000:]}\n"
+                    f"{log.read_text()[-4000:] if log.exists() else ''}")
+    base = f"http://127.0.0.1:{port}"
+    yield {"base": base, "settings": settings, "table": table, "demo_stdout": demo.stdout, "env": env}
+    run_cli(["stop"], env, timeout=120)
+
+
+def post(base: str, body, model: str = MODEL, **kw) -> httpx.Response:
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    headers = {"content-type": "application/json", **kw.pop("headers", {})}
+    return httpx.post(f"{base}/v1/models/{model}/predict", content=content, headers=headers,
+                      timeout=30, **kw)
+
+
+def rows(table: pd.DataFrame, n: int, fraud_first: bool = True) -> list[dict]:
+    picked = pd.concat([table[table.label == 1].head(n // 2), table[table.label == 0].head(n - n // 2)])
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+            for r in picked[FEATURE_NAMES].to_dict("records")]
+
+
+def test_demo_prints_real_predictions_and_a_curl_line_that_works(gateway):
+    out = gateway["demo_stdout"]
+    assert re.search(r"fraud-detector v1 \(@champion\) answered", out)
+    assert len(re.findall(r"p\(fraud\) \d\.\d{3}", out)) == 4
+    curl = next(line.strip() for line in out.splitlines() if line.strip().startswith("curl -s -X POST"))
+    answer = json.loads(subprocess.run(shlex.split(curl), capture_output=True, text=True,
+                                       timeout=30, check=True).stdout)
+    assert answer["model"] == MODEL and 0.0 <= answer["predictions"][0]["probability"] <= 1.0
+
+
+def test_predictions_equal_the_registered_onnx_model_scored_locally(gateway):
+    settings, table = gateway["settings"], gateway["table"]
+    instances = rows(table, 40)
+    r = post(gateway["base"], {"instances": instances})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["model"], body["version"], body["alias"]) == (MODEL, "1", "champion")
+    assert r.headers["x-model-version"] == "1" and r.headers["x-request-id"] == body["request_id"]
+    local = load_model(ModelSettings(name=MODEL), tracking_uri=settings.tracking_uri,
+                       cache_dir=settings.state_dir / "test-cache", onnx=settings.onnx)
+    expected = local.predict(codec.decode(instances, local.spec))
+    got = body["predictions"]
+    np.testing.assert_allclose([p["probability"] for p in got], expected["probability"], rtol=0, atol=1e-7)
+    assert [p["label"] for p in got] == expected["label"].tolist()
+    assert any(p["probability"] > 0.5 for p in got)  # the fraud half is recognised, not all zeros
+
+
+def test_model_in_its_own_deployment_answers_concurrent_requests_through_serve_batch(gateway):
+    import mlflow.pyfunc
+
+    table = gateway["table"]
+    instances = rows(table, 64)
+    mlflow.set_tracking_uri(gateway["settings"].tracking_uri)
+    expected = mlflow.pyfunc.load_model(f"models:/{PYFUNC}@champion").predict(pd.DataFrame(instances))
+
+    async def fire():
+        async with httpx.AsyncClient(base_url=gateway["base"], timeout=30) as client:
+            return await asyncio.gather(*(client.post(f"/v1/models/{PYFUNC}/predict",
+                                                      json={"instances": [row]}) for row in instances))
+
+    responses = asyncio.run(fire())
+    assert [r.status_code for r in responses] == [200] * len(instances)
+    got = [r.json()["predictions"][0]["prediction"] for r in responses]
+    assert got == np.asarray(expected).tolist()
+
+
+TOO_BIG = b'{"instances": [' + b",".join([b'{"amount": 1.0}'] * 80_000) + b"]}"
+
+
+@pytest.mark.parametrize("body, headers, status, code", [
+    (b'{"instances": [{"amount": 1', {}, 400, "malformed_json"),
+    (b'{"instances": [{"amount": NaN}]}', {}, 400, "non_finite_value"),
+    ({"instances": "all of them"}, {}, 400, "invalid_request"),
+    ("wrong_type", {}, 400, "invalid_feature_type"),
+    ("too_large_number", {}, 400, "non_finite_value"),
+    ("extra_feature", {}, 400, "unknown_feature"),
+    ("missing_feature", {}, 422, "missing_features"),
+    ("too_many_rows", {}, 413, "too_many_instances"),
+    (TOO_BIG, {}, 413, "payload_too_large"),
+    (b"amount=1", {"content-type": "text/plain"}, 415, "unsupported_media_type"),
+])
+def test_every_bad_input_gets_its_code_over_http_never_a_500(gateway, body, headers, status, code):
+    row = rows(gateway["table"], 2)[0]
+    cases = {
+        "wrong_type": {"instances": [{**row, "amount": "12.5"}]},
+        "too_large_number": {"instances": [{**row, "amount": 1e300}]},
+        "extra_feature": {"instances": [{**row, "customer_name": 1}]},
+        "missing_feature": {"instances": [{k: v for k, v in row.items() if k != "amount"}]},
+        "too_many_rows": {"instances": [row] * 1001},
+    }
+    r = post(gateway["base"], cases.get(body, body) if isinstance(body, str) else body, headers=headers)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code and error["request_id"]
+    if code == "wrong_type":
+        assert "12.5" not in error["message"]  # names the field, never echoes the value
+
+
+def test_unknown_model_and_route(gateway):
+    r = post(gateway["base"], {"instances": [{"a": 1}]}, model="no-such-model")
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "model_not_found")
+    r = httpx.get(f"{gateway['base']}/v1/nothing-here")
+    assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
+
+
+def test_models_readiness_detail_and_example_round_trip(gateway):
+    base = gateway["base"]
+    assert httpx.get(f"{base}/readyz").json() == {"status": "ok", "models": {MODEL: True, PYFUNC: True}}
+    listing = httpx.get(f"{base}/v1/models").json()["models"]
+    assert {(m["name"], m["ready"], m["version"]) for m in listing} == {(MODEL, True, "1"), (PYFUNC, True, "1")}
+    detail = httpx.get(f"{base}/v1/models/{MODEL}").json()
+    assert [f["name"] for f in detail["inputs"]] == FEATURE_NAMES and detail["flavor"] == "onnx"
+    r = post(base, detail["example_request"])
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+    assert "/v1/models/{name}/predict" in httpx.get(f"{base}/openapi.json").json()["paths"]
+
+
+def test_metrics_count_predictions_by_model_version_and_outcome(gateway):
+    base = gateway["base"]
+
+    def counter(outcome: str) -> float:
+        text = httpx.get(f"{base}/metrics").text
+        m = re.search(rf'mlgate_requests_total\{{model="{MODEL}",outcome="{outcome}",version="1"\}} (\S+)', text)
+        return float(m.group(1)) if m else 0.0
+
+    ok_before, bad_before = counter("ok"), counter("missing_features")
+    row = rows(gateway["table"], 2)[0]
+    for _ in range(5):
+        assert post(base, {"instances": [row]}).status_code == 200
+    assert post(base, {"instances": [{"amount": 1.0}]}).status_code == 422
+    assert counter("ok") == ok_before + 5
+    assert counter("missing_features") == bad_before + 1
+    text = httpx.get(f"{base}/metrics").text
+    assert f'mlgate_model_ready{{model="{MODEL}"}} 1.0' in text
+    assert re.search(rf'mlgate_model_load_seconds\{{model="{MODEL}",version="1"\}} [0-9.]+', text)
+
+
+def test_stop_ends_the_gateway(gateway):
+    done = run_cli(["stop"], gateway["env"], timeout=120)
+    assert done.returncode == 0 and "stopped" in done.stdout
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{gateway['base']}/healthz", timeout=2)
