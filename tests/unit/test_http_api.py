@@ -202,3 +202,22 @@ def test_request_id_header_is_not_echoed_when_unsafe():
         assert r.json()["request_id"] != "<script>" * 20 and len(r.json()["request_id"]) == 32
     run(scenario)
 
+
+
+class _SlowModel(InProcessModel):
+    async def predict(self, columns):
+        await asyncio.sleep(2)
+        return await super().predict(columns)
+
+
+def test_a_model_past_the_deadline_gives_504_not_a_hang():
+    async def scenario(client, metrics):
+        started = asyncio.get_running_loop().time()
+        r = await post(client, {"instances": [ROW]})
+        assert asyncio.get_running_loop().time() - started < 1.0
+        assert (r.status_code, r.json()["error"]["code"]) == (504, "deadline_exceeded")
+        assert r.json()["error"]["retryable"] is True
+        assert sample(metrics, "mlgate_requests_total", model="toy", version="3",
+                      outcome="deadline_exceeded") == 1
+    run(scenario, factory=lambda m: _SlowModel(ToyRuntime(), GatewayMetrics()),
+        limits={"deadline_ms": 100})
