@@ -50,10 +50,9 @@ def download(tracking_uri: str, name: str, version: str, cache_dir: Path) -> Pat
     partial = target.with_name(f"{version}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(partial))
+    # Explicit URIs rather than mlflow.set_tracking_uri: that one rewrites the process environment.
+    mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(partial),
+                                        tracking_uri=tracking_uri, registry_uri=tracking_uri)
     (partial / _COMPLETE).touch()
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)

@@ -40,6 +40,13 @@ class ToyRuntime:
         pass
 
 
+@pytest.fixture(autouse=True)
+def _no_outside_mlflow_uri(monkeypatch):
+    """Unit tests see only their own settings, whatever the shell (or MLflow) exported."""
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture
 def spec() -> ModelSpec:
     return make_spec()
