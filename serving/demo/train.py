@@ -149,6 +149,7 @@ def train_and_register(data: DemoData, tracking_uri: str, artifact_root: str,
         raise RuntimeError(f"ONNX conversion changed predictions by {metrics['onnx_max_abs_diff']:.2g}")
 
     mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)  # log_model registers through the global registry URI
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(

@@ -8,6 +8,7 @@ allows, then score the logged input example. A model that fails any step is refu
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import time
@@ -44,7 +45,9 @@ def download(tracking_uri: str, name: str, version: str, cache_dir: Path) -> Pat
     """Artifacts of one version, fetched once: a finished download is marked and reused."""
     import mlflow.artifacts
 
-    target = cache_dir / name / version
+    # Keyed by registry too: version 1 of a name in one registry is not version 1 in another.
+    registry = hashlib.sha256(tracking_uri.encode()).hexdigest()[:12]
+    target = cache_dir / registry / name / version
     if (target / _COMPLETE).exists():
         return target
     partial = target.with_name(f"{version}.partial")

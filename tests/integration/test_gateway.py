@@ -38,10 +38,12 @@ def register_sklearn_model(settings: Settings, table: pd.DataFrame) -> None:
     x = table[FEATURE_NAMES]
     model = LogisticRegression(max_iter=500).fit(x, table["label"])
     mlflow.set_tracking_uri(settings.tracking_uri)
-    with mlflow.start_run():
+    mlflow.set_registry_uri(settings.tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    experiment = client.create_experiment("gateway-tests", artifact_location=settings.artifact_root)
+    with mlflow.start_run(experiment_id=experiment):
         mlflow.sklearn.log_model(model, name="model", signature=infer_signature(x, model.predict(x)),
                                  input_example=x.head(3), registered_model_name=PYFUNC)
-    client = mlflow.MlflowClient(settings.tracking_uri)
     client.set_registered_model_alias(PYFUNC, "champion", "1")
 
 

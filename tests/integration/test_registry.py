@@ -1,0 +1,271 @@
+"""load_model against a real MLflow registry: SQLite (the session's) and PostgreSQL. No mocks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.models import infer_signature
+from sklearn.linear_model import LogisticRegression
+
+from serving import codec
+from serving.demo import data
+from serving.demo.train import FEATURE_NAMES, FEATURES, train_and_register, training_table
+from serving.errors import ModelValidationError
+from serving.runtime.loader import load_model
+from serving.settings import ModelSettings, OnnxSettings
+
+pytestmark = pytest.mark.integration
+
+PG_USER = os.environ.get("MLGATE_TEST_PG_USER", "postgres")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def load(uri: str, cache_dir, name: str, **ref):
+    return load_model(ModelSettings(name=name, **ref), tracking_uri=uri, cache_dir=cache_dir,
+                      onnx=OnnxSettings())
+
+
+@contextlib.contextmanager
+def tracking(uri: str):
+    """mlflow's global tracking URI set to ``uri`` for the block, then restored."""
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield MlflowClient(tracking_uri=uri, registry_uri=uri)
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+def predict_rows(runtime, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """What the gateway does: JSON-like dicts through the codec into the runtime."""
+    return runtime.predict(codec.decode(rows.to_dict(orient="records"), runtime.spec))
+
+
+def assert_matches_pyfunc(runtime, uri: str, model_uri: str, rows: pd.DataFrame) -> None:
+    with tracking(uri):
+        expected = mlflow.pyfunc.load_model(model_uri).predict(rows)
+    got = predict_rows(runtime, rows)
+    assert 0 < got["label"].sum() < len(rows)  # both classes: the comparison is not trivial
+    np.testing.assert_array_equal(got["label"], expected["label"].to_numpy())
+    np.testing.assert_allclose(got["probability"], expected["probability"].to_numpy(), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def rows(state_dir) -> pd.DataFrame:
+    """200 demo transactions (features only), frauds included."""
+    table = training_table(data.read(state_dir / "data"))
+    picked = pd.concat([table[table["label"] == 1].head(20), table.sample(180, random_state=3)])
+    return picked[FEATURE_NAMES].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def experiment(settings) -> str:
+    """An experiment keeping its artifacts in the session's state folder (not ./mlruns)."""
+    with tracking(settings.tracking_uri) as client:
+        return client.create_experiment(unique("registry-tests"), artifact_location=settings.artifact_root)
+
+
+def log_registered(experiment: str, name: str, log, alias: str | None = "live") -> None:
+    """Log a model in a run with ``log(registered_model_name=name)``, then point ``alias`` at it."""
+    with mlflow.start_run(experiment_id=experiment):  # fixed requirements: no slow inference
+        info = log(registered_model_name=name, pip_requirements=["mlflow"])
+    if alias:
+        MlflowClient().set_registered_model_alias(name, alias, str(info.registered_model_version))
+
+
+def tiny_frame(n: int = 40) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n)})
+    return x, (x["a"] + x["b"] > 0).astype(np.int64).to_numpy()
+
+
+class Scorer(mlflow.pyfunc.PythonModel):
+    """A pyfunc model that fails ('raise') or returns NaN ('nan') when scoring."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def predict(self, context, model_input, params=None):
+        if self.mode == "raise":
+            raise RuntimeError("broken model")
+        return pd.DataFrame({"score": np.full(len(model_input), np.nan)})
+
+
+# --- 1. the champion, end to end -------------------------------------------------------------
+
+def test_champion_loads_as_onnx_with_its_signature_and_scores_like_pyfunc(settings, champion, rows,
+                                                                           tmp_path):
+    runtime = load(settings.tracking_uri, tmp_path, "fraud-detector", alias="champion")
+    spec = runtime.spec
+    assert (spec.flavor, spec.version, spec.alias) == ("onnx", champion.version, "champion")
+    assert spec.uri == f"models:/fraud-detector/{champion.version}"
+    assert spec.run_id == champion.run_id and spec.tags["trained_for"] == "champion"
+    assert spec.feature_names == tuple(FEATURE_NAMES)
+    assert [f.dtype for f in spec.inputs] == [dtype for _, dtype in FEATURES]
+    assert spec.outputs == ("label", "probability")
+    assert len(spec.input_example) == 5 and spec.load_seconds > 0
+    assert_matches_pyfunc(runtime, settings.tracking_uri, "models:/fraud-detector@champion", rows)
+
+
+# --- 2. aliases and pins follow the registry -------------------------------------------------
+
+def test_aliases_and_pinned_versions_resolve_to_the_registered_versions(settings, champion, state_dir,
+                                                                        rows, tmp_path):
+    uri, name = settings.tracking_uri, unique("fraud-aliases")
+    with tracking(uri) as client:  # v1: a copy of the champion; v2: a freshly trained challenger
+        copy = client.copy_model_version(f"models:/fraud-detector/{champion.version}", name)
+        assert str(copy.version) == "1"
+        challenger = train_and_register(data.read(state_dir / "data"), uri, settings.artifact_root,
+                                        alias="challenger", name=name)
+    assert challenger.version == "2"
+
+    by_alias = load(uri, tmp_path, name, alias="challenger")
+    pinned = load(uri, tmp_path, name, version="1", alias="challenger")  # a pin wins over the alias
+    ident = lambda rt: (rt.spec.version, rt.spec.alias, rt.spec.run_id)  # noqa: E731
+    assert ident(by_alias) == ("2", "challenger", challenger.run_id)
+    assert ident(pinned) == ("1", None, champion.run_id)
+    # Genuinely different models behind the two versions.
+    assert not np.allclose(predict_rows(by_alias, rows)["probability"],
+                           predict_rows(pinned, rows)["probability"])
+
+    with tracking(uri) as client:  # move the alias: the next load follows it
+        client.set_registered_model_alias(name, "challenger", "1")
+    assert load(uri, tmp_path, name, alias="challenger").spec.version == "1"
+
+
+# --- 3. artifacts are downloaded once per version --------------------------------------------
+
+def test_a_version_is_downloaded_once_and_a_half_download_is_redone(settings, champion, monkeypatch,
+                                                                    tmp_path):
+    calls = []
+    real = mlflow.artifacts.download_artifacts
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts",
+                        lambda **kw: calls.append(kw["artifact_uri"]) or real(**kw))
+    uri, ref = settings.tracking_uri, {"name": "fraud-detector", "alias": "champion"}
+    load(uri, tmp_path, **ref)
+    assert calls == [f"models:/fraud-detector/{champion.version}"]
+    [target] = tmp_path.glob(f"*/fraud-detector/{champion.version}")  # <registry>/<name>/<version>
+    assert (target / ".complete").is_file() and (target / "MLmodel").is_file()
+    inode = target.stat().st_ino
+    assert load(uri, tmp_path, **ref).spec.version == champion.version
+    assert len(calls) == 1 and target.stat().st_ino == inode
+
+    (target / ".complete").unlink()  # as if a previous download had died half-way
+    load(uri, tmp_path, **ref)
+    assert len(calls) == 2 and (target / ".complete").is_file()
+    assert not target.with_name(f"{champion.version}.partial").exists()
+
+
+# --- 4. models that must never serve ---------------------------------------------------------
+
+def _unknown_name(experiment, name, x, y):
+    """Nothing registered under this name."""
+
+
+def _sklearn(signature=True, example=("a", "b")):
+    """A LogisticRegression with or without a signature; its input example may rename columns."""
+    def register(experiment, name, x, y):
+        kw = {"signature": infer_signature(x, y)} if signature else {}
+        if example:  # mlflow.sklearn only warns when the example does not fit the signature
+            kw["input_example"] = x.head(3).set_axis(list(example), axis=1)
+        model = LogisticRegression().fit(x, y)
+        log_registered(experiment, name, lambda **reg: mlflow.sklearn.log_model(
+            model, name="model", **kw, **reg))
+        return model
+    return register
+
+
+def _scorer(mode):
+    def register(experiment, name, x, y):
+        signature = infer_signature(x, pd.DataFrame({"score": np.zeros(len(x))}))
+        log_registered(experiment, name, lambda **kw: mlflow.pyfunc.log_model(
+            name="model", python_model=Scorer(mode), signature=signature, input_example=x.head(3), **kw))
+    return register
+
+
+@pytest.mark.parametrize(("register", "alias", "message"), [
+    (_unknown_name, "live", "cannot resolve"),
+    (_sklearn(), "no-such-alias", "cannot resolve"),
+    (_sklearn(signature=False, example=None), "live", "no signature"),
+    (_sklearn(example=None), "live", "without an input example"),
+    (_sklearn(example=("a", "c")), "live", "does not match the signature"),
+    (_scorer("raise"), "live", "scoring the input example failed"),
+    (_scorer("nan"), "live", "not finite"),
+], ids=["unknown-name", "unknown-alias", "no-signature", "no-input-example", "example-off-signature",
+        "predict-raises", "predict-nan"])
+def test_bad_models_are_refused(settings, experiment, register, alias, message, tmp_path):
+    name = unique("refused")
+    with tracking(settings.tracking_uri):
+        register(experiment, name, *tiny_frame())
+    with pytest.raises(ModelValidationError, match=message):
+        load(settings.tracking_uri, tmp_path, name, alias=alias)
+
+
+# --- 5. no ONNX flavour: the pyfunc fallback -------------------------------------------------
+
+def test_an_sklearn_model_is_served_through_pyfunc(settings, experiment, tmp_path):
+    name, (x, y) = unique("sklearn"), tiny_frame()
+    with tracking(settings.tracking_uri):
+        model = _sklearn()(experiment, name, x, y)
+    runtime = load(settings.tracking_uri, tmp_path, name, alias="live")
+    spec = runtime.spec
+    assert (spec.flavor, spec.version, spec.outputs, spec.feature_names) == (
+        "pyfunc", "1", ("prediction",), ("a", "b"))
+    got = predict_rows(runtime, x)
+    np.testing.assert_array_equal(got["prediction"], model.predict(x))
+    assert set(got["prediction"]) == {0, 1}
+
+
+# --- 6. PostgreSQL as the registry -----------------------------------------------------------
+
+@pytest.fixture
+def postgres_uri():
+    """A private, freshly created database on the local PostgreSQL; dropped afterwards."""
+    import psycopg2
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+
+    try:
+        admin = psycopg2.connect(host="127.0.0.1", port=5432, user=PG_USER, dbname="postgres",
+                                 connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at 127.0.0.1:5432 as {PG_USER!r} "
+                    f"(.ci/run starts it; MLGATE_TEST_PG_USER picks the user): {exc}")
+    admin.autocommit = True
+    db = f"mlgate_test_{uuid.uuid4().hex[:8]}"
+    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the postgres extra ships psycopg2.
+    uri, before = f"postgresql+psycopg2://{PG_USER}@127.0.0.1:5432/{db}", mlflow.get_tracking_uri()
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{db}"')
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(before)  # train_and_register and load_model set it globally
+        for store in (TrackingStore, RegistryStore):  # mlflow pools one engine per URI and store
+            if (engine := store._engine_map.pop(uri, None)) is not None:
+                engine.dispose()
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.mark.postgres
+def test_postgres_registry_serves_the_fraud_model(postgres_uri, state_dir, rows, tmp_path):
+    trained = train_and_register(data.read(state_dir / "data"), postgres_uri,
+                                 (tmp_path / "artifacts").as_uri(), alias="champion")
+    assert trained.version == "1"  # a fresh registry: nothing from the SQLite one leaks in
+    runtime = load(postgres_uri, tmp_path / "cache", "fraud-detector", alias="champion")
+    spec = runtime.spec
+    assert (spec.flavor, spec.version, spec.run_id) == ("onnx", "1", trained.run_id)
+    assert spec.outputs == ("label", "probability")
+    assert_matches_pyfunc(runtime, postgres_uri, "models:/fraud-detector@champion", rows)
