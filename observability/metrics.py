@@ -16,7 +16,7 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 UNKNOWN_MODEL = "_unknown"
-STAGES = ("decode", "inference", "encode")
+STAGES = ("decode", "features", "inference", "encode")
 
 
 class GatewayMetrics:
@@ -49,6 +49,18 @@ class GatewayMetrics:
         self.model_load_failures = Counter(
             "mlgate_model_load_failures", "Model versions refused at load or validation.",
             ["model"], registry=r)
+
+        self.feature_rows = Counter(
+            "mlgate_feature_rows", "Entity rows read per feature view, by status (fresh, stale, "
+            "missing).", ["view", "status"], registry=r)
+        self.feature_age = Gauge(
+            "mlgate_feature_view_age_seconds", "Seconds since the live version of the view was "
+            "computed (its latest sync's as-of time).", ["view"], registry=r)
+        self.feature_version = Gauge(
+            "mlgate_feature_view_version", "Live data version of the view in the online store.",
+            ["view"], registry=r)
+        self.feature_store_errors = Counter(
+            "mlgate_feature_store_errors", "Failed online-store calls by reason.", ["reason"], registry=r)
 
     def observe_request(self, model: str, version: str, outcome: str, seconds: float,
                         rows: int = 0) -> None:

@@ -26,10 +26,9 @@ def _settings(args: argparse.Namespace, base: dict[str, Any] | None = None) -> S
 
 def cmd_data(args: argparse.Namespace) -> int:
     from serving.demo import data
-    from serving.demo.runner import data_dir
 
     settings = _settings(args)
-    paths = data.write(data.generate(n_customers=args.customers, seed=args.seed), data_dir(settings))
+    paths = data.write(data.generate(n_customers=args.customers, seed=args.seed), settings.data_dir)
     print("\n".join(str(p) for p in paths.values()))
     return 0
 
@@ -40,6 +39,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ensure_data(settings, args.customers)
     train(settings, args.alias, seed=args.seed)
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from features_online import jobs
+    from features_online.spark_job import parse_time
+
+    settings = _settings(args)
+    spark = jobs.session(settings)
+    if args.action == "build":
+        path, as_of = jobs.build(settings, spark, parse_time(args.as_of))
+        print(f"built as of {as_of.isoformat()}: {path}")
+    else:
+        result = jobs.sync(settings, spark, "incremental" if args.incremental else "full")
+        print(f"{result.mode} sync: {result.rows:,} rows -> version {result.version} "
+              f"in {result.seconds:.2f}s ({result.rows_per_s:,.0f} rows/s)")
     return 0
 
 
@@ -63,12 +78,17 @@ def _serve_flags(args: argparse.Namespace) -> list[str]:
 def cmd_demo(args: argparse.Namespace) -> int:
     from serving.demo import runner
 
+    from features_online import jobs
+
     settings = _settings(args)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     runner.ensure_data(settings, args.customers)
-    if not runner.has_alias(settings, "fraud-detector", "champion"):
-        runner.train(settings, "champion")
     runner.ensure_redis(settings)
+    spark = jobs.session(settings)
+    runner.features(settings, spark)
+    if not runner.has_alias(settings, "fraud-detector", "champion"):
+        runner.train(settings, "champion", spark=spark)
+    spark.stop()
     print("starting the gateway on Ray Serve ...", flush=True)
     runner.start_detached(settings, _serve_flags(args))
     runner.show_predictions(settings)
@@ -120,11 +140,18 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--customers", type=int, default=100_000, help="if data must be generated")
     sp.set_defaults(func=cmd_train)
 
+    sp = sub.add_parser("features", help="the Spark feature job: build the offline table, sync it to Redis")
+    sp.add_argument("action", choices=("build", "sync"))
+    sp.add_argument("--as-of", help="build: feature time (ISO 8601); default just after the latest event")
+    sp.add_argument("--incremental", action="store_true",
+                    help="sync: only entities with events since the last sync, in place")
+    sp.set_defaults(func=cmd_features)
+
     sp = sub.add_parser("serve", help="run the gateway on Ray Serve in the foreground")
     serve_options(sp)
     sp.set_defaults(func=cmd_serve)
 
-    sp = sub.add_parser("demo", help="data, model, Redis, gateway, and a few real predictions")
+    sp = sub.add_parser("demo", help="data, features in Redis, model, gateway, and real predictions")
     serve_options(sp)
     sp.add_argument("--detach", action="store_true", help="return once ready; `mlgate stop` ends it")
     sp.add_argument("--customers", type=int, default=100_000)

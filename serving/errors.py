@@ -44,6 +44,14 @@ class MissingFeatures(MlgateError):
     status, code = 422, "missing_features"
 
 
+class FeaturesMissing(MlgateError):
+    status, code = 422, "features_missing"
+
+
+class FeaturesStale(MlgateError):
+    status, code = 422, "features_stale"
+
+
 class ModelNotFound(MlgateError):
     status, code = 404, "model_not_found"
 

@@ -15,8 +15,10 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from features_online.definitions import VIEWS
+from features_online.reader import OnlineStore
 from observability.metrics import GatewayMetrics
-from serving import codec
+from serving import codec, features
 from serving.http.app import build_app
 from serving.models import INLINE_MAX_ROWS, InProcessModel, ModelBackend, ModelTable
 from serving.pipeline import Pipeline
@@ -95,12 +97,17 @@ class Gateway:
 
         def backend(model: ModelSettings) -> ModelBackend:
             if model.placement == "deployment":
-                return DeploymentModel(handles[model.name])
-            return InProcessModel(_load(self._settings, model), metrics)
+                loaded: ModelBackend = DeploymentModel(handles[model.name])
+            else:
+                loaded = InProcessModel(_load(self._settings, model), metrics)
+            features.bind(loaded.spec)  # refuses models asking for features no view provides
+            return loaded
 
+        self._store = OnlineStore(self._settings.redis, self._settings.features, VIEWS, metrics)
+        await self._store.start()
         self._models = ModelTable(self._settings, metrics, backend)
         self._models.start()
-        self._pipeline = Pipeline(self._settings, self._models, metrics)
+        self._pipeline = Pipeline(self._settings, self._models, metrics, self._store)
 
     def __serve_build_asgi_app__(self):
         return build_app(self._pipeline, echo_request_id=False)  # Ray's middleware sets it
@@ -108,10 +115,11 @@ class Gateway:
     async def check_health(self) -> None:
         """Replica liveness for Ray Serve. Readiness (models loaded) is /readyz."""
 
-    def __del__(self) -> None:
-        models = getattr(self, "_models", None)
-        if models is not None:
-            models.close()
+    async def __del__(self) -> None:
+        if getattr(self, "_models", None) is not None:
+            self._models.close()
+        if getattr(self, "_store", None) is not None:
+            await self._store.close()
 
 
 def build(args: dict[str, Any] | None = None) -> serve.Application:

@@ -18,12 +18,28 @@ class _Strict(BaseModel):
 
 
 class PredictRequest(_Strict):
-    instances: list[dict[str, FeatureValue]] = Field(
-        min_length=1,
+    """Either ``instances`` (every feature given) or ``entities`` (stored features looked up)."""
+
+    instances: list[dict[str, FeatureValue]] | None = Field(
+        None, min_length=1,
         description="Rows of named features (KServe v1 / TF Serving row format). Every feature of "
                     "the model's signature must be present; null only where the signature marks a "
                     "feature optional. NaN and Infinity are refused.",
         examples=[[{"amount": 42.5, "hour_of_day": 13}]])
+    entities: list[dict[str, int]] | None = Field(
+        None, min_length=1,
+        description="Entity keys, e.g. [{\"customer_id\": 42}]: the gateway reads the model's stored "
+                    "features for each from the online store in one round trip.",
+        examples=[[{"customer_id": 42}]])
+    features: dict[str, FeatureValue] | list[dict[str, FeatureValue]] | None = Field(
+        None, description="With 'entities': the request-time features, one object for every "
+                          "entity or a list with one object per entity.")
+
+
+class FeatureOrigin(BaseModel):
+    source: Literal["online_store", "default"]
+    status: Literal["fresh", "stale", "missing"]
+    age_s: float | None = Field(None, description="Age of the stored values, seconds.")
 
 
 class Prediction(BaseModel):
@@ -31,6 +47,9 @@ class Prediction(BaseModel):
     label: int | None = Field(None, description="Predicted class (classifiers).")
     probability: float | None = Field(None, description="Probability of the positive class "
                                                         "(binary classifiers).")
+    features: dict[str, FeatureOrigin] | None = Field(
+        None, description="Entity-keyed requests: per feature view, where this row's stored "
+                          "features came from and how old they were.")
 
 
 class PredictResponse(BaseModel):
@@ -71,6 +90,7 @@ class ModelDetail(ModelSummary):
     flavor: Literal["onnx", "pyfunc"] | None = None
     inputs: list[FeatureSchema] = []
     outputs: list[str] = []
+    feature_views: list[str] = Field([], description="Views the model reads stored features from.")
     example_request: PredictRequest | None = Field(
         None, description="A ready-to-send body for POST /v1/models/{name}/predict.")
 

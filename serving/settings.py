@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator,
+                      model_validator)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -83,6 +84,42 @@ class ModelSettings(_Section):
 class RedisSettings(_Section):
     url: str = "redis://127.0.0.1:6379/0"
     """Online store (features, fallback scores). ``rediss://`` for TLS."""
+    password: SecretStr | None = None
+    """Password (or put it in the URL); never logged."""
+    cluster: bool = False
+    """Talk to a Redis Cluster (keys carry hash tags: see features_online/layout.py)."""
+    prefix: str = Field("mlg", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    """Namespace of every key mlgate writes."""
+    max_connections: int = Field(64, gt=0)
+    """Connection pool size of one gateway replica."""
+    connect_timeout_ms: int = Field(200, gt=0)
+    """Give up connecting after this long: Redis down must fail fast, never hang."""
+    socket_timeout_ms: int = Field(500, gt=0)
+    """Give up on an answer after this long (the request deadline may cut it shorter)."""
+
+
+class FeatureSettings(_Section):
+    on_missing: Literal["default", "error"] = "default"
+    """Entity not in the online store: serve the view's default values (and say so per row), or
+    refuse the request with 422 ``features_missing``."""
+    on_stale: Literal["default", "serve", "error"] = "serve"
+    """Values older than the view's TTL: serve them anyway (flagged stale per row), use defaults,
+    or refuse with 422 ``features_stale``."""
+    pointer_refresh_s: float = Field(1.0, gt=0)
+    """How often the gateway re-reads which data version of each view is live."""
+    retire_grace_s: int = Field(60, gt=0)
+    """A replaced data version lives this long after a flip, so in-flight readers finish."""
+    sync_batch_rows: int = Field(1000, gt=0)
+    """Rows per Redis command in a sync."""
+
+
+class SparkSettings(_Section):
+    master: str = "local[*]"
+    """Spark master for the feature, sync and batch jobs (any cluster works unchanged)."""
+    shuffle_partitions: int = Field(8, gt=0)
+    """spark.sql.shuffle.partitions: small by default, data sets here are small."""
+    sync_partitions: int = Field(2, gt=0)
+    """Parallel Redis writers in a sync (one per partition)."""
 
 
 class RaySettings(_Section):
@@ -118,6 +155,8 @@ class Settings(BaseSettings):
     onnx: OnnxSettings = OnnxSettings()
     ray: RaySettings = RaySettings()
     redis: RedisSettings = RedisSettings()
+    features: FeatureSettings = FeatureSettings()
+    spark: SparkSettings = SparkSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("state_dir")
@@ -139,6 +178,16 @@ class Settings(BaseSettings):
         if self.mlflow_tracking_uri:
             return self.mlflow_tracking_uri
         return f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def data_dir(self) -> Path:
+        """Raw tables (Parquet): the lakehouse input of the feature and training jobs."""
+        return self.state_dir / "data"
+
+    @property
+    def offline_dir(self) -> Path:
+        """Offline feature tables written by the Spark feature job."""
+        return self.state_dir / "features"
 
     @property
     def artifact_root(self) -> str:

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-START = datetime(2026, 10, 1, tzinfo=timezone.utc)
 N_CATEGORIES = 12  # grocery, fuel, travel, electronics, ...
 
 
@@ -27,8 +26,11 @@ class DemoData:
 
 
 def generate(n_customers: int = 100_000, n_merchants: int = 5_000, days: int = 30,
-             txns_per_customer: float = 10.0, seed: int = 7) -> DemoData:
+             txns_per_customer: float = 10.0, seed: int = 7, end: datetime | None = None) -> DemoData:
+    """``days`` of history ending at ``end`` (default: now, to the minute), so that features
+    built from it are fresh when the demo serves them."""
     rng = np.random.default_rng(seed)
+    end = end or datetime.now(timezone.utc).replace(second=0, microsecond=0)
     customers = pd.DataFrame({
         "customer_id": np.arange(1, n_customers + 1, dtype=np.int64),
         "home_lat": rng.uniform(36.0, 60.0, n_customers),
@@ -52,11 +54,13 @@ def generate(n_customers: int = 100_000, n_merchants: int = 5_000, days: int = 3
     c = customers.iloc[cust_idx].reset_index(drop=True)
     m = merchants.iloc[merch_idx].reset_index(drop=True)
 
-    seconds = rng.uniform(0, days * 86_400, n)
-    # Daytime-heavy hour profile: fewer purchases at night.
-    hour_shift = rng.normal(14, 4.5, n) % 24
-    seconds = (seconds // 86_400) * 86_400 + hour_shift * 3_600
-    ts = pd.Timestamp(START) + pd.to_timedelta(seconds, unit="s")
+    # Daytime-heavy hour profile (fewer purchases at night), days uniform, nothing after ``end``.
+    day = rng.integers(0, days, n)
+    hour = rng.normal(14, 4.5, n) % 24
+    first_midnight = pd.Timestamp(end).normalize() - pd.Timedelta(days=days - 1)
+    offset = day * 86_400 + hour * 3_600
+    ts = first_midnight + pd.to_timedelta(offset, unit="s")
+    ts = ts.where(ts < pd.Timestamp(end), ts - pd.Timedelta(days=1))  # later today: a day earlier
     is_online = rng.random(n) < 0.3
     is_foreign = rng.random(n) < 0.05
     distance = np.where(is_online, 0.0, _km(c.home_lat, c.home_lon, m.merchant_lat, m.merchant_lon)
@@ -98,7 +102,9 @@ def write(data: DemoData, folder: Path) -> dict[str, Path]:
     paths = {}
     for name in ("customers", "merchants", "transactions"):
         paths[name] = folder / f"{name}.parquet"
-        getattr(data, name).to_parquet(paths[name], index=False)
+        # Microsecond timestamps: Spark cannot read Parquet's nanosecond ones.
+        getattr(data, name).to_parquet(paths[name], index=False, coerce_timestamps="us",
+                                       allow_truncated_timestamps=True)
     return paths
 
 

@@ -10,19 +10,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from datetime import timedelta
 from urllib.parse import urlparse
 
 import httpx
+import pandas as pd
 
 from serving.launcher import url, wait_ready
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def data_dir(settings: Settings) -> Path:
-    return settings.state_dir / "data"
 
 
 def pid_file(settings: Settings) -> Path:
@@ -32,10 +29,10 @@ def pid_file(settings: Settings) -> Path:
 def ensure_data(settings: Settings, customers: int) -> None:
     from serving.demo import data
 
-    if (data_dir(settings) / "transactions.parquet").exists():
+    if (settings.data_dir / "transactions.parquet").exists():
         return
     print(f"generating demo data for {customers:,} customers ...", flush=True)
-    data.write(data.generate(n_customers=customers), data_dir(settings))
+    data.write(data.generate(n_customers=customers), settings.data_dir)
 
 
 def has_alias(settings: Settings, name: str, alias: str) -> bool:
@@ -50,17 +47,39 @@ def has_alias(settings: Settings, name: str, alias: str) -> bool:
     return True
 
 
-def train(settings: Settings, alias: str, seed: int = 0):
+def training_data(settings: Settings, spark):
+    """Last week's labelled transactions with point-in-time features from the Spark job."""
+    from features_online import jobs, spark_job
     from serving.demo import data
+    from serving.demo.train import LABEL_DAYS, training_table
+
+    latest = spark_job.default_as_of(spark, str(settings.data_dir / "transactions.parquet"))
+    since = latest - timedelta(days=LABEL_DAYS)
+    return training_table(data.read(settings.data_dir), jobs.training_features(settings, spark, since))
+
+
+def train(settings: Settings, alias: str, seed: int = 0, spark=None):
+    from features_online import jobs
     from serving.demo.train import train_and_register
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    print(f"training fraud-detector for @{alias} ...", flush=True)
-    result = train_and_register(data.read(data_dir(settings)), settings.tracking_uri,
-                                settings.artifact_root, alias=alias, seed=seed)
+    print(f"training fraud-detector for @{alias} (point-in-time features from Spark) ...", flush=True)
+    table = training_data(settings, spark or jobs.session(settings))
+    result = train_and_register(table, settings.tracking_uri, settings.artifact_root, alias=alias, seed=seed)
     print(f"registered {result.name} v{result.version} as @{alias} "
           f"(AUC {result.metrics['auc']:.3f}, average precision {result.metrics['average_precision']:.3f})")
     return result
+
+
+def features(settings: Settings, spark) -> None:
+    """Build the offline feature table as of now and sync it to Redis (the demo's data flow)."""
+    from features_online import jobs
+
+    path, as_of = jobs.build(settings, spark)
+    print(f"built customer features as of {as_of.isoformat()} -> {path}", flush=True)
+    result = jobs.sync(settings, spark)
+    print(f"synced {result.rows:,} customers to Redis as version {result.version} "
+          f"in {result.seconds:.1f}s ({result.rows_per_s:,.0f} rows/s)", flush=True)
 
 
 def ensure_redis(settings: Settings) -> None:
@@ -133,24 +152,32 @@ def stop(settings: Settings, timeout_s: float = 60) -> bool:
 
 
 def show_predictions(settings: Settings, model: str = "fraud-detector") -> None:
-    """Send a few real transactions and print them, with a curl line to paste."""
+    """Score a few real recent transactions by customer_id, and print a curl line to paste."""
     from serving.demo import data
-    from serving.demo.train import FEATURE_NAMES, training_table
+    from serving.demo.train import REQUEST_NAMES, request_table
 
-    demo = data.read(data_dir(settings))
-    table = training_table(data.DemoData(demo.customers, demo.merchants, demo.transactions.tail(2000)))
-    rows = table[table.label == 1].head(2).to_dict("records") + table[table.label == 0].head(2).to_dict("records")
-    instances = [{k: r[k] for k in FEATURE_NAMES} for r in rows]
+    demo = data.read(settings.data_dir)
+    recent = request_table(data.DemoData(demo.customers, demo.merchants, demo.transactions.tail(3000)))
+    picked = pd.concat([recent[recent.label == 1].tail(2), recent[recent.label == 0].tail(2)])
+    rows = picked.to_dict("records")
+    body = {"entities": [{"customer_id": int(r["customer_id"])} for r in rows],
+            "features": [{k: _plain(r[k]) for k in REQUEST_NAMES} for r in rows]}
     endpoint = url(settings, f"/v1/models/{model}/predict")
-    response = httpx.post(endpoint, json={"instances": instances}, timeout=10)
+    response = httpx.post(endpoint, json=body, timeout=10)
     response.raise_for_status()
-    body = response.json()
-    print(f"\n{model} v{body['version']} (@{body['alias']}) answered request {body['request_id']}:")
-    for row, pred in zip(rows, body["predictions"]):
-        print(f"  amount {row['amount']:>8.2f}  risk {row['merchant_risk']:.2f}  foreign {row['is_foreign']}"
-              f"  -> p(fraud) {pred['probability']:.3f}  label {pred['label']}  (truth {row['label']})")
-    one = json.dumps({"instances": instances[:1]})
+    answer = response.json()
+    print(f"\n{model} v{answer['version']} (@{answer['alias']}) answered request {answer['request_id']}:")
+    for row, pred in zip(rows, answer["predictions"]):
+        origin = pred["features"]["customer_activity"]
+        print(f"  customer {row['customer_id']:>6}  amount {row['amount']:>8.2f}  foreign {row['is_foreign']}"
+              f"  -> p(fraud) {pred['probability']:.3f}  label {pred['label']}  (truth {row['label']});"
+              f" features: {origin['source']}, {origin.get('age_s', 0) / 3600:.1f} h old")
+    one = json.dumps({"entities": body["entities"][:1], "features": body["features"][0]})
     print("\nTry it:\n  curl -s -X POST " + shlex.quote(endpoint)
           + " -H 'Content-Type: application/json' -d " + shlex.quote(one))
     print(f"  curl -s {url(settings, f'/v1/models/{model}')}   # version, signature, example body")
-    print(f"  curl -s {url(settings, '/metrics')} | grep mlgate_requests\n", flush=True)
+    print(f"  curl -s {url(settings, '/metrics')} | grep mlgate_\n", flush=True)
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from features_online.definitions import CUSTOMER_ACTIVITY
 from serving.demo.data import DemoData
 
 log = logging.getLogger(__name__)
@@ -18,11 +19,9 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "fraud-detector"
 EXPERIMENT = "mlgate-demo"
 
-# (name, MLflow signature type). Integer-valued features are "long"; the ONNX graph takes one
-# float32 matrix with the columns in this order.
-FEATURES: tuple[tuple[str, str], ...] = (
+# Request-time features: what the caller knows about the transaction being scored.
+REQUEST_FEATURES: tuple[tuple[str, str], ...] = (
     ("amount", "double"),
-    ("amount_to_typical", "double"),
     ("hour_of_day", "long"),
     ("day_of_week", "long"),
     ("merchant_category", "long"),
@@ -32,7 +31,13 @@ FEATURES: tuple[tuple[str, str], ...] = (
     ("distance_from_home_km", "double"),
     ("card_age_days", "long"),
 )
+VIEW = CUSTOMER_ACTIVITY
+# Stored features, named <view>__<feature> so the gateway knows to read them from the online store.
+FEATURES = REQUEST_FEATURES + tuple((VIEW.qualified(f.name), f.dtype) for f in VIEW.features)
 FEATURE_NAMES = [name for name, _ in FEATURES]
+REQUEST_NAMES = [name for name, _ in REQUEST_FEATURES]
+LABEL_DAYS = 7
+"""Train on the last week's transactions, each with its features as of just before it."""
 
 # Two recipes, so the challenger is a genuinely different model, not a copy.
 RECIPES = {
@@ -54,13 +59,16 @@ class TrainResult:
     metrics: dict[str, float]
 
 
-def training_table(data: DemoData) -> pd.DataFrame:
-    """One row per transaction: its features (in FEATURES order), ``ts`` and the label."""
+def request_table(data: DemoData) -> pd.DataFrame:
+    """One row per transaction: ids, time, label and the request-time features."""
     t = data.transactions.merge(data.customers, on="customer_id").merge(data.merchants, on="merchant_id")
     ts = pd.to_datetime(t["ts"], utc=True)
     table = pd.DataFrame({
+        "transaction_id": t["transaction_id"].astype("int64"),
+        "customer_id": t["customer_id"].astype("int64"),
+        "ts": ts,
+        "label": t["is_fraud"].astype("int64"),
         "amount": t["amount"].astype("float64"),
-        "amount_to_typical": (t["amount"] / t["typical_amount"]).round(4).astype("float64"),
         "hour_of_day": ts.dt.hour.astype("int64"),
         "day_of_week": ts.dt.dayofweek.astype("int64"),
         "merchant_category": t["merchant_category"].astype("int64"),
@@ -70,8 +78,20 @@ def training_table(data: DemoData) -> pd.DataFrame:
         "distance_from_home_km": t["distance_from_home_km"].astype("float64"),
         "card_age_days": t["card_age_days"].astype("int64"),
     })
-    table["ts"] = ts
-    table["label"] = t["is_fraud"].astype("int64")
+    return table.sort_values("ts", kind="stable").reset_index(drop=True)
+
+
+def training_table(data: DemoData, view_features: pd.DataFrame) -> pd.DataFrame:
+    """Labelled transactions with request-time and point-in-time view features (``FEATURES``).
+
+    ``view_features`` comes from the Spark feature job (``row_id`` = transaction_id): the same
+    code that computes what the online store serves.
+    """
+    stored = view_features.rename(columns={f.name: VIEW.qualified(f.name) for f in VIEW.features})
+    stored = stored.rename(columns={"row_id": "transaction_id"}).drop(columns=["customer_id", "as_of_ms"])
+    table = request_table(data).merge(stored, on="transaction_id", how="inner")
+    for name, dtype in FEATURES:
+        table[name] = table[name].astype("int64" if dtype == "long" else "float64")
     return table.sort_values("ts", kind="stable").reset_index(drop=True)
 
 
@@ -121,8 +141,9 @@ def check_parity(onnx_model, model, x: np.ndarray) -> float:
     return float(np.max(np.abs(onnx_p - model.predict_proba(x.astype(np.float32))[:, 1])))
 
 
-def train_and_register(data: DemoData, tracking_uri: str, artifact_root: str,
+def train_and_register(table: pd.DataFrame, tracking_uri: str, artifact_root: str,
                        alias: str = "champion", seed: int = 0, name: str = MODEL_NAME) -> TrainResult:
+    """Fit on ``table`` (see :func:`training_table`), convert, log, register, set ``alias``."""
     import mlflow
     import mlflow.onnx
     from mlflow import MlflowClient
@@ -130,7 +151,6 @@ def train_and_register(data: DemoData, tracking_uri: str, artifact_root: str,
     from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    table = training_table(data)
     cut = int(len(table) * 0.8)  # time-based split: validate on the most recent 20 %
     train, test = table.iloc[:cut], table.iloc[cut:]
     if len(train) > MAX_TRAIN_ROWS:

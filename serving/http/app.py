@@ -29,8 +29,8 @@ _ERRORS = {status: {"model": schemas.ErrorResponse, "description": text} for sta
     404: "Unknown model",
     413: "Body too large or too many instances",
     415: "Content-Type is not JSON",
-    422: "Required features missing",
-    503: "Model not loaded yet (see Retry-After)",
+    422: "Required features missing, or stored features missing/stale under an 'error' policy",
+    503: "Model not loaded yet, or the online feature store is down (see Retry-After)",
     504: "Deadline exceeded",
 }.items()}
 
@@ -101,7 +101,8 @@ def build_app(pipeline: Pipeline, echo_request_id: bool = True) -> FastAPI:
             detail.update(
                 uri=spec.uri, flavor=spec.flavor, outputs=list(spec.outputs),
                 inputs=[{"name": f.name, "type": f.dtype, "required": f.required} for f in spec.inputs],
-                example_request={"instances": list(spec.input_example[:1])})
+                feature_views=sorted(pipeline.binding(spec).by_view),
+                example_request=await pipeline.example_request(spec))
         return json_response(detail)
 
     @app.get("/healthz", response_model=schemas.Health)

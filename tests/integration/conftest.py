@@ -43,27 +43,50 @@ def _is_free(port: int) -> bool:
     return True
 
 
+class RedisServer:
+    """A private redis-server on a free port; tests may stop and restart it (same port)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        import redis
+
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
+                                     stdout=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        for _ in range(200):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    """A private redis-server on a free port, owned by this test session."""
+def redis_server(tmp_path_factory):
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed (.ci/run installs it)")
-    port = free_port()
-    folder = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL)
-    import redis
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
 
-    client = redis.Redis(port=port)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server) -> str:
+    return redis_server.url
 
 
 @pytest.fixture(scope="session")
@@ -80,12 +103,30 @@ def settings(state_dir) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def champion(settings):
+def spark():
+    """One local SparkSession for the whole test session."""
+    from features_online import spark_job
+
+    session = spark_job.spark_session("local[2]", app="mlgate-tests", shuffle_partitions=4)
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def train_table(settings, spark):
+    """Labelled transactions with point-in-time features, as `mlgate train` builds them."""
+    from serving.demo.runner import training_data
+
+    return training_data(settings, spark)
+
+
+@pytest.fixture(scope="session")
+def champion(settings, train_table):
     """fraud-detector trained on the demo data and registered as @champion."""
     from serving.demo.train import train_and_register
 
-    return train_and_register(data.read(settings.state_dir / "data"), settings.tracking_uri,
-                              settings.artifact_root, alias="champion")
+    return train_and_register(train_table, settings.tracking_uri, settings.artifact_root, alias="champion")
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:

@@ -8,6 +8,7 @@ import json
 import re
 import shlex
 import subprocess
+import time
 
 import httpx
 import numpy as np
@@ -16,8 +17,8 @@ import pandas as pd
 import pytest
 
 from serving import codec
-from serving.demo import data
-from serving.demo.train import FEATURE_NAMES, training_table
+from serving.demo.runner import training_data
+from serving.demo.train import FEATURE_NAMES, REQUEST_NAMES
 from serving.runtime.loader import load_model
 from serving.settings import ModelSettings, Settings
 from tests.integration.conftest import DEMO_CUSTOMERS, free_port, free_port_block, run_cli
@@ -48,8 +49,9 @@ def register_sklearn_model(settings: Settings, table: pd.DataFrame) -> None:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory, redis_url):
-    """`mlgate data`, `mlgate train`, then `mlgate demo --detach` on free ports; `mlgate stop` after."""
+def gateway(tmp_path_factory, redis_url, spark):
+    """`mlgate data`, then `mlgate demo --detach` (features built and synced to a private Redis,
+    champion trained, gateway up) on free ports; `mlgate stop` after."""
     state = tmp_path_factory.mktemp("demo-state")
     port = free_port_block(4)
     env = {
@@ -59,13 +61,14 @@ def gateway(tmp_path_factory, redis_url):
         "MLGATE_HTTP__PROXY_PORT": str(free_port()),
         "MLGATE_MODELS": json.dumps([{"name": MODEL},
                                      {"name": PYFUNC, "placement": "deployment"}]),
+        "MLGATE_LIMITS__DEADLINE_MS": "1000",
+        "MLGATE_SPARK__MASTER": "local[2]",
         "MLFLOW_TRACKING_URI": "",
     }
-    for args in (["data", "--customers", str(DEMO_CUSTOMERS)], ["train", "--alias", "champion"]):
-        done = run_cli(args, env)
-        assert done.returncode == 0, done.stderr[-3000:]
-    settings = Settings(state_dir=state, mlflow_tracking_uri=None)
-    table = training_table(data.read(state / "data"))
+    done = run_cli(["data", "--customers", str(DEMO_CUSTOMERS)], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    settings = Settings(state_dir=state, mlflow_tracking_uri=None, redis={"url": redis_url})
+    table = training_data(settings, spark)
     register_sklearn_model(settings, table)
     demo = run_cli(["demo", "--detach", "--customers", str(DEMO_CUSTOMERS)], env)
     if demo.returncode != 0:
@@ -92,12 +95,14 @@ def rows(table: pd.DataFrame, n: int, fraud_first: bool = True) -> list[dict]:
 
 def test_demo_prints_real_predictions_and_a_curl_line_that_works(gateway):
     out = gateway["demo_stdout"]
+    assert re.search(r"synced 3,000 customers to Redis as version 1", out)
     assert re.search(r"fraud-detector v1 \(@champion\) answered", out)
-    assert len(re.findall(r"p\(fraud\) \d\.\d{3}", out)) == 4
+    assert len(re.findall(r"p\(fraud\) \d\.\d{3} .*features: online_store", out)) == 4
     curl = next(line.strip() for line in out.splitlines() if line.strip().startswith("curl -s -X POST"))
     answer = json.loads(subprocess.run(shlex.split(curl), capture_output=True, text=True,
                                        timeout=30, check=True).stdout)
     assert answer["model"] == MODEL and 0.0 <= answer["predictions"][0]["probability"] <= 1.0
+    assert answer["predictions"][0]["features"]["customer_activity"]["source"] == "online_store"
 
 
 def test_predictions_equal_the_registered_onnx_model_scored_locally(gateway):
@@ -205,6 +210,87 @@ def test_metrics_count_predictions_by_model_version_and_outcome(gateway):
     text = httpx.get(f"{base}/metrics").text
     assert f'mlgate_model_ready{{model="{MODEL}"}} 1.0' in text
     assert re.search(rf'mlgate_model_load_seconds\{{model="{MODEL}",version="1"\}} [0-9.]+', text)
+
+
+def offline_features(gateway) -> pd.DataFrame:
+    tables = sorted((gateway["settings"].offline_dir / "customer_activity" / "v1").glob("as_of=*"))
+    return pd.read_parquet(tables[-1]).set_index("customer_id")
+
+
+def test_entity_keyed_prediction_uses_the_synced_features(gateway):
+    table, stored = gateway["table"], offline_features(gateway)
+    picked = table.drop_duplicates("customer_id").head(5)
+    request = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()}
+               for r in picked[REQUEST_NAMES].to_dict("records")]
+    ids = picked["customer_id"].tolist()
+    r = post(gateway["base"], {"entities": [{"customer_id": i} for i in ids], "features": request})
+    assert r.status_code == 200, r.text
+    by_entity = r.json()["predictions"]
+    # The same rows with every feature spelled out from the offline table the sync wrote.
+    instances = [{**req, **{f"customer_activity__{k}": (v.item() if hasattr(v, "item") else v)
+                            for k, v in stored.loc[i].drop("as_of_ms").items()}}
+                 for i, req in zip(ids, request)]
+    spelled_out = post(gateway["base"], {"instances": instances}).json()["predictions"]
+    assert [p["probability"] for p in by_entity] == [p["probability"] for p in spelled_out]
+    for p in by_entity:
+        origin = p["features"]["customer_activity"]
+        assert origin["source"] == "online_store" and origin["status"] == "fresh"
+        assert 0 <= origin["age_s"] < 2 * 86_400
+
+
+def test_unknown_entity_is_served_with_defaults_and_says_so(gateway):
+    request = {k: v for k, v in rows(gateway["table"], 2)[0].items() if k in REQUEST_NAMES}
+    r = post(gateway["base"], {"entities": [{"customer_id": 10**12}], "features": request})
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["features"] == {
+        "customer_activity": {"source": "default", "status": "missing"}}
+    r = post(gateway["base"], {"entities": [{"customer_id": "ten"}], "features": request})
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_request")
+
+
+def test_describe_offers_an_entity_keyed_example_with_a_real_customer(gateway):
+    detail = httpx.get(f"{gateway['base']}/v1/models/{MODEL}").json()
+    example = detail["example_request"]
+    assert detail["feature_views"] == ["customer_activity"]
+    assert 1 <= example["entities"][0]["customer_id"] <= DEMO_CUSTOMERS
+    assert set(example["features"]) == set(REQUEST_NAMES)
+    answer = post(gateway["base"], example).json()
+    assert answer["predictions"][0]["features"]["customer_activity"]["source"] == "online_store"
+
+
+def test_redis_paused_or_down_gives_503_fast_and_the_gateway_recovers(gateway, redis_server):
+    import redis
+
+    body = {"entities": [{"customer_id": 7}],
+            "features": {k: v for k, v in rows(gateway["table"], 2)[0].items() if k in REQUEST_NAMES}}
+    redis.Redis(port=redis_server.port).execute_command("CLIENT", "PAUSE", "3000", "ALL")
+    started = time.monotonic()
+    r = post(gateway["base"], body)
+    assert time.monotonic() - started < 1.5  # the 1 s deadline, not the 3 s pause
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "dependency_unavailable")
+    assert r.json()["error"]["retryable"] is True and r.headers["retry-after"]
+    time.sleep(3)
+
+    redis_server.stop()
+    started = time.monotonic()
+    r = post(gateway["base"], body)
+    assert time.monotonic() - started < 1.5
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "dependency_unavailable")
+    assert "unreachable" in r.json()["error"]["message"]
+
+    redis_server.start()  # empty: the data went with the process; a sync brings it back
+    done = run_cli(["features", "sync"], gateway["env"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    for _ in range(50):  # the pointer refresh (1 s) picks the new version up by itself
+        r = post(gateway["base"], body)
+        if r.status_code == 200 and r.json()["predictions"][0]["features"]["customer_activity"]["source"] \
+                == "online_store":
+            break
+        time.sleep(0.2)
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["features"]["customer_activity"]["source"] == "online_store"
+    text = httpx.get(f"{gateway['base']}/metrics").text
+    assert re.search(r'mlgate_feature_store_errors_total\{reason="(timeout|unavailable)"\} [1-9]', text)
 
 
 def test_stop_ends_the_gateway(gateway):

@@ -15,8 +15,7 @@ from mlflow.models import infer_signature
 from sklearn.linear_model import LogisticRegression
 
 from serving import codec
-from serving.demo import data
-from serving.demo.train import FEATURE_NAMES, FEATURES, train_and_register, training_table
+from serving.demo.train import FEATURE_NAMES, FEATURES, train_and_register
 from serving.errors import ModelValidationError
 from serving.runtime.loader import load_model
 from serving.settings import ModelSettings, OnnxSettings
@@ -61,9 +60,9 @@ def assert_matches_pyfunc(runtime, uri: str, model_uri: str, rows: pd.DataFrame)
 
 
 @pytest.fixture(scope="module")
-def rows(state_dir) -> pd.DataFrame:
+def rows(train_table) -> pd.DataFrame:
     """200 demo transactions (features only), frauds included."""
-    table = training_table(data.read(state_dir / "data"))
+    table = train_table
     picked = pd.concat([table[table["label"] == 1].head(20), table.sample(180, random_state=3)])
     return picked[FEATURE_NAMES].reset_index(drop=True)
 
@@ -119,13 +118,13 @@ def test_champion_loads_as_onnx_with_its_signature_and_scores_like_pyfunc(settin
 
 # --- 2. aliases and pins follow the registry -------------------------------------------------
 
-def test_aliases_and_pinned_versions_resolve_to_the_registered_versions(settings, champion, state_dir,
+def test_aliases_and_pinned_versions_resolve_to_the_registered_versions(settings, champion, train_table,
                                                                         rows, tmp_path):
     uri, name = settings.tracking_uri, unique("fraud-aliases")
     with tracking(uri) as client:  # v1: a copy of the champion; v2: a freshly trained challenger
         copy = client.copy_model_version(f"models:/fraud-detector/{champion.version}", name)
         assert str(copy.version) == "1"
-        challenger = train_and_register(data.read(state_dir / "data"), uri, settings.artifact_root,
+        challenger = train_and_register(train_table, uri, settings.artifact_root,
                                         alias="challenger", name=name)
     assert challenger.version == "2"
 
@@ -260,8 +259,8 @@ def postgres_uri():
 
 
 @pytest.mark.postgres
-def test_postgres_registry_serves_the_fraud_model(postgres_uri, state_dir, rows, tmp_path):
-    trained = train_and_register(data.read(state_dir / "data"), postgres_uri,
+def test_postgres_registry_serves_the_fraud_model(postgres_uri, train_table, rows, tmp_path):
+    trained = train_and_register(train_table, postgres_uri,
                                  (tmp_path / "artifacts").as_uri(), alias="champion")
     assert trained.version == "1"  # a fresh registry: nothing from the SQLite one leaks in
     runtime = load(postgres_uri, tmp_path / "cache", "fraud-detector", alias="champion")

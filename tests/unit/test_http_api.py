@@ -187,7 +187,7 @@ def test_openapi_documents_request_response_and_errors():
         op = schema["paths"]["/v1/models/{name}/predict"]["post"]
         ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         request_schema = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
-        assert request_schema["required"] == ["instances"]
+        assert set(request_schema["properties"]) == {"instances", "entities", "features"}
         assert set(op["responses"]) >= {"200", "400", "404", "413", "415", "422", "503", "504"}
         assert "PredictResponse" in json.dumps(op["responses"]["200"])
         for path in ("/v1/models", "/v1/models/{name}", "/healthz", "/readyz", "/metrics"):

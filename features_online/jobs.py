@@ -1,0 +1,69 @@
+"""The feature jobs as the CLI runs them: build the offline table, sync it to Redis, and the
+point-in-time features training reads. Paths and Spark come from :class:`Settings`."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+
+from features_online import spark_job
+from features_online.definitions import CUSTOMER_ACTIVITY, FeatureView
+from features_online.sync import FeatureSync, SyncResult
+from serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def session(settings: Settings):
+    spark = spark_job.spark_session(settings.spark.master, shuffle_partitions=settings.spark.shuffle_partitions)
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def _tx(settings: Settings) -> str:
+    return str(settings.data_dir / "transactions.parquet")
+
+
+def build(settings: Settings, spark, as_of: datetime | None = None,
+          view: FeatureView = CUSTOMER_ACTIVITY) -> tuple[Path, datetime]:
+    """Write the offline feature table as of ``as_of`` (default: just after the latest event)."""
+    as_of = as_of or spark_job.default_as_of(spark, _tx(settings))
+    frame = spark_job.build(spark, _tx(settings), str(settings.data_dir / "customers.parquet"), as_of, view)
+    path = spark_job.write_offline(frame, spark_job.offline_path(settings.offline_dir, view, as_of))
+    log.info("built %s as of %s: %s", view.name, as_of.isoformat(), path)
+    return path, as_of
+
+
+def latest_table(settings: Settings, view: FeatureView = CUSTOMER_ACTIVITY) -> tuple[Path, datetime]:
+    tables = sorted((settings.offline_dir / view.name / f"v{view.version}").glob("as_of=*"))
+    if not tables:
+        raise FileNotFoundError(f"no offline table for {view.name}: run `mlgate features build`")
+    stamp = tables[-1].name.split("=", 1)[1]
+    return tables[-1], datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=spark_job.timezone.utc)
+
+
+def sync(settings: Settings, spark, mode: str = "full", view: FeatureView = CUSTOMER_ACTIVITY) -> SyncResult:
+    """Push the latest offline table to Redis: all of it, or only entities with new events."""
+    path, as_of = latest_table(settings, view)
+    syncer = FeatureSync(settings.redis, settings.features, view)
+    frame = spark.read.parquet(str(path))
+    if mode == "incremental":
+        watermark = syncer.meta().get("watermark_ms")
+        if watermark is None:
+            raise RuntimeError(f"{view.name} was never synced: run a full sync first")
+        since = datetime.fromtimestamp(int(watermark) / 1000, spark_job.timezone.utc)
+        changed = spark_job.changed_since(spark, _tx(settings), since, as_of, view.entity.key)
+        frame = frame.join(changed, view.entity.key, "left_semi")
+        result = syncer.incremental(frame.repartition(settings.spark.sync_partitions), as_of, str(path))
+    else:
+        result = syncer.full(frame.repartition(settings.spark.sync_partitions), as_of, str(path))
+    log.info("%s sync of %s: %d rows in %.1fs (%.0f rows/s)", result.mode, view.name, result.rows,
+             result.seconds, result.rows_per_s)
+    return result
+
+
+def training_features(settings: Settings, spark, since: datetime,
+                      view: FeatureView = CUSTOMER_ACTIVITY):
+    """Point-in-time view features of every transaction after ``since`` (pandas, by row_id)."""
+    return spark_job.transaction_features(spark, _tx(settings), since, view).toPandas()

@@ -1,0 +1,178 @@
+"""The gateway's online feature reader: one Redis round trip per request, whatever it asks.
+
+Which data version of each view is live is kept in memory and refreshed in the background (every
+``pointer_refresh_s``); a request reads with the versions it saw at its start, so it can never mix
+two versions, and a replaced version outlives the refresh interval (``retire_grace_s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from features_online import layout
+from features_online.definitions import FeatureView
+from features_online.redis_client import connect_async
+from observability.metrics import GatewayMetrics
+from serving.errors import DependencyUnavailable
+from serving.settings import FeatureSettings, RedisSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LiveVersion:
+    version: int
+    as_of_ms: int
+    watermark_ms: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class ViewRead:
+    """What the store holds for the requested entities of one view, row-aligned."""
+
+    view: FeatureView
+    records: np.ndarray  # structured, layout.record_dtype(view); zeros where absent
+    present: np.ndarray  # bool
+    age_s: np.ndarray  # float, NaN where absent
+
+    @property
+    def stale(self) -> np.ndarray:
+        return self.present & (self.age_s > self.view.ttl.total_seconds())
+
+
+class OnlineStore:
+    def __init__(self, redis: RedisSettings, features: FeatureSettings, views: Mapping[str, FeatureView],
+                 metrics: GatewayMetrics) -> None:
+        self._redis_settings = redis
+        self._settings = features
+        self._views = dict(views)
+        self._metrics = metrics
+        self._client = None
+        self._live: dict[str, LiveVersion | None] = {name: None for name in views}
+        self._task: asyncio.Task | None = None
+        self._mismatched: set[str] = set()
+
+    @property
+    def client(self):
+        if self._client is None:  # created on the serving loop, lazily
+            self._client = connect_async(self._redis_settings)
+        return self._client
+
+    def live(self, view: str) -> LiveVersion | None:
+        return self._live.get(view)
+
+    async def start(self) -> None:
+        try:
+            await self.refresh()
+        except DependencyUnavailable as exc:
+            log.error("online store not reachable at start: %s (will keep trying)", exc.message)
+        self._task = asyncio.create_task(self._refresh_forever(), name="feature-pointers")
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.pointer_refresh_s)
+            try:
+                await self.refresh()
+            except DependencyUnavailable:
+                pass  # reads report it; keep the last known pointers
+
+    async def refresh(self) -> None:
+        """Re-read the meta hash of every view: live version, freshness."""
+        names = list(self._views)
+        try:
+            async with asyncio.timeout(self._redis_settings.socket_timeout_ms / 1000):
+                pipe = self.client.pipeline(transaction=False)
+                for name in names:
+                    pipe.hgetall(layout.meta_key(self._redis_settings.prefix, self._views[name]))
+                metas = await pipe.execute()
+        except Exception as exc:
+            self._metrics.feature_store_errors.labels("refresh").inc()
+            raise DependencyUnavailable(f"online feature store unreachable ({type(exc).__name__})") from None
+        now_ms = time.time() * 1000
+        for name, raw in zip(names, metas):
+            meta = {k.decode(): v.decode() for k, v in raw.items()}
+            view = self._views[name]
+            if not meta.get("version"):
+                self._live[name] = None
+                continue
+            if meta.get("fingerprint") != view.fingerprint:
+                if name not in self._mismatched:
+                    log.error("view %s: the synced schema differs from this gateway's definition; "
+                              "not serving it", name)
+                    self._mismatched.add(name)
+                self._live[name] = None
+                continue
+            self._mismatched.discard(name)
+            live = LiveVersion(int(meta["version"]), int(meta["as_of_ms"]),
+                               int(meta.get("watermark_ms", meta["as_of_ms"])), int(meta.get("rows", 0)))
+            self._live[name] = live
+            self._metrics.feature_version.labels(name).set(live.version)
+            self._metrics.feature_age.labels(name).set((now_ms - live.watermark_ms) / 1000)
+
+    async def read(self, ids_by_view: Mapping[str, np.ndarray], timeout_s: float) -> dict[str, ViewRead]:
+        """Values of the given entities for each view, in one round trip (a pipeline of HMGETs,
+        one per bucket touched). Views with no live version read as all-absent."""
+        plan = []  # (view name, bucket key, row positions)
+        live = {name: self._live.get(name) for name in ids_by_view}
+        pipe = self.client.pipeline(transaction=False)
+        for name, ids in ids_by_view.items():
+            version = live[name]
+            if version is None:
+                continue
+            view = self._views[name]
+            buckets = layout.bucket_of(view, ids)
+            for bucket in np.unique(buckets).tolist():
+                rows = np.flatnonzero(buckets == bucket)
+                key = layout.bucket_key(self._redis_settings.prefix, view, version.version, bucket)
+                pipe.hmget(key, [layout.field(i) for i in ids[rows].tolist()])
+                plan.append((name, rows))
+        replies = []
+        if plan:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    replies = await pipe.execute()
+            except Exception as exc:
+                reason = "timeout" if isinstance(exc, TimeoutError) else "unavailable"
+                self._metrics.feature_store_errors.labels(reason).inc()
+                raise DependencyUnavailable(
+                    "online feature store did not answer in time" if reason == "timeout"
+                    else f"online feature store unreachable ({type(exc).__name__})") from None
+        values: dict[str, list] = {name: [None] * len(ids) for name, ids in ids_by_view.items()}
+        for (name, rows), reply in zip(plan, replies):
+            slots = values[name]
+            for row, value in zip(rows.tolist(), reply):
+                slots[row] = value
+        now_ms = time.time() * 1000
+        result = {}
+        for name, slots in values.items():
+            view = self._views[name]
+            records, present = layout.decode(view, slots)
+            age = np.where(present, (now_ms - records["as_of_ms"]) / 1000, np.nan)
+            result[name] = ViewRead(view, records, present, age)
+        return result
+
+    async def sample_entity(self, view_name: str) -> int | None:
+        """Some entity id of the live version (for example requests), or None."""
+        live = self._live.get(view_name)
+        if live is None:
+            return None
+        view = self._views[view_name]
+        for bucket in range(view.buckets):
+            key = layout.bucket_key(self._redis_settings.prefix, view, live.version, bucket)
+            found = await self.client.hrandfield(key)
+            if found is not None:
+                return int(found)
+        return None
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._client is not None:
+            await self._client.aclose()

@@ -1,0 +1,143 @@
+"""The Spark feature job: raw transactions (Parquet) -> per-customer features as of a time.
+
+Runs on ``local[*]`` by default and on any Spark master unchanged. The output, the offline
+feature table, is what both training and the Redis sync read, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from features_online.definitions import CUSTOMER_ACTIVITY, FeatureView
+
+DAY_S = 86_400
+
+
+def spark_session(master: str = "local[*]", app: str = "mlgate-features", shuffle_partitions: int = 8):
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.master(master).appName(app)
+    if master.startswith("local"):
+        # Python workers must be this interpreter (the venv with pyarrow, redis, mlgate); on a
+        # cluster the image decides.
+        # PySpark reads this one from the environment when the context starts.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = builder.config("spark.pyspark.python", sys.executable)
+    return (builder
+            .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+            .config("spark.sql.session.timeZone", "UTC")
+            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+            .config("spark.driver.memory", "4g")
+            .getOrCreate())
+
+
+def offline_path(root: Path, view: FeatureView, as_of: datetime) -> Path:
+    return root / view.name / f"v{view.version}" / f"as_of={as_of.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def default_as_of(spark, transactions_path: str) -> datetime:
+    """One second after the latest event, whole seconds: the build then sees every event."""
+    from pyspark.sql import functions as F
+
+    latest = spark.read.parquet(transactions_path).agg(F.max(F.unix_timestamp("ts"))).first()[0]
+    return datetime.fromtimestamp(int(latest) + 1, timezone.utc)
+
+
+def features_at(spark, transactions_path: str, spine, view: FeatureView = CUSTOMER_ACTIVITY):
+    """Point-in-time features for each row of ``spine`` (columns ``row_id``, the entity key and
+    ``ref_s``, epoch seconds): aggregates over the entity's events with ``ref_s - 30d <= ts < ref_s``.
+
+    The one definition of the view's features: the serving snapshot (one row per customer, all
+    at the same ``ref_s``) and the training table (one row per labelled transaction, at its own
+    time) both come from here, so training and serving compute features the same way.
+    Returns ``row_id``, the entity key, ``as_of_ms`` and the view's features (defaults filled).
+    """
+    from pyspark.sql import functions as F
+
+    if view is not CUSTOMER_ACTIVITY:
+        raise ValueError(f"no Spark definition for view {view.name!r}")
+    key = view.entity.key
+    tx = spark.read.parquet(transactions_path).select(
+        F.col(key).cast("long").alias(key), F.unix_timestamp("ts").alias("ts_s"), "amount",
+        "merchant_id", "is_foreign", "is_online")
+    joined = (spine.join(tx, key)
+              .withColumn("age_s", F.col("ref_s") - F.col("ts_s"))
+              .where((F.col("age_s") > 0) & (F.col("age_s") <= 30 * DAY_S)))
+
+    def within(days: int, value):
+        return F.when(F.col("age_s") <= days * DAY_S, value)
+
+    aggregates = []
+    for d in (1, 7, 30):
+        aggregates.append(F.count(within(d, F.lit(1))).alias(f"txn_count_{d}d"))
+        aggregates.append(F.sum(within(d, F.col("amount"))).alias(f"amount_sum_{d}d"))
+    aggregates += [
+        F.avg("amount").alias("amount_mean_30d"),
+        F.max("amount").alias("amount_max_30d"),
+        F.countDistinct("merchant_id").alias("distinct_merchants_30d"),
+        F.avg(F.col("is_foreign").cast("double")).alias("foreign_share_30d"),
+        F.avg(F.col("is_online").cast("double")).alias("online_share_30d"),
+        F.min("age_s").cast("double").alias("seconds_since_last_txn"),
+    ]
+    activity = joined.groupBy("row_id").agg(*aggregates)
+    columns = [F.col("row_id"), F.col(key).cast("long").alias(key),
+               (F.col("ref_s") * 1000).cast("long").alias("as_of_ms")]
+    for f in view.features:
+        cast = "long" if f.dtype == "long" else "double"
+        columns.append(F.coalesce(F.col(f.name).cast(cast), F.lit(f.default).cast(cast)).alias(f.name))
+    return spine.join(activity, "row_id", "left").select(*columns)
+
+
+def build(spark, transactions_path: str, customers_path: str, as_of: datetime,
+          view: FeatureView = CUSTOMER_ACTIVITY):
+    """The serving snapshot: every known customer's features from events before ``as_of``."""
+    from pyspark.sql import functions as F
+
+    key = view.entity.key
+    spine = spark.read.parquet(customers_path).select(
+        F.col(key).cast("long").alias("row_id"), F.col(key).cast("long").alias(key),
+        F.lit(int(as_of.timestamp())).cast("long").alias("ref_s"))
+    return features_at(spark, transactions_path, spine, view).drop("row_id")
+
+
+def transaction_features(spark, transactions_path: str, since: datetime,
+                         view: FeatureView = CUSTOMER_ACTIVITY):
+    """Training rows: each transaction after ``since`` with the features as they were just
+    before it happened (``row_id`` = transaction_id)."""
+    from pyspark.sql import functions as F
+
+    key = view.entity.key
+    spine = (spark.read.parquet(transactions_path)
+             .where(F.unix_timestamp("ts") > F.lit(int(since.timestamp())))
+             .select(F.col("transaction_id").cast("long").alias("row_id"), F.col(key).cast("long").alias(key),
+                     F.unix_timestamp("ts").alias("ref_s")))
+    return features_at(spark, transactions_path, spine, view)
+
+
+def write_offline(frame, path: Path) -> Path:
+    frame.write.mode("overwrite").parquet(str(path))
+    return path
+
+
+def changed_since(spark, transactions_path: str, since: datetime, until: datetime,
+                  key: str = CUSTOMER_ACTIVITY.entity.key):
+    """Entity keys with events in (since, until]: what an incremental sync refreshes."""
+    from pyspark.sql import functions as F
+
+    since_s, until_s = int(since.timestamp()), int(until.timestamp())
+    ts = F.unix_timestamp("ts")
+    return (spark.read.parquet(transactions_path)
+            .where((ts > F.lit(since_s)) & (ts <= F.lit(until_s)))
+            .select(F.col(key).cast("long").alias(key)).distinct())
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

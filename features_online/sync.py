@@ -1,0 +1,205 @@
+"""Offline feature table (a Spark DataFrame) -> Redis, written from inside Spark's partitions.
+
+A full sync writes a new data version beside the live one, checks that Redis acknowledged every
+row, then flips the view's pointer in one MULTI/EXEC: readers see the old version or the new one,
+never a mix. The replaced version (and any version a dead sync left behind) is then expired after
+a grace period. An incremental sync rewrites only the given entities, in place, in the live
+version (one atomic HSET field each). Sync facts live in the view's meta hash (see layout.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterator, Literal
+
+import numpy as np
+
+from features_online import layout
+from features_online.definitions import FeatureView
+from features_online.redis_client import connect
+from serving.settings import FeatureSettings, RedisSettings
+
+log = logging.getLogger(__name__)
+
+class SyncError(RuntimeError):
+    """A sync that did not complete; the live version is untouched."""
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    view: str
+    mode: Literal["full", "incremental"]
+    version: int
+    rows: int
+    seconds: float
+    retired: tuple[int, ...] = ()
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+def key_ttl_s(view: FeatureView) -> int:
+    """Keys outlive the view's TTL twice over: stale values stay readable (and flagged) for a
+    while; a view whose syncs stopped long ago empties itself."""
+    return int(view.ttl.total_seconds() * 2)
+
+
+def partition_writer(redis: RedisSettings, view: FeatureView, version: int, batch_rows: int):
+    """The function Spark runs on each partition (via mapInPandas): encode, HSET, count."""
+    key_column = view.entity.key
+    ttl = key_ttl_s(view)
+
+    def write(frames: Iterator[Any]) -> Iterator[Any]:
+        import pandas as pd
+
+        client = connect(redis, socket_timeout_s=30)
+        written, touched = 0, set()
+        for frame in frames:
+            if frame.empty:
+                continue
+            ids = frame[key_column].to_numpy(dtype=np.int64)
+            values = layout.encode(view, frame["as_of_ms"].to_numpy(dtype=np.int64),
+                                   {f: frame[f].to_numpy() for f in view.feature_names})
+            written += _write_buckets(client, redis.prefix, view, version, ids, values, batch_rows, touched)
+        if touched:  # every key gets its TTL, once per bucket
+            pipe = client.pipeline(transaction=False)
+            for key in touched:
+                pipe.expire(key, ttl)
+            pipe.execute()
+        client.close()
+        yield pd.DataFrame({"written": [written]}, dtype="int64")
+
+    return write
+
+
+def _write_buckets(client, prefix: str, view: FeatureView, version: int, ids: np.ndarray,
+                   values: list[bytes], batch_rows: int, touched: set[str]) -> int:
+    """HSET rows, up to ``batch_rows`` fields per command; returns the rows sent (any command
+    Redis refuses raises here)."""
+    buckets = layout.bucket_of(view, ids)
+    order = np.argsort(buckets, kind="stable")
+    sorted_buckets = buckets[order]
+    fields = [str(i).encode() for i in ids[order].tolist()]
+    ordered_values = [values[j] for j in order.tolist()]
+    # Command boundaries: every bucket change, and every batch_rows within a bucket.
+    cuts = set((np.flatnonzero(np.diff(sorted_buckets)) + 1).tolist()) | set(range(0, len(ids), batch_rows))
+    bounds = sorted(cuts | {len(ids)})
+    pipe = client.pipeline(transaction=False)
+    acked = 0
+    for i, (start, end) in enumerate(zip(bounds, bounds[1:])):
+        key = layout.bucket_key(prefix, view, version, int(sorted_buckets[start]))
+        touched.add(key)
+        pairs: list[bytes] = [b""] * (2 * (end - start))
+        pairs[0::2] = fields[start:end]
+        pairs[1::2] = ordered_values[start:end]
+        pipe.execute_command("HSET", key, *pairs)
+        acked += end - start
+        if i % 32 == 31:
+            pipe.execute()  # raises on any failed command
+    pipe.execute()
+    return acked
+
+
+class FeatureSync:
+    def __init__(self, redis: RedisSettings, features: FeatureSettings, view: FeatureView) -> None:
+        self.redis = redis
+        self.settings = features
+        self.view = view
+        self.client = connect(redis, socket_timeout_s=30)
+        self.meta_key = layout.meta_key(redis.prefix, view)
+
+    def meta(self) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.client.hgetall(self.meta_key).items()}
+
+    def live_version(self) -> int | None:
+        value = self.meta().get("version")
+        return int(value) if value else None
+
+    @contextmanager
+    def _lock(self, ttl_s: int = 6 * 3600):
+        key, token = layout.lock_key(self.redis.prefix, self.view), uuid.uuid4().hex
+        if not self.client.set(key, token, nx=True, ex=ttl_s):
+            raise SyncError(f"another sync of {self.view.name} is running (lock {key})")
+        try:
+            yield
+        finally:
+            if self.client.get(key) == token.encode():
+                self.client.delete(key)
+
+    def _write(self, frame, version: int, expected: int) -> None:
+        writer = partition_writer(self.redis, self.view, version, self.settings.sync_batch_rows)
+        try:
+            written = frame.mapInPandas(writer, schema="written long").groupBy().sum("written").first()[0]
+        except Exception as exc:  # a failed Spark job: nothing flips
+            raise SyncError(f"writing {self.view.name} v{version} failed: {exc}") from exc
+        written = int(written or 0)
+        if written != expected:
+            raise SyncError(f"{self.view.name} v{version}: Redis acknowledged {written} of {expected} rows")
+
+    def full(self, frame, as_of: datetime, source: str) -> SyncResult:
+        """Write every row of ``frame`` as a new data version, verify, flip, retire the old one."""
+        started = time.perf_counter()
+        with self._lock():
+            meta = self.meta()
+            previous = int(meta["version"]) if meta.get("version") else None
+            abandoned = int(meta["writing"]) if meta.get("writing") else None
+            version = int(self.client.hincrby(self.meta_key, "next_version", 1))
+            self.client.hset(self.meta_key, "writing", version)
+            expected = frame.count()
+            self._write(frame, version, expected)
+            stored = self._stored(version)
+            if stored != expected:  # duplicates in the input, or writes lost on the way
+                raise SyncError(f"{self.view.name} v{version}: {stored} entities stored for {expected} rows")
+            self._flip(version, expected, as_of, source)
+            retired = tuple(v for v in (previous, abandoned) if v is not None and v != version)
+            for old in retired:
+                self.retire(old)
+        return SyncResult(self.view.name, "full", version, expected, time.perf_counter() - started, retired)
+
+    def incremental(self, frame, as_of: datetime, source: str) -> SyncResult:
+        """Rewrite the rows of ``frame`` (changed entities) in the live version, in place."""
+        started = time.perf_counter()
+        with self._lock():
+            meta = self.meta()
+            if not meta.get("version"):
+                raise SyncError(f"{self.view.name} has no live version: run a full sync first")
+            if meta.get("fingerprint") != self.view.fingerprint:
+                raise SyncError(f"{self.view.name}: the live version has another schema; run a full sync")
+            version = int(meta["version"])
+            expected = frame.count()
+            self._write(frame, version, expected)
+            self.client.hset(self.meta_key, mapping={
+                "watermark_ms": int(as_of.timestamp() * 1000), "incremental_rows": expected,
+                "incremental_source": source, "finished_at_ms": int(time.time() * 1000)})
+        return SyncResult(self.view.name, "incremental", version, expected, time.perf_counter() - started)
+
+    def _stored(self, version: int) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for key in layout.bucket_keys(self.redis.prefix, self.view, version):
+            pipe.hlen(key)
+        return sum(pipe.execute())
+
+    def _flip(self, version: int, rows: int, as_of: datetime, source: str) -> None:
+        as_of_ms = int(as_of.timestamp() * 1000)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self.meta_key, mapping={
+            "version": version, "rows": rows, "as_of_ms": as_of_ms, "watermark_ms": as_of_ms,
+            "source": source, "fingerprint": self.view.fingerprint,
+            "finished_at_ms": int(time.time() * 1000)})
+        pipe.hdel(self.meta_key, "writing", "incremental_rows", "incremental_source")
+        pipe.execute()
+        log.info("%s: v%d live (%d rows, as of %s)", self.view.name, version, rows,
+                 datetime.fromtimestamp(as_of_ms / 1000, timezone.utc).isoformat())
+
+    def retire(self, version: int) -> None:
+        """Give every bucket of ``version`` a short TTL (readers holding the old pointer finish)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in layout.bucket_keys(self.redis.prefix, self.view, version):
+            pipe.expire(key, self.settings.retire_grace_s)
+        pipe.execute()

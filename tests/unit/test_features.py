@@ -1,0 +1,92 @@
+"""Binding model inputs to feature views, entity-keyed bodies, and the missing/stale policies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from features_online import layout
+from features_online.definitions import CUSTOMER_ACTIVITY as VIEW
+from features_online.reader import ViewRead
+from observability.metrics import GatewayMetrics
+from serving import features
+from serving.errors import FeaturesMissing, FeaturesStale, InvalidRequest, ModelValidationError
+from serving.runtime.base import FeatureSpec
+from serving.settings import FeatureSettings
+from tests.unit.conftest import make_spec
+
+SPEC = make_spec(inputs=(FeatureSpec("amount", "double"),
+                         FeatureSpec("customer_activity__txn_count_7d", "long"),
+                         FeatureSpec("customer_activity__amount_mean_30d", "double")))
+TTL = VIEW.ttl.total_seconds()
+
+
+def read(present, age_s, counts):
+    values = layout.encode(VIEW, 0, {"txn_count_7d": np.array(counts, dtype=float),
+                                     "amount_mean_30d": np.array(counts, dtype=float) * 10})
+    records, _ = layout.decode(VIEW, values)
+    return {"customer_activity": ViewRead(VIEW, records, np.array(present), np.array(age_s, dtype=float))}
+
+
+def test_bind_splits_inputs_and_refuses_unknown_view_features():
+    binding = features.bind(SPEC)
+    assert dict(binding.by_view) == {"customer_activity": ("txn_count_7d", "amount_mean_30d")}
+    assert binding.request_spec.feature_names == ("amount",)
+    assert binding.entity_keys == ["customer_id"]
+    with pytest.raises(ModelValidationError, match="customer_activity__velocity"):
+        features.bind(make_spec(inputs=(FeatureSpec("customer_activity__velocity", "double"),)))
+
+
+def test_entity_rows_with_shared_or_per_row_request_features():
+    binding = features.bind(SPEC)
+    ids, rows = features.entity_rows({"entities": [{"customer_id": 5}, {"customer_id": 9}],
+                                      "features": {"amount": 3.0}}, binding, 10)
+    assert ids["customer_activity"].tolist() == [5, 9] and rows == [{"amount": 3.0}] * 2
+    _, rows = features.entity_rows({"entities": [{"customer_id": 5}], "features": [{"amount": 1.0}]},
+                                   binding, 10)
+    assert rows == [{"amount": 1.0}]
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"entities": []}, "non-empty"),
+    ({"entities": [{"customer_id": "5"}]}, "non-negative integer"),
+    ({"entities": [{"customer_id": True}]}, "non-negative integer"),
+    ({"entities": [{"customer_id": -1}]}, "non-negative integer"),
+    ({"entities": [{"user": 1}]}, "exactly: customer_id"),
+    ({"entities": [{"customer_id": 1}], "features": [{}, {}]}, "one object per entity"),
+    ({"entities": [{"customer_id": 1}], "extra": 1}, "unknown top-level"),
+])
+def test_entity_body_errors_are_400(body, message):
+    with pytest.raises(InvalidRequest, match=message):
+        features.entity_rows(body, features.bind(SPEC), 10)
+
+
+def test_assemble_serves_stored_values_and_defaults_missing_rows_saying_so():
+    metrics = GatewayMetrics()
+    columns, origin = features.assemble(features.bind(SPEC), read([True, False], [60.0, np.nan], [4, 0]),
+                                        FeatureSettings(), metrics)
+    assert columns["customer_activity__txn_count_7d"].tolist() == [4.0, 0.0]
+    assert columns["customer_activity__amount_mean_30d"].tolist() == [40.0, 0.0]
+    assert origin[0]["customer_activity"] == {"source": "online_store", "status": "fresh", "age_s": 60.0}
+    assert origin[1]["customer_activity"] == {"source": "default", "status": "missing"}
+    get = metrics.registry.get_sample_value
+    assert get("mlgate_feature_rows_total", {"view": "customer_activity", "status": "missing"}) == 1
+
+
+def test_stale_policies():
+    binding, stale = features.bind(SPEC), read([True], [TTL + 1], [4])
+    _, origin = features.assemble(binding, stale, FeatureSettings(on_stale="serve"), GatewayMetrics())
+    assert origin[0]["customer_activity"]["status"] == "stale"
+    assert origin[0]["customer_activity"]["source"] == "online_store"
+    columns, origin = features.assemble(binding, stale, FeatureSettings(on_stale="default"), GatewayMetrics())
+    assert columns["customer_activity__txn_count_7d"].tolist() == [0.0]
+    assert origin[0]["customer_activity"]["source"] == "default"
+    with pytest.raises(FeaturesStale):
+        features.assemble(binding, stale, FeatureSettings(on_stale="error"), GatewayMetrics())
+
+
+def test_missing_policy_error_is_422():
+    with pytest.raises(FeaturesMissing) as err:
+        features.assemble(features.bind(SPEC), read([True, False], [1.0, np.nan], [1, 0]),
+                          FeatureSettings(on_missing="error"), GatewayMetrics())
+    assert err.value.status == 422 and "entities[1]" in err.value.message
