@@ -1,0 +1,165 @@
+"""The Spark -> Redis sync and the online reader, with real Spark (local) and a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+
+from features_online import layout
+from features_online.definitions import CUSTOMER_ACTIVITY as VIEW
+from features_online.reader import OnlineStore
+from features_online.sync import FeatureSync, SyncError, key_ttl_s
+from observability.metrics import GatewayMetrics
+from serving.settings import FeatureSettings, RedisSettings
+
+pytestmark = pytest.mark.integration
+
+N = 2_000
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+
+
+@pytest.fixture
+def redis_settings(redis_url) -> RedisSettings:
+    return RedisSettings(url=redis_url, prefix=f"t{uuid.uuid4().hex[:8]}")  # a namespace per test
+
+
+def frame(spark, as_of: datetime, scale: float = 1.0, ids=None):
+    """N entities whose values are a known function of the id (times ``scale``)."""
+    ids = np.arange(1, N + 1) if ids is None else np.asarray(ids)
+    data = {"customer_id": ids.astype(np.int64),
+            "as_of_ms": np.full(len(ids), int(as_of.timestamp() * 1000), dtype=np.int64)}
+    for f in VIEW.features:
+        values = ids * scale
+        data[f.name] = values.astype(np.int64) if f.dtype == "long" else values.astype(np.float64)
+    return spark.createDataFrame(pd.DataFrame(data)).repartition(2)
+
+
+def syncer(redis_settings, **features) -> FeatureSync:
+    return FeatureSync(redis_settings, FeatureSettings(**features), VIEW)
+
+
+def read_values(redis_settings, ids, pointer_refresh_s: float = 1.0):
+    async def run():
+        store = OnlineStore(redis_settings, FeatureSettings(pointer_refresh_s=pointer_refresh_s),
+                            {VIEW.name: VIEW}, GatewayMetrics())
+        await store.start()
+        try:
+            return (await store.read({VIEW.name: np.asarray(ids, dtype=np.int64)}, 1.0))[VIEW.name]
+        finally:
+            await store.close()
+    return asyncio.run(run())
+
+
+def test_full_sync_writes_verifies_flips_and_sets_ttls(spark, redis_settings):
+    result = syncer(redis_settings).full(frame(spark, NOW), NOW, "test-source")
+    assert (result.mode, result.version, result.rows) == ("full", 1, N)
+    meta = syncer(redis_settings).meta()
+    assert meta["version"] == "1" and meta["rows"] == str(N) and meta["source"] == "test-source"
+    assert meta["fingerprint"] == VIEW.fingerprint and "writing" not in meta
+    client = redis.Redis.from_url(redis_settings.url)
+    ttls = [client.ttl(k) for k in layout.bucket_keys(redis_settings.prefix, VIEW, 1)]
+    assert all(key_ttl_s(VIEW) - 60 < t <= key_ttl_s(VIEW) for t in ttls)
+    got = read_values(redis_settings, [1, 777, N, N + 5])
+    assert got.present.tolist() == [True, True, True, False]
+    assert got.records["txn_count_7d"][:3].tolist() == [1, 777, N]
+    assert got.records["amount_mean_30d"][1] == 777.0
+    assert 0 <= got.age_s[0] < 60 and np.isnan(got.age_s[3])
+
+
+def test_a_new_version_replaces_the_old_one_which_then_expires(spark, redis_settings):
+    sync = syncer(redis_settings, retire_grace_s=30)
+    sync.full(frame(spark, NOW), NOW, "a")
+    result = sync.full(frame(spark, NOW, scale=2.0), NOW, "b")
+    assert result.version == 2 and result.retired == (1,)
+    assert read_values(redis_settings, [10]).records["txn_count_7d"].tolist() == [20]
+    client = redis.Redis.from_url(redis_settings.url)
+    assert all(0 < client.ttl(k) <= 30 for k in layout.bucket_keys(redis_settings.prefix, VIEW, 1))
+
+
+def test_readers_during_a_sync_see_the_old_or_the_new_version_never_a_mix(spark, redis_settings):
+    old, new = NOW - timedelta(hours=1), NOW
+    syncer(redis_settings).full(frame(spark, old), old, "old")
+    ids = np.arange(1, N + 1, N // 100)  # 100 entities across every bucket
+    seen: list[set[int]] = []
+    done = threading.Event()
+
+    async def read_loop():
+        store = OnlineStore(redis_settings, FeatureSettings(pointer_refresh_s=0.01),
+                            {VIEW.name: VIEW}, GatewayMetrics())
+        await store.start()
+        while not done.is_set():
+            read = (await store.read({VIEW.name: ids}, 1.0))[VIEW.name]
+            seen.append(set(read.records["as_of_ms"][read.present].tolist()) | ({0} if not read.present.all() else set()))
+            await asyncio.sleep(0)
+        for _ in range(20):  # after the flip: the pointer refresh brings the new version
+            read = (await store.read({VIEW.name: ids}, 1.0))[VIEW.name]
+            seen.append(set(read.records["as_of_ms"].tolist()))
+            await asyncio.sleep(0.01)
+        await store.close()
+
+    reader = threading.Thread(target=lambda: asyncio.run(read_loop()))
+    reader.start()
+    try:
+        syncer(redis_settings).full(frame(spark, new, scale=3.0), new, "new")
+    finally:
+        done.set()
+        reader.join(30)
+    stamps = {int(old.timestamp() * 1000)}, {int(new.timestamp() * 1000)}
+    # Every read: all 100 entities present, all from one version, never a mix or a gap.
+    assert len(seen) > 20 and all(s in stamps for s in seen)
+    assert seen[0] == stamps[0] and seen[-1] == stamps[1]
+
+
+def test_a_sync_that_dies_half_way_leaves_the_previous_version_serving(spark, redis_settings):
+    from pyspark.sql import functions as F
+
+    sync = syncer(redis_settings, retire_grace_s=30)
+    sync.full(frame(spark, NOW), NOW, "good")
+    broken = frame(spark, NOW, scale=5.0).withColumn(
+        "amount_sum_1d", F.when(F.col("customer_id") == N // 2, F.raise_error(F.lit("bad row")))
+        .otherwise(F.col("amount_sum_1d")))
+    with pytest.raises(SyncError, match="failed"):
+        sync.full(broken, NOW, "broken")
+    meta = sync.meta()
+    assert meta["version"] == "1" and meta["writing"] == "2"  # no flip; the dead version is known
+    assert read_values(redis_settings, [3]).records["txn_count_7d"].tolist() == [3]  # old values
+    result = sync.full(frame(spark, NOW, scale=4.0), NOW, "recovered")
+    assert result.version == 3 and set(result.retired) == {1, 2}
+    client = redis.Redis.from_url(redis_settings.url)
+    assert all(client.ttl(k) <= 30 for k in layout.bucket_keys(redis_settings.prefix, VIEW, 2))
+
+
+def test_duplicate_entities_or_a_running_sync_refuse_to_flip(spark, redis_settings):
+    sync = syncer(redis_settings)
+    with pytest.raises(SyncError, match="stored for"):
+        sync.full(frame(spark, NOW, ids=[1, 2, 2, 3]), NOW, "dupes")
+    assert "version" not in sync.meta()
+    redis.Redis.from_url(redis_settings.url).set(layout.lock_key(redis_settings.prefix, VIEW), "other")
+    with pytest.raises(SyncError, match="another sync"):
+        sync.full(frame(spark, NOW), NOW, "x")
+
+
+def test_incremental_sync_rewrites_only_changed_entities_in_place(spark, redis_settings):
+    sync = syncer(redis_settings)
+    sync.full(frame(spark, NOW - timedelta(hours=2)), NOW - timedelta(hours=2), "full")
+    changed = frame(spark, NOW, scale=10.0, ids=[5, 6])
+    result = sync.incremental(changed, NOW, "delta")
+    assert (result.mode, result.version, result.rows) == ("incremental", 1, 2)
+    got = read_values(redis_settings, [4, 5, 6])
+    assert got.records["txn_count_7d"].tolist() == [4, 50, 60]
+    assert got.age_s[0] > 7000 and got.age_s[1] < 60  # each entity carries its own as-of time
+    assert sync.meta()["watermark_ms"] == str(int(NOW.timestamp() * 1000))
+
+
+def test_values_older_than_the_view_ttl_read_as_stale(spark, redis_settings):
+    long_ago = NOW - VIEW.ttl - timedelta(hours=1)
+    syncer(redis_settings).full(frame(spark, long_ago), long_ago, "old")
+    got = read_values(redis_settings, [1, 2])
+    assert got.present.all() and got.stale.all()
