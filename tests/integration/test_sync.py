@@ -163,3 +163,48 @@ def test_values_older_than_the_view_ttl_read_as_stale(spark, redis_settings):
     syncer(redis_settings).full(frame(spark, long_ago), long_ago, "old")
     got = read_values(redis_settings, [1, 2])
     assert got.present.all() and got.stale.all()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory):
+    """A private three-node Redis Cluster (no replicas) on free ports."""
+    import shutil
+    import subprocess
+    import time
+
+    from tests.integration.conftest import _is_free
+
+    if shutil.which("redis-cli") is None:
+        pytest.fail("redis-cli is not installed (.ci/run installs redis-server with it)")
+    folder = tmp_path_factory.mktemp("cluster")
+    # Each node also listens on port + 10000 (the cluster bus): pick ports where both are free.
+    candidates = (p for p in np.random.default_rng().permutation(np.arange(20_000, 50_000)).tolist()
+                  if _is_free(p) and _is_free(p + 10_000))
+    ports = [next(candidates) for _ in range(3)]
+    procs = [subprocess.Popen(["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled",
+                               "yes", "--cluster-config-file", f"nodes-{p}.conf", "--save", "",
+                               "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL)
+             for p in ports]
+    time.sleep(0.5)
+    subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                    "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+    client = redis.Redis(port=ports[0])
+    for _ in range(100):
+        if client.cluster("info").get("cluster_state") == "ok":
+            break
+        time.sleep(0.1)
+    yield f"redis://127.0.0.1:{ports[0]}/0"
+    for proc in procs:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_sync_and_read_on_a_redis_cluster(spark, redis_cluster):
+    settings = RedisSettings(url=redis_cluster, cluster=True, prefix="cl")
+    sync = syncer(settings)
+    sync.full(frame(spark, NOW), NOW, "first")
+    result = sync.full(frame(spark, NOW, scale=2.0), NOW, "second")  # flip in MULTI/EXEC on a cluster
+    assert (result.version, result.retired) == (2, (1,))
+    got = read_values(settings, [1, 33, 1_500, N + 1])  # entities in buckets on different nodes
+    assert got.present.tolist() == [True, True, True, False]
+    assert got.records["txn_count_7d"][:3].tolist() == [2, 66, 3_000]
