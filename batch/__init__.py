@@ -1,0 +1,1 @@
+"""Batch scoring on Spark, and the fallback scores it leaves in Redis for the gateway."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
@@ -31,6 +31,8 @@ class LiveVersion:
     as_of_ms: int
     watermark_ms: int
     rows: int
+    extra: Mapping[str, str] = field(default_factory=dict)
+    """Facts the writer attached (meta fields ``x_*``), e.g. the model version of batch scores."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,12 @@ class OnlineStore:
 
     def live(self, view: str) -> LiveVersion | None:
         return self._live.get(view)
+
+    def add_view(self, view: FeatureView) -> None:
+        """Serve one more view (e.g. a model's batch scores); picked up at the next refresh."""
+        if view.name not in self._views:
+            self._views[view.name] = view
+            self._live[view.name] = None
 
     async def start(self) -> None:
         try:
@@ -111,7 +119,8 @@ class OnlineStore:
                 continue
             self._mismatched.discard(name)
             live = LiveVersion(int(meta["version"]), int(meta["as_of_ms"]),
-                               int(meta.get("watermark_ms", meta["as_of_ms"])), int(meta.get("rows", 0)))
+                               int(meta.get("watermark_ms", meta["as_of_ms"])), int(meta.get("rows", 0)),
+                               {k[2:]: v for k, v in meta.items() if k.startswith("x_")})
             self._live[name] = live
             self._metrics.feature_version.labels(name).set(live.version)
             self._metrics.feature_age.labels(name).set((now_ms - live.watermark_ms) / 1000)

@@ -142,8 +142,9 @@ class FeatureSync:
         if written != expected:
             raise SyncError(f"{self.view.name} v{version}: Redis acknowledged {written} of {expected} rows")
 
-    def full(self, frame, as_of: datetime, source: str) -> SyncResult:
-        """Write every row of ``frame`` as a new data version, verify, flip, retire the old one."""
+    def full(self, frame, as_of: datetime, source: str, extra: dict[str, str] | None = None) -> SyncResult:
+        """Write every row of ``frame`` as a new data version, verify, flip, retire the old one.
+        ``extra`` facts (e.g. the model version of batch scores) go into the meta hash with it."""
         started = time.perf_counter()
         with self._lock():
             meta = self.meta()
@@ -156,7 +157,7 @@ class FeatureSync:
             stored = self._stored(version)
             if stored != expected:  # duplicates in the input, or writes lost on the way
                 raise SyncError(f"{self.view.name} v{version}: {stored} entities stored for {expected} rows")
-            self._flip(version, expected, as_of, source)
+            self._flip(version, expected, as_of, source, extra or {})
             retired = tuple(v for v in (previous, abandoned) if v is not None and v != version)
             for old in retired:
                 self.retire(old)
@@ -185,10 +186,11 @@ class FeatureSync:
             pipe.hlen(key)
         return sum(pipe.execute())
 
-    def _flip(self, version: int, rows: int, as_of: datetime, source: str) -> None:
+    def _flip(self, version: int, rows: int, as_of: datetime, source: str, extra: dict[str, str]) -> None:
         as_of_ms = int(as_of.timestamp() * 1000)
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self.meta_key, mapping={
+            **{f"x_{k}": v for k, v in extra.items()},
             "version": version, "rows": rows, "as_of_ms": as_of_ms, "watermark_ms": as_of_ms,
             "source": source, "fingerprint": self.view.fingerprint,
             "finished_at_ms": int(time.time() * 1000)})

@@ -16,7 +16,7 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 UNKNOWN_MODEL = "_unknown"
-STAGES = ("decode", "features", "inference", "encode")
+STAGES = ("decode", "features", "inference", "encode", "fallback")
 
 
 class GatewayMetrics:
@@ -59,6 +59,9 @@ class GatewayMetrics:
         self.feature_version = Gauge(
             "mlgate_feature_view_version", "Live data version of the view in the online store.",
             ["view"], registry=r)
+        self.fallback_rows = Counter(
+            "mlgate_fallback_rows", "Rows answered with a precomputed batch score, by reason.",
+            ["model", "reason"], registry=r)
         self.feature_store_errors = Counter(
             "mlgate_feature_store_errors", "Failed online-store calls by reason.", ["reason"], registry=r)
 

@@ -58,6 +58,20 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    from batch.score import score
+    from features_online import jobs
+
+    settings = _settings(args)
+    output = args.output or str(settings.state_dir / "scores" / args.model.replace("@", "_").replace("/", "_"))
+    result = score(settings, jobs.session(settings), args.model, output, sync=not args.no_sync)
+    print(f"scored {result.rows:,} entities with {result.model} v{result.version} in {result.seconds:.1f}s "
+          f"({result.rows_per_s:,.0f} rows/s) -> {result.output}")
+    if result.sync:
+        print(f"fallback scores live in Redis as version {result.sync.version}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from serving.launcher import app_args, read_config, serve_forever
 
@@ -88,6 +102,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     runner.features(settings, spark)
     if not runner.has_alias(settings, "fraud-detector", "champion"):
         runner.train(settings, "champion", spark=spark)
+    runner.batch_scores(settings, spark)
     spark.stop()
     print("starting the gateway on Ray Serve ...", flush=True)
     runner.start_detached(settings, _serve_flags(args))
@@ -146,6 +161,13 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--incremental", action="store_true",
                     help="sync: only entities with events since the last sync, in place")
     sp.set_defaults(func=cmd_features)
+
+    sp = sub.add_parser("batch", help="Spark batch scoring: scores to Parquet and to the fallback keyspace")
+    sp.add_argument("action", choices=("score",))
+    sp.add_argument("--model", default="fraud-detector@champion", help="name@alias or name/version")
+    sp.add_argument("--output", help="Parquet folder (default .mlgate/scores/<model>)")
+    sp.add_argument("--no-sync", action="store_true", help="write Parquet only, leave Redis alone")
+    sp.set_defaults(func=cmd_batch)
 
     sp = sub.add_parser("serve", help="run the gateway on Ray Serve in the foreground")
     serve_options(sp)

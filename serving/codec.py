@@ -45,7 +45,7 @@ def instances_of(payload: Any, max_instances: int) -> list[dict[str, Any]]:
     """The ``instances`` list of a predict body, after checking the envelope."""
     if not isinstance(payload, dict):
         raise InvalidRequest("the body must be a JSON object with an 'instances' list")
-    extra = payload.keys() - {"instances"}
+    extra = payload.keys() - {"instances", "timeout_ms"}
     if extra:
         raise InvalidRequest(f"unknown top-level fields: {_names(extra)}")
     instances = payload.get("instances")

@@ -87,6 +87,12 @@ class DependencyUnavailable(MlgateError):
     status, code, retryable, retry_after_s = 503, "dependency_unavailable", True, 2
 
 
+class FallbackUnavailable(MlgateError):
+    """The online path could not answer and no usable batch score exists either."""
+
+    status, code, retryable, retry_after_s = 503, "fallback_unavailable", True, 2
+
+
 class DeadlineExceeded(MlgateError):
     status, code, retryable = 504, "deadline_exceeded", True
     default_message = "the request did not finish within its deadline"

@@ -48,20 +48,43 @@ def bind(spec: ModelSpec) -> FeatureBinding:
                           replace(spec, inputs=request_inputs, input_example=()))
 
 
-def entity_rows(payload: Mapping[str, Any], binding: FeatureBinding, max_instances: int
-                ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
-    """Entity ids per view, and request-time feature rows, from an entity-keyed predict body."""
-    extra = payload.keys() - {"entities", "features"}
+ENTITY_BODY_FIELDS = frozenset({"entities", "features", "timeout_ms"})
+
+
+def _entities(payload: Mapping[str, Any], max_instances: int) -> list:
+    extra = payload.keys() - ENTITY_BODY_FIELDS
     if extra:
         raise InvalidRequest(f"unknown top-level fields: {', '.join(sorted(str(e)[:64] for e in extra))}")
-    if not binding.by_view:
-        raise InvalidRequest("this model takes no stored features: send 'instances'")
     entities = payload.get("entities")
     if not isinstance(entities, list) or not entities:
         raise InvalidRequest("'entities' must be a non-empty list of objects")
     if len(entities) > max_instances:
         raise TooManyInstances(f"{len(entities)} entities sent, at most {max_instances} allowed")
-    keys = binding.entity_keys
+    return entities
+
+
+def entity_ids(payload: Mapping[str, Any], max_instances: int) -> np.ndarray:
+    """The entity ids of a body whose model is not known yet (for batch-score fallbacks): each
+    row must carry exactly one id, under the same key."""
+    entities = _entities(payload, max_instances)
+    first = entities[0]
+    if not isinstance(first, dict) or len(first) != 1:
+        raise InvalidRequest("entities[0] must be an object with exactly one entity id")
+    return _ids(entities, list(first))[next(iter(first))]
+
+
+def entity_rows(payload: Mapping[str, Any], binding: FeatureBinding, max_instances: int
+                ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Entity ids per view, and request-time feature rows, from an entity-keyed predict body."""
+    entities = _entities(payload, max_instances)
+    if not binding.by_view:
+        raise InvalidRequest("this model takes no stored features: send 'instances'")
+    ids = _ids(entities, binding.entity_keys)
+    return ({v.name: ids[v.entity.key] for v in binding.views},
+            _request_rows(payload.get("features"), len(entities), binding))
+
+
+def _ids(entities: list, keys: list[str]) -> dict[str, np.ndarray]:
     ids = {key: np.empty(len(entities), dtype=np.int64) for key in keys}
     for i, row in enumerate(entities):
         if not isinstance(row, dict) or row.keys() != set(keys):
@@ -71,8 +94,7 @@ def entity_rows(payload: Mapping[str, Any], binding: FeatureBinding, max_instanc
             if type(value) is not int or not 0 <= value <= _INT64_MAX:
                 raise InvalidRequest(f"entities[{i}].{key}: expected a non-negative integer id")
             ids[key][i] = value
-    return ({v.name: ids[v.entity.key] for v in binding.views},
-            _request_rows(payload.get("features"), len(entities), binding))
+    return ids
 
 
 def _request_rows(features: Any, n: int, binding: FeatureBinding) -> list[dict[str, Any]]:
@@ -86,21 +108,30 @@ def _request_rows(features: Any, n: int, binding: FeatureBinding) -> list[dict[s
 
 
 def assemble(binding: FeatureBinding, reads: Mapping[str, ViewRead], settings: FeatureSettings,
-             metrics: GatewayMetrics) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
-    """Model input columns from stored values (or defaults, by policy), and per-row provenance."""
+             metrics: GatewayMetrics) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], dict[int, str]]:
+    """Model input columns from stored values (or defaults, by policy), per-row provenance, and
+    the rows the policy sends to the batch-score fallback (row -> reason)."""
     columns: dict[str, np.ndarray] = {}
     n = len(next(iter(reads.values())).present)
     provenance: list[dict[str, Any]] = [{} for _ in range(n)]
+    fallback: dict[int, str] = {}
     for name, features in binding.by_view.items():
         read = reads[name]
         view = read.view
         missing, stale = ~read.present, read.stale
         _enforce(view, missing, stale, settings)
+        for reason, mask, policy in (("features_missing", missing, settings.on_missing),
+                                     ("features_stale", stale, settings.on_stale)):
+            if policy == "fallback":
+                for row in np.flatnonzero(mask).tolist():
+                    fallback.setdefault(row, reason)
         use_default = missing | (stale if settings.on_stale == "default" else np.zeros(n, bool))
         for feature in view.features:
             if feature.name in features:
-                values = read.records[feature.name].astype(np.float64)
-                columns[view.qualified(feature.name)] = np.where(use_default, feature.default, values)
+                values = np.where(use_default, feature.default, read.records[feature.name])
+                # In the view's dtype, which is the signature's: schema-enforcing runtimes check it.
+                columns[view.qualified(feature.name)] = values.astype(np.int64 if feature.dtype == "long"
+                                                                      else np.float64)
         for i in range(n):
             provenance[i][name] = _origin(bool(missing[i]), bool(stale[i]), bool(use_default[i]),
                                           float(read.age_s[i]))
@@ -108,7 +139,7 @@ def assemble(binding: FeatureBinding, reads: Mapping[str, ViewRead], settings: F
         for status, count in (("fresh", fresh), ("stale", int(stale.sum())), ("missing", int(missing.sum()))):
             if count:
                 metrics.feature_rows.labels(name, status).inc(count)
-    return columns, provenance
+    return columns, provenance, fallback
 
 
 def _enforce(view: FeatureView, missing: np.ndarray, stale: np.ndarray, settings: FeatureSettings) -> None:

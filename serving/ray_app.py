@@ -18,7 +18,7 @@ from ray.serve.handle import DeploymentHandle
 from features_online.definitions import VIEWS
 from features_online.reader import OnlineStore
 from observability.metrics import GatewayMetrics
-from serving import codec, features
+from serving import codec, fallback, features
 from serving.http.app import build_app
 from serving.models import INLINE_MAX_ROWS, InProcessModel, ModelBackend, ModelTable
 from serving.pipeline import Pipeline
@@ -40,7 +40,7 @@ def _load(settings: Settings, model: ModelSettings):
                       cache_dir=settings.state_dir / "models", onnx=settings.onnx)
 
 
-@serve.deployment(max_ongoing_requests=64)
+@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})
 class ModelDeployment:
     """One model in its own replicas; concurrent calls are merged by ``@serve.batch``."""
 
@@ -103,11 +103,20 @@ class Gateway:
             features.bind(loaded.spec)  # refuses models asking for features no view provides
             return loaded
 
-        self._store = OnlineStore(self._settings.redis, self._settings.features, VIEWS, metrics)
+        score_views = {v.name: v for v in fallback.views([m.name for m in self._settings.models],
+                                                         self._settings.fallback)}
+        separate = self._settings.fallback.redis is not None
+        self._store = OnlineStore(self._settings.redis, self._settings.features,
+                                  VIEWS if separate else {**VIEWS, **score_views}, metrics)
         await self._store.start()
+        self._scores = self._store
+        if separate:
+            self._scores = OnlineStore(self._settings.fallback.redis, self._settings.features,
+                                       score_views, metrics)
+            await self._scores.start()
         self._models = ModelTable(self._settings, metrics, backend)
         self._models.start()
-        self._pipeline = Pipeline(self._settings, self._models, metrics, self._store)
+        self._pipeline = Pipeline(self._settings, self._models, metrics, self._store, self._scores)
 
     def __serve_build_asgi_app__(self):
         return build_app(self._pipeline, echo_request_id=False)  # Ray's middleware sets it
@@ -118,8 +127,8 @@ class Gateway:
     async def __del__(self) -> None:
         if getattr(self, "_models", None) is not None:
             self._models.close()
-        if getattr(self, "_store", None) is not None:
-            await self._store.close()
+        for store in {getattr(self, "_store", None), getattr(self, "_scores", None)} - {None}:
+            await store.close()
 
 
 def build(args: dict[str, Any] | None = None) -> serve.Application:

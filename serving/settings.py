@@ -98,13 +98,25 @@ class RedisSettings(_Section):
     """Give up on an answer after this long (the request deadline may cut it shorter)."""
 
 
+class FallbackSettings(_Section):
+    enabled: bool = True
+    """Serve precomputed batch scores when the online path cannot answer an entity-keyed request."""
+    max_age_s: float = Field(2 * 86_400, gt=0)
+    """Oldest batch score served (older: 503)."""
+    reserve_ms: int = Field(20, ge=0)
+    """Part of the request deadline kept for the fallback lookup when the online path is slow."""
+    redis: RedisSettings | None = None
+    """Where batch scores live; None: the feature store's Redis. A separate instance keeps
+    fallbacks available when the feature store itself is down or slow."""
+
+
 class FeatureSettings(_Section):
-    on_missing: Literal["default", "error"] = "default"
-    """Entity not in the online store: serve the view's default values (and say so per row), or
-    refuse the request with 422 ``features_missing``."""
-    on_stale: Literal["default", "serve", "error"] = "serve"
+    on_missing: Literal["default", "error", "fallback"] = "default"
+    """Entity not in the online store: serve the view's default values (and say so per row),
+    refuse the request with 422 ``features_missing``, or serve the row's batch score."""
+    on_stale: Literal["default", "serve", "error", "fallback"] = "serve"
     """Values older than the view's TTL: serve them anyway (flagged stale per row), use defaults,
-    or refuse with 422 ``features_stale``."""
+    refuse with 422 ``features_stale``, or serve the row's batch score."""
     pointer_refresh_s: float = Field(1.0, gt=0)
     """How often the gateway re-reads which data version of each view is live."""
     retire_grace_s: int = Field(60, gt=0)
@@ -156,6 +168,7 @@ class Settings(BaseSettings):
     ray: RaySettings = RaySettings()
     redis: RedisSettings = RedisSettings()
     features: FeatureSettings = FeatureSettings()
+    fallback: FallbackSettings = FallbackSettings()
     spark: SparkSettings = SparkSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

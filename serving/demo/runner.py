@@ -82,6 +82,15 @@ def features(settings: Settings, spark) -> None:
           f"in {result.seconds:.1f}s ({result.rows_per_s:,.0f} rows/s)", flush=True)
 
 
+def batch_scores(settings: Settings, spark, model: str = "fraud-detector@champion") -> None:
+    """Precompute every customer's score: the gateway's fallback when the online path can't answer."""
+    from batch.score import score
+
+    result = score(settings, spark, model, str(settings.state_dir / "scores" / "fraud-detector"))
+    print(f"batch-scored {result.rows:,} customers with {result.model} v{result.version} "
+          f"({result.rows_per_s:,.0f} rows/s); fallback scores synced to Redis", flush=True)
+
+
 def ensure_redis(settings: Settings) -> None:
     """Start a local redis-server when none answers at the configured URL (local URLs only)."""
     import redis

@@ -53,12 +53,18 @@ def download(tracking_uri: str, name: str, version: str, cache_dir: Path) -> Pat
     partial = target.with_name(f"{version}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    # Explicit URIs rather than mlflow.set_tracking_uri: that one rewrites the process environment.
-    mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(partial),
-                                        tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    (partial / _COMPLETE).touch()
+    # The version's own artifact location, asked of this registry explicitly: a models:/ URI
+    # would be resolved through MLflow's process-global registry URI, whatever we pass.
+    from mlflow import MlflowClient
+
+    source = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri
+                          ).get_model_version_download_uri(name, version)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(partial),
+                                                     tracking_uri=tracking_uri))
+    (local / _COMPLETE).touch()
     shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+    local.rename(target)
+    shutil.rmtree(partial, ignore_errors=True)
     return target
 
 

@@ -39,10 +39,11 @@ def session_options(settings: OnnxSettings) -> ort.SessionOptions:
 class OnnxRuntime:
     """Feeds either one 2-D tensor (columns in signature order) or one tensor per feature."""
 
-    def __init__(self, model_path: str, spec: ModelSpec, settings: OnnxSettings) -> None:
+    def __init__(self, model: str | bytes, spec: ModelSpec, settings: OnnxSettings) -> None:
+        """``model``: the path of the ONNX file, or its bytes (batch workers get them shipped)."""
         try:
             self._session = ort.InferenceSession(
-                model_path, sess_options=session_options(settings),
+                model, sess_options=session_options(settings),
                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises several unrelated types
             raise ModelValidationError(f"onnxruntime cannot open the model: {exc}") from exc

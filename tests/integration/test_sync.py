@@ -22,7 +22,11 @@ from serving.settings import FeatureSettings, RedisSettings
 pytestmark = pytest.mark.integration
 
 N = 2_000
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(timezone.utc).replace(microsecond=0)  # for relative times only
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
 
 
 @pytest.fixture
@@ -58,7 +62,8 @@ def read_values(redis_settings, ids, pointer_refresh_s: float = 1.0):
 
 
 def test_full_sync_writes_verifies_flips_and_sets_ttls(spark, redis_settings):
-    result = syncer(redis_settings).full(frame(spark, NOW), NOW, "test-source")
+    at = now()
+    result = syncer(redis_settings).full(frame(spark, at), at, "test-source")
     assert (result.mode, result.version, result.rows) == ("full", 1, N)
     meta = syncer(redis_settings).meta()
     assert meta["version"] == "1" and meta["rows"] == str(N) and meta["source"] == "test-source"
@@ -96,7 +101,8 @@ def test_readers_during_a_sync_see_the_old_or_the_new_version_never_a_mix(spark,
         await store.start()
         while not done.is_set():
             read = (await store.read({VIEW.name: ids}, 1.0))[VIEW.name]
-            seen.append(set(read.records["as_of_ms"][read.present].tolist()) | ({0} if not read.present.all() else set()))
+            stamps_read = set(read.records["as_of_ms"][read.present].tolist())
+            seen.append(stamps_read if read.present.all() else stamps_read | {0})  # {0}: a gap
             await asyncio.sleep(0)
         for _ in range(20):  # after the flip: the pointer refresh brings the new version
             read = (await store.read({VIEW.name: ids}, 1.0))[VIEW.name]
@@ -147,15 +153,15 @@ def test_duplicate_entities_or_a_running_sync_refuse_to_flip(spark, redis_settin
 
 
 def test_incremental_sync_rewrites_only_changed_entities_in_place(spark, redis_settings):
-    sync = syncer(redis_settings)
-    sync.full(frame(spark, NOW - timedelta(hours=2)), NOW - timedelta(hours=2), "full")
-    changed = frame(spark, NOW, scale=10.0, ids=[5, 6])
-    result = sync.incremental(changed, NOW, "delta")
+    sync, at = syncer(redis_settings), now()
+    sync.full(frame(spark, at - timedelta(hours=2)), at - timedelta(hours=2), "full")
+    changed = frame(spark, at, scale=10.0, ids=[5, 6])
+    result = sync.incremental(changed, at, "delta")
     assert (result.mode, result.version, result.rows) == ("incremental", 1, 2)
     got = read_values(redis_settings, [4, 5, 6])
     assert got.records["txn_count_7d"].tolist() == [4, 50, 60]
     assert got.age_s[0] > 7000 and got.age_s[1] < 60  # each entity carries its own as-of time
-    assert sync.meta()["watermark_ms"] == str(int(NOW.timestamp() * 1000))
+    assert sync.meta()["watermark_ms"] == str(int(at.timestamp() * 1000))
 
 
 def test_values_older_than_the_view_ttl_read_as_stale(spark, redis_settings):

@@ -63,7 +63,7 @@ def test_entity_body_errors_are_400(body, message):
 
 def test_assemble_serves_stored_values_and_defaults_missing_rows_saying_so():
     metrics = GatewayMetrics()
-    columns, origin = features.assemble(features.bind(SPEC), read([True, False], [60.0, np.nan], [4, 0]),
+    columns, origin, _ = features.assemble(features.bind(SPEC), read([True, False], [60.0, np.nan], [4, 0]),
                                         FeatureSettings(), metrics)
     assert columns["customer_activity__txn_count_7d"].tolist() == [4.0, 0.0]
     assert columns["customer_activity__amount_mean_30d"].tolist() == [40.0, 0.0]
@@ -75,10 +75,10 @@ def test_assemble_serves_stored_values_and_defaults_missing_rows_saying_so():
 
 def test_stale_policies():
     binding, stale = features.bind(SPEC), read([True], [TTL + 1], [4])
-    _, origin = features.assemble(binding, stale, FeatureSettings(on_stale="serve"), GatewayMetrics())
+    _, origin, _ = features.assemble(binding, stale, FeatureSettings(on_stale="serve"), GatewayMetrics())
     assert origin[0]["customer_activity"]["status"] == "stale"
     assert origin[0]["customer_activity"]["source"] == "online_store"
-    columns, origin = features.assemble(binding, stale, FeatureSettings(on_stale="default"), GatewayMetrics())
+    columns, origin, _ = features.assemble(binding, stale, FeatureSettings(on_stale="default"), GatewayMetrics())
     assert columns["customer_activity__txn_count_7d"].tolist() == [0.0]
     assert origin[0]["customer_activity"]["source"] == "default"
     with pytest.raises(FeaturesStale):
@@ -90,3 +90,17 @@ def test_missing_policy_error_is_422():
         features.assemble(features.bind(SPEC), read([True, False], [1.0, np.nan], [1, 0]),
                           FeatureSettings(on_missing="error"), GatewayMetrics())
     assert err.value.status == 422 and "entities[1]" in err.value.message
+
+
+def test_fallback_policy_marks_rows_for_batch_scores():
+    _, _, fallback = features.assemble(features.bind(SPEC), read([True, False, True], [1.0, np.nan, TTL + 5],
+                                                               [1, 0, 2]),
+                                       FeatureSettings(on_missing="fallback", on_stale="fallback"),
+                                       GatewayMetrics())
+    assert fallback == {1: "features_missing", 2: "features_stale"}
+
+
+def test_entity_ids_without_a_model():
+    assert features.entity_ids({"entities": [{"customer_id": 3}, {"customer_id": 4}]}, 10).tolist() == [3, 4]
+    with pytest.raises(InvalidRequest):
+        features.entity_ids({"entities": [{"a": 1, "b": 2}]}, 10)

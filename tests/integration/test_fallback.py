@@ -1,0 +1,216 @@
+"""Batch scoring on Spark and the gateway's fallback chain, over real Spark, MLflow, Redis, Ray
+and HTTP. Batch scores live in a Redis of their own, so the feature store can fail alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+
+from batch.keyspace import SCORED_ENTITY, score_view
+from features_online import layout
+from features_online.definitions import CUSTOMER_ACTIVITY
+from features_online.sync import FeatureSync
+from serving.demo.runner import training_data
+from serving.demo.train import FEATURE_NAMES, REQUEST_NAMES
+from serving.settings import FeatureSettings, RedisSettings, Settings
+from tests.integration.conftest import DEMO_CUSTOMERS, RedisServer, free_port, free_port_block, run_cli
+
+pytestmark = pytest.mark.integration
+
+MAX_AGE_S = 6 * 3600
+
+
+def register_misbehaving_models(settings: Settings, table: pd.DataFrame) -> None:
+    """fraud-slow (2 s per call) and fraud-broken (fails on live single rows), both taking the
+    champion's inputs. Classes are local so cloudpickle ships them by value to Ray replicas."""
+    import mlflow
+    import mlflow.pyfunc
+    from mlflow.models import infer_signature
+
+    class Slow(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            import time as t
+            t.sleep(2)
+            return pd.DataFrame({"label": [0] * len(model_input), "probability": [0.5] * len(model_input)})
+
+    class Broken(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            if len(model_input) == 1:
+                raise RuntimeError("model crashed")
+            return pd.DataFrame({"label": [0] * len(model_input), "probability": [0.5] * len(model_input)})
+
+    x = table[FEATURE_NAMES].head(5)
+    signature = infer_signature(x, pd.DataFrame({"label": [0] * 5, "probability": [0.5] * 5}))
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    experiment = client.create_experiment("fallback-tests", artifact_location=settings.artifact_root)
+    for name, model in (("fraud-slow", Slow()), ("fraud-broken", Broken())):
+        with mlflow.start_run(experiment_id=experiment):
+            mlflow.pyfunc.log_model(name="model", python_model=model, signature=signature, input_example=x,
+                                    registered_model_name=name, pip_requirements=["mlflow"])
+        client.set_registered_model_alias(name, "champion", "1")
+
+
+def copy_scores(spark, settings: Settings, source_parquet: str, model: str, old_entities=()) -> None:
+    """Put the champion's batch scores in ``model``'s fallback keyspace, via the real sync.
+    ``old_entities`` get an as-of older than the served maximum age."""
+    from pyspark.sql import functions as F
+
+    old_ms = int((time.time() - MAX_AGE_S - 3600) * 1000)
+    frame = spark.read.parquet(source_parquet).select(
+        F.col("customer_id").alias(SCORED_ENTITY.key),
+        F.when(F.col("customer_id").isin(list(old_entities) or [-1]), F.lit(old_ms))
+        .otherwise(F.col("as_of_ms")).alias("as_of_ms"), "label", "probability")
+    view = score_view(model, timedelta(seconds=MAX_AGE_S))
+    from datetime import datetime, timezone
+    FeatureSync(settings.fallback.redis, FeatureSettings(), view).full(
+        frame, datetime.now(timezone.utc), source_parquet, extra={"model_version": "test"})
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, redis_server, spark):
+    state = tmp_path_factory.mktemp("fallback-state")
+    scores_redis = RedisServer(tmp_path_factory.mktemp("scores-redis"))
+    scores_redis.start()
+    port = free_port_block(4)
+    models = [{"name": "fraud-detector"}, {"name": "fraud-slow", "placement": "deployment"},
+              {"name": "fraud-broken", "placement": "deployment"}, {"name": "fraud-absent"}]
+    env = {"MLGATE_STATE_DIR": str(state), "MLGATE_REDIS__URL": redis_server.url,
+           "MLGATE_FALLBACK__REDIS": json.dumps({"url": scores_redis.url}),
+           "MLGATE_FALLBACK__MAX_AGE_S": str(MAX_AGE_S), "MLGATE_FEATURES__ON_MISSING": "fallback",
+           "MLGATE_HTTP__PORT": str(port), "MLGATE_HTTP__PROXY_PORT": str(free_port()),
+           "MLGATE_MODELS": json.dumps(models), "MLGATE_LIMITS__DEADLINE_MS": "1000",
+           "MLGATE_SPARK__MASTER": "local[2]", "MLFLOW_TRACKING_URI": ""}
+    for args in (["data", "--customers", str(DEMO_CUSTOMERS)], ["features", "build"], ["features", "sync"],
+                 ["train"], ["batch", "score", "--model", "fraud-detector@champion",
+                             "--output", str(state / "scores" / "champion")]):
+        done = run_cli(args, env)
+        assert done.returncode == 0, (args, done.stderr[-3000:])
+    settings = Settings(state_dir=state, mlflow_tracking_uri=None, redis={"url": redis_server.url},
+                        fallback={"redis": {"url": scores_redis.url}, "max_age_s": MAX_AGE_S})
+    table = training_data(settings, spark)
+    register_misbehaving_models(settings, table)
+    champion_scores = str(state / "scores" / "champion")
+    copy_scores(spark, settings, champion_scores, "fraud-slow")
+    copy_scores(spark, settings, champion_scores, "fraud-broken")
+    copy_scores(spark, settings, champion_scores, "fraud-absent", old_entities=[2])
+    log = open(state / "gateway.log", "wb")
+    gateway = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve"], env={**os.environ, **env},
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    ready = {"fraud-detector", "fraud-slow", "fraud-broken"}
+    for _ in range(300):  # fraud-absent never loads: /readyz stays 503 by design
+        try:
+            listing = httpx.get(f"{base}/v1/models", timeout=2).json()["models"]
+            if {m["name"] for m in listing if m["ready"]} >= ready:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    else:
+        gateway.terminate()
+        pytest.fail((state / "gateway.log").read_text()[-4000:])
+    yield {"base": base, "table": table, "scores": pd.read_parquet(champion_scores).set_index("customer_id"),
+           "settings": settings, "redis": redis_server, "scores_redis": scores_redis}
+    gateway.terminate()
+    gateway.wait(120)
+    scores_redis.stop()
+
+
+def body(stack, ids, **extra):
+    rows = stack["table"].drop_duplicates("customer_id").head(len(ids))[REQUEST_NAMES].to_dict("records")
+    features = [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in rows]
+    return {"entities": [{"customer_id": int(i)} for i in ids], "features": features, **extra}
+
+
+def predict(stack, model, payload):
+    return httpx.post(f"{stack['base']}/v1/models/{model}/predict", json=payload, timeout=30)
+
+
+def assert_fallback(stack, response, ids, reason):
+    assert response.status_code == 200, response.text
+    for i, row in zip(ids, response.json()["predictions"]):
+        assert (row["source"], row["fallback_reason"]) == ("batch_fallback", reason)
+        assert row["probability"] == pytest.approx(stack["scores"].loc[i, "probability"], abs=1e-9)
+
+
+def test_batch_scores_equal_online_predictions_for_the_same_features(stack):
+    stats = json.loads(next(stack["settings"].state_dir.glob(
+        "models/*/fraud-detector/1/extra_files/feature_stats.json")).read_text())
+    typical = {name: stats[name]["quantiles"]["0.5"] for name in REQUEST_NAMES}
+    typical = {k: (int(v) if float(v).is_integer() else v) for k, v in typical.items()}
+    ids = [5, 17, 123]
+    r = predict(stack, "fraud-detector", {"entities": [{"customer_id": i} for i in ids], "features": typical})
+    assert r.status_code == 200, r.text
+    for i, row in zip(ids, r.json()["predictions"]):
+        assert row["source"] == "online"
+        assert row["probability"] == pytest.approx(stack["scores"].loc[i, "probability"], abs=1e-6)
+    assert stack["scores"]["model_version"].unique().tolist() == ["1"]
+    assert len(stack["scores"]) == DEMO_CUSTOMERS
+
+
+def test_model_not_ready_is_answered_from_batch_scores(stack):
+    ids = [3, 4]
+    r = predict(stack, "fraud-absent", body(stack, ids))
+    assert_fallback(stack, r, ids, "model_not_ready")
+    assert r.json()["predictions"][0]["model_version"] == "test"
+
+
+def test_a_failing_model_is_answered_from_batch_scores(stack):
+    r = predict(stack, "fraud-broken", body(stack, [8]))
+    assert_fallback(stack, r, [8], "model_error")
+
+
+def test_a_slow_model_past_the_deadline_is_answered_from_batch_scores_in_time(stack):
+    started = time.monotonic()
+    r = predict(stack, "fraud-slow", body(stack, [9], timeout_ms=300))
+    assert time.monotonic() - started < 1.0
+    assert_fallback(stack, r, [9], "deadline_exceeded")
+
+
+def test_rows_whose_features_are_missing_fall_back_alone(stack):
+    view, client = CUSTOMER_ACTIVITY, redis.Redis.from_url(stack["redis"].url)
+    version = client.hget(layout.meta_key("mlg", view), "version").decode()
+    client.hdel(layout.bucket_key("mlg", view, int(version), 11 % view.buckets), b"11")
+    r = predict(stack, "fraud-detector", body(stack, [10, 11]))
+    assert r.status_code == 200, r.text
+    online, fallen_back = r.json()["predictions"]
+    assert online["source"] == "online" and online["features"]["customer_activity"]["status"] == "fresh"
+    assert (fallen_back["source"], fallen_back["fallback_reason"]) == ("batch_fallback", "features_missing")
+    assert fallen_back["features"]["customer_activity"]["status"] == "missing"
+
+
+def test_too_old_or_absent_batch_scores_are_not_served(stack):
+    r = predict(stack, "fraud-absent", body(stack, [2]))  # its score is older than the max age
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "fallback_unavailable")
+    assert "too old" in r.json()["error"]["message"] and "model_not_ready" in r.json()["error"]["message"]
+    r = predict(stack, "fraud-absent", body(stack, [10**9]))
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "fallback_unavailable")
+    assert "missing" in r.json()["error"]["message"]
+
+
+def test_feature_store_down_falls_back_and_metrics_say_why(stack):
+    stack["redis"].stop()
+    try:
+        started = time.monotonic()
+        r = predict(stack, "fraud-detector", body(stack, [12, 13]))
+        assert time.monotonic() - started < 1.0
+        assert_fallback(stack, r, [12, 13], "feature_store_unavailable")
+    finally:
+        stack["redis"].start()  # empty now; later modules re-sync what they need
+    text = httpx.get(f"{stack['base']}/metrics").text
+    for reason in ("feature_store_unavailable", "features_missing"):
+        assert f'mlgate_fallback_rows_total{{model="fraud-detector",reason="{reason}"}}' in text
+    assert np.isfinite(float(text.split('mlgate_fallback_rows_total{model="fraud-absent",reason="model_not_ready"} ')[1]
+                             .split()[0]))
