@@ -35,9 +35,6 @@ from serving.settings import ModelSettings, OnnxSettings, Settings
 
 log = logging.getLogger(__name__)
 
-OUTPUT_SCHEMA = ("customer_id long, as_of_ms long, label long, probability double, model string, "
-                 "model_version string, feature_snapshot string, scored_at_ms long")
-
 _RUNTIMES: dict[str, Any] = {}  # one onnxruntime session per model version per worker process
 
 
@@ -83,30 +80,46 @@ class ScoringPlan:
         return hashlib.sha256(self.model_bytes).hexdigest()
 
 
-def score_partitions(plan: ScoringPlan):
-    """The function Spark runs per partition (mapInPandas)."""
+SCORE_SCHEMA = "customer_id long, as_of_ms long, label long, probability double"
 
-    def run(frames: Iterator[Any]) -> Iterator[Any]:
-        import pandas as pd
+
+def score_partitions(plan: ScoringPlan):
+    """The function Spark runs per partition (mapInArrow): Arrow columns straight into the model,
+    numeric columns straight back; constant columns are added by Spark afterwards."""
+
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
 
         from serving.runtime.onnx_runtime import OnnxRuntime
 
         runtime = _RUNTIMES.get(plan.digest)
         if runtime is None:
             runtime = _RUNTIMES[plan.digest] = OnnxRuntime(plan.model_bytes, plan.spec, plan.onnx)
-        for frame in frames:
-            n = len(frame)
-            inputs = {f.name: (frame[plan.stored[f.name]].to_numpy() if f.name in plan.stored
+        for batch in batches:
+            n = batch.num_rows
+            if n == 0:
+                continue
+            column = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in batch.schema.names}
+            inputs = {f.name: (column[plan.stored[f.name]] if f.name in plan.stored
                                else np.full(n, plan.request_defaults[f.name])) for f in plan.spec.inputs}
             out = runtime.predict(inputs)
-            yield pd.DataFrame({
-                "customer_id": frame["customer_id"].to_numpy(np.int64), "as_of_ms": frame["as_of_ms"],
-                "label": np.asarray(out["label"], np.int64),
-                "probability": np.asarray(out["probability"], np.float64),
-                "model": plan.spec.name, "model_version": plan.spec.version,
-                "feature_snapshot": plan.snapshot, "scored_at_ms": int(time.time() * 1000)})
+            yield pa.RecordBatch.from_arrays(
+                [batch.column("customer_id"), batch.column("as_of_ms"),
+                 pa.array(np.asarray(out["label"], np.int64)), pa.array(np.asarray(out["probability"], np.float64))],
+                names=["customer_id", "as_of_ms", "label", "probability"])
 
     return run
+
+
+def scored(frame, scoring: ScoringPlan):
+    """``frame`` (offline table) scored, with model, version, snapshot and scoring time."""
+    from pyspark.sql import functions as F
+
+    return (frame.mapInArrow(score_partitions(scoring), schema=SCORE_SCHEMA)
+            .withColumn("model", F.lit(scoring.spec.name))
+            .withColumn("model_version", F.lit(scoring.spec.version))
+            .withColumn("feature_snapshot", F.lit(scoring.snapshot))
+            .withColumn("scored_at_ms", F.lit(int(time.time() * 1000)).cast("long")))
 
 
 def plan(settings: Settings, ref: ModelSettings) -> tuple[ScoringPlan, str]:
@@ -141,9 +154,7 @@ def score(settings: Settings, spark, ref: str, output: str, sync: bool = True) -
 
     started = time.perf_counter()
     scoring, table = plan(settings, parse_ref(ref))
-    frame = spark.read.parquet(table)
-    scored = frame.mapInPandas(score_partitions(scoring), schema=OUTPUT_SCHEMA)
-    scored.write.mode("overwrite").parquet(output)
+    scored(spark.read.parquet(table), scoring).write.mode("overwrite").parquet(output)
     written = spark.read.parquet(output)
     rows = written.count()
     synced = None

@@ -111,9 +111,10 @@ class FallbackSettings(_Section):
 
 
 class FeatureSettings(_Section):
-    on_missing: Literal["default", "error", "fallback"] = "default"
-    """Entity not in the online store: serve the view's default values (and say so per row),
-    refuse the request with 422 ``features_missing``, or serve the row's batch score."""
+    on_missing: Literal["default", "error", "fallback"] = "fallback"
+    """Entity not in the online store: serve the row's batch score (503 if there is none fresh
+    enough), serve the view's default values (said so per row), or refuse with 422
+    ``features_missing``."""
     on_stale: Literal["default", "serve", "error", "fallback"] = "serve"
     """Values older than the view's TTL: serve them anyway (flagged stale per row), use defaults,
     refuse with 422 ``features_stale``, or serve the row's batch score."""

@@ -62,6 +62,7 @@ def gateway(tmp_path_factory, redis_url, spark):
         "MLGATE_MODELS": json.dumps([{"name": MODEL},
                                      {"name": PYFUNC, "placement": "deployment"}]),
         "MLGATE_LIMITS__DEADLINE_MS": "1000",
+        "MLGATE_FEATURES__ON_MISSING": "default",  # the fallback policy has its own tests
         "MLGATE_SPARK__MASTER": "local[2]",
         "MLFLOW_TRACKING_URI": "",
     }

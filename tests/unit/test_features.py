@@ -64,7 +64,7 @@ def test_entity_body_errors_are_400(body, message):
 def test_assemble_serves_stored_values_and_defaults_missing_rows_saying_so():
     metrics = GatewayMetrics()
     columns, origin, _ = features.assemble(features.bind(SPEC), read([True, False], [60.0, np.nan], [4, 0]),
-                                        FeatureSettings(), metrics)
+                                           FeatureSettings(on_missing="default"), metrics)
     assert columns["customer_activity__txn_count_7d"].tolist() == [4.0, 0.0]
     assert columns["customer_activity__amount_mean_30d"].tolist() == [40.0, 0.0]
     assert origin[0]["customer_activity"] == {"source": "online_store", "status": "fresh", "age_s": 60.0}
