@@ -12,7 +12,6 @@ from serving import schemas
 from serving.errors import (
     InvalidRequest,
     MlgateError,
-    ModelNotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
 )

@@ -22,7 +22,7 @@ from features_online.definitions import CUSTOMER_ACTIVITY
 from features_online.sync import FeatureSync
 from serving.demo.runner import training_data
 from serving.demo.train import FEATURE_NAMES, REQUEST_NAMES
-from serving.settings import FeatureSettings, RedisSettings, Settings
+from serving.settings import FeatureSettings, Settings
 from tests.integration.conftest import DEMO_CUSTOMERS, RedisServer, free_port, free_port_block, run_cli
 
 pytestmark = pytest.mark.integration
