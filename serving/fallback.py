@@ -14,10 +14,6 @@ from observability.metrics import GatewayMetrics
 from serving.errors import DependencyUnavailable, FallbackUnavailable
 from serving.settings import FallbackSettings
 
-REASONS = ("model_not_ready", "model_error", "deadline_exceeded", "feature_store_unavailable",
-           "features_missing", "features_stale")
-
-
 def views(models: list[str], settings: FallbackSettings) -> list[FeatureView]:
     """The batch-score keyspaces the gateway watches, one per configured model."""
     return [score_view(m, timedelta(seconds=settings.max_age_s)) for m in models]
