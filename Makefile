@@ -29,6 +29,14 @@ test-unit: $(STAMP)
 bench: $(STAMP)
 	$(PY) loadtests/bench_predict.py --compare-ingress --calls 1000
 
+## Locust load test with SLO gates (p99 latency, error rate, fallback rate) against a gateway that
+## is already running on 127.0.0.1:8000: start one first with `.venv/bin/mlgate demo --detach`
+## (this target does not). Reports in loadtests/reports/<timestamp>/; exit status 1 if a gate fails.
+## More options: make loadtest LOADTEST_ARGS='--shape spike --slo-p99-ms 80'
+.PHONY: loadtest
+loadtest: $(STAMP)
+	$(VENV)/bin/mlgate loadtest --duration 60s --users 32 $(LOADTEST_ARGS)
+
 stop: $(STAMP)
 	$(VENV)/bin/mlgate stop
 

@@ -72,6 +72,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from loadtests.loadtest import run
+
+    return run(args)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from serving.launcher import app_args, read_config, serve_forever
 
@@ -168,6 +174,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--output", help="Parquet folder (default .mlgate/scores/<model>)")
     sp.add_argument("--no-sync", action="store_true", help="write Parquet only, leave Redis alone")
     sp.set_defaults(func=cmd_batch)
+
+    sp = sub.add_parser("loadtest", help="Locust against a running gateway, with SLO gates (exit 1 on a breach)")
+    from loadtests.loadtest import add_arguments
+
+    add_arguments(sp)
+    sp.set_defaults(func=cmd_loadtest)
 
     sp = sub.add_parser("serve", help="run the gateway on Ray Serve in the foreground")
     serve_options(sp)

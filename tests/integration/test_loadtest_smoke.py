@@ -1,0 +1,62 @@
+"""A short real Locust run (loadtests/loadtest.py) against a real demo gateway: the SLO gates pass
+and every request, valid or invalid by design, gets the answer it should."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from loadtests import loadtest
+from tests.integration.conftest import DEMO_CUSTOMERS, free_port, free_port_block, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, redis_url):
+    """`mlgate data`, then `mlgate demo --detach` on a private state folder, Redis and free ports;
+    `mlgate stop` after."""
+    state = tmp_path_factory.mktemp("loadtest-state")
+    port = free_port_block(4)
+    env = {
+        "MLGATE_STATE_DIR": str(state),
+        "MLGATE_REDIS__URL": redis_url,
+        "MLGATE_HTTP__PORT": str(port),
+        "MLGATE_HTTP__PROXY_PORT": str(free_port()),
+        "MLGATE_SPARK__MASTER": "local[2]",
+        "MLFLOW_TRACKING_URI": "",
+    }
+    done = run_cli(["data", "--customers", str(DEMO_CUSTOMERS)], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    demo = run_cli(["demo", "--detach", "--customers", str(DEMO_CUSTOMERS)], env)
+    if demo.returncode != 0:
+        log = state / "logs" / "gateway.log"
+        pytest.fail(f"demo failed:\n{demo.stdout[-2000:]}\n{demo.stderr[-2000:]}\n"
+                    f"{log.read_text()[-4000:] if log.exists() else ''}")
+    yield f"http://127.0.0.1:{port}"
+    run_cli(["stop"], env, timeout=120)
+
+
+def test_a_short_smoke_load_passes_its_slo_gates(gateway, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    loadtest.add_arguments(parser)
+    out = tmp_path / "report"
+    args = parser.parse_args(["--host", gateway, "--duration", "10s", "--users", "8",
+                              "--customers", str(DEMO_CUSTOMERS), "--out", str(out)])
+
+    code = loadtest.run(args)
+
+    printed = capsys.readouterr().out
+    assert code == 0, printed[-4000:]
+    report = json.loads((out / "summary.json").read_text())
+    s = report["summary"]
+    assert report["failed_gates"] == []
+    assert s["requests"] > 100 and s["failures"] == 0, printed[-4000:]
+    assert s["valid_requests"] > 100 and s["invalid_requests"] > 0 and s["invalid_unexpected"] == 0
+    # batches carry 10-50 rows; every customer drawn is in the synced population, none falls back
+    assert s["rows"] > s["valid_requests"] and s["default_rows"] == 0 and s["fallback_rows"] == 0
+    assert s["p99_ms"] is not None and s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"]
+    assert "SLO gates: passed" in printed and "unexpected failures 0 " in printed
+    assert (out / "report.html").stat().st_size > 10_000 and (out / "locust_stats.csv").exists()
