@@ -268,7 +268,9 @@ def test_redis_paused_or_down_gives_503_fast_and_the_gateway_recovers(gateway, r
     started = time.monotonic()
     r = post(gateway["base"], body)
     assert time.monotonic() - started < 1.5  # the 1 s deadline, not the 3 s pause
-    assert (r.status_code, r.json()["error"]["code"]) == (503, "dependency_unavailable")
+    # The fallback (batch scores, in the same Redis here) is tried and is unreachable too.
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "fallback_unavailable")
+    assert "feature_store_unavailable" in r.json()["error"]["message"]
     assert r.json()["error"]["retryable"] is True and r.headers["retry-after"]
     time.sleep(3)
 
@@ -276,7 +278,7 @@ def test_redis_paused_or_down_gives_503_fast_and_the_gateway_recovers(gateway, r
     started = time.monotonic()
     r = post(gateway["base"], body)
     assert time.monotonic() - started < 1.5
-    assert (r.status_code, r.json()["error"]["code"]) == (503, "dependency_unavailable")
+    assert (r.status_code, r.json()["error"]["code"]) == (503, "fallback_unavailable")
     assert "unreachable" in r.json()["error"]["message"]
 
     redis_server.start()  # empty: the data went with the process; a sync brings it back
