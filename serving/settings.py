@@ -30,6 +30,9 @@ class HttpSettings(_Section):
     slower per call on a 2-core machine, see loadtests/RESULTS.md)."""
     proxy_port: int = Field(8100, ge=1, le=65535)
     """Port of Ray Serve's own proxy in ``direct`` mode (it must listen somewhere)."""
+    drain_s: float = Field(2.0, ge=0)
+    """Direct ingress: how long a stopping replica keeps answering so that load balancers take it
+    out first (Ray's default is 30 s; use that behind a Kubernetes Service)."""
     max_body_bytes: int = Field(1_048_576, gt=0)
     """Requests with a larger body are refused with 413."""
 

@@ -130,16 +130,30 @@ def start_detached(settings: Settings, serve_args: list[str], ready_timeout_s: f
     return proc.pid
 
 
-def is_running(settings: Settings) -> bool:
-    path = pid_file(settings)
-    if not path.exists():
-        return False
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs. Reaps it if it is our exited child (else it would linger as a
+    zombie that signal 0 still reaches, and ``stop`` would wait its full timeout)."""
     try:
-        os.kill(int(path.read_text()), 0)
-    except (ProcessLookupError, ValueError):
-        path.unlink(missing_ok=True)
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: `mlgate stop` from another shell
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
     return True
+
+
+def is_running(settings: Settings) -> bool:
+    path = pid_file(settings)
+    try:
+        if _alive(int(path.read_text())):
+            return True
+    except (FileNotFoundError, ValueError):
+        return False
+    path.unlink(missing_ok=True)
+    return False
 
 
 def stop(settings: Settings, timeout_s: float = 60) -> bool:
@@ -151,10 +165,10 @@ def stop(settings: Settings, timeout_s: float = 60) -> bool:
     try:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)
+        while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.25)
-        os.killpg(pid, signal.SIGKILL)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     path.unlink(missing_ok=True)
