@@ -41,18 +41,28 @@ def parse_json(body: bytes) -> Any:
     raise NonFiniteValue("NaN and Infinity are not valid feature values")
 
 
-def instances_of(payload: Any, max_instances: int) -> list[dict[str, Any]]:
-    """The ``instances`` list of a predict body, after checking the envelope."""
+def body_rows(payload: Any, field: str, allowed: frozenset[str], max_instances: int) -> list:
+    """``payload[field]``: a non-empty list of at most ``max_instances`` items, in a body object
+    with no fields but ``allowed``."""
     if not isinstance(payload, dict):
-        raise InvalidRequest("the body must be a JSON object with an 'instances' list")
-    extra = payload.keys() - {"instances", "timeout_ms"}
+        raise InvalidRequest(f"the body must be a JSON object with an '{field}' list")
+    extra = payload.keys() - allowed
     if extra:
         raise InvalidRequest(f"unknown top-level fields: {_names(extra)}")
-    instances = payload.get("instances")
-    if not isinstance(instances, list) or not instances:
-        raise InvalidRequest("'instances' must be a non-empty list of objects")
-    if len(instances) > max_instances:
-        raise TooManyInstances(f"{len(instances)} instances sent, at most {max_instances} allowed")
+    rows = payload.get(field)
+    if not isinstance(rows, list) or not rows:
+        raise InvalidRequest(f"'{field}' must be a non-empty list of objects")
+    if len(rows) > max_instances:
+        raise TooManyInstances(f"{len(rows)} {field} sent, at most {max_instances} allowed")
+    return rows
+
+
+INSTANCE_BODY_FIELDS = frozenset({"instances", "timeout_ms"})
+
+
+def instances_of(payload: Any, max_instances: int) -> list[dict[str, Any]]:
+    """The ``instances`` list of a predict body, after checking the envelope."""
+    instances = body_rows(payload, "instances", INSTANCE_BODY_FIELDS, max_instances)
     for i, row in enumerate(instances):
         if not isinstance(row, dict):
             raise InvalidRequest(f"instances[{i}] must be an object of feature names to values")

@@ -14,7 +14,8 @@ import numpy as np
 from features_online.definitions import VIEWS, FeatureView, split_inputs
 from features_online.reader import ViewRead
 from observability.metrics import GatewayMetrics
-from serving.errors import FeaturesMissing, FeaturesStale, InvalidRequest, ModelValidationError, TooManyInstances
+from serving.codec import body_rows
+from serving.errors import FeaturesMissing, FeaturesStale, InvalidRequest, ModelValidationError
 from serving.runtime.base import ModelSpec
 from serving.settings import FeatureSettings
 
@@ -52,15 +53,7 @@ ENTITY_BODY_FIELDS = frozenset({"entities", "features", "timeout_ms"})
 
 
 def _entities(payload: Mapping[str, Any], max_instances: int) -> list:
-    extra = payload.keys() - ENTITY_BODY_FIELDS
-    if extra:
-        raise InvalidRequest(f"unknown top-level fields: {', '.join(sorted(str(e)[:64] for e in extra))}")
-    entities = payload.get("entities")
-    if not isinstance(entities, list) or not entities:
-        raise InvalidRequest("'entities' must be a non-empty list of objects")
-    if len(entities) > max_instances:
-        raise TooManyInstances(f"{len(entities)} entities sent, at most {max_instances} allowed")
-    return entities
+    return body_rows(payload, "entities", ENTITY_BODY_FIELDS, max_instances)
 
 
 def entity_ids(payload: Mapping[str, Any], max_instances: int) -> np.ndarray:

@@ -132,3 +132,16 @@ def champion(settings, train_table):
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "serving.cli", *args], env={**os.environ, **env},
                           capture_output=True, text=True, timeout=timeout)
+
+
+def gateway_env(state: Path, redis_url: str, **extra: str) -> dict[str, str]:
+    """Environment of an `mlgate` command run by a test: its own state folder, Redis and ports."""
+    return {
+        "MLGATE_STATE_DIR": str(state),
+        "MLGATE_REDIS__URL": redis_url,
+        "MLGATE_HTTP__PORT": str(free_port_block(4)),
+        "MLGATE_HTTP__PROXY_PORT": str(free_port()),
+        "MLGATE_SPARK__MASTER": "local[2]",
+        "MLFLOW_TRACKING_URI": "",
+        **extra,
+    }

@@ -23,7 +23,7 @@ from features_online.sync import FeatureSync
 from serving.demo.runner import training_data
 from serving.demo.train import FEATURE_NAMES, REQUEST_NAMES
 from serving.settings import FeatureSettings, Settings
-from tests.integration.conftest import DEMO_CUSTOMERS, RedisServer, free_port, free_port_block, run_cli
+from tests.integration.conftest import DEMO_CUSTOMERS, RedisServer, gateway_env, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -83,15 +83,12 @@ def stack(tmp_path_factory, redis_server, spark):
     state = tmp_path_factory.mktemp("fallback-state")
     scores_redis = RedisServer(tmp_path_factory.mktemp("scores-redis"))
     scores_redis.start()
-    port = free_port_block(4)
     models = [{"name": "fraud-detector"}, {"name": "fraud-slow", "placement": "deployment"},
               {"name": "fraud-broken", "placement": "deployment"}, {"name": "fraud-absent"}]
-    env = {"MLGATE_STATE_DIR": str(state), "MLGATE_REDIS__URL": redis_server.url,
-           "MLGATE_FALLBACK__REDIS": json.dumps({"url": scores_redis.url}),
-           "MLGATE_FALLBACK__MAX_AGE_S": str(MAX_AGE_S), "MLGATE_FEATURES__ON_MISSING": "fallback",
-           "MLGATE_HTTP__PORT": str(port), "MLGATE_HTTP__PROXY_PORT": str(free_port()),
-           "MLGATE_MODELS": json.dumps(models), "MLGATE_LIMITS__DEADLINE_MS": "1000",
-           "MLGATE_SPARK__MASTER": "local[2]", "MLFLOW_TRACKING_URI": ""}
+    env = gateway_env(state, redis_server.url, MLGATE_FALLBACK__REDIS=json.dumps({"url": scores_redis.url}),
+                      MLGATE_FALLBACK__MAX_AGE_S=str(MAX_AGE_S), MLGATE_FEATURES__ON_MISSING="fallback",
+                      MLGATE_MODELS=json.dumps(models), MLGATE_LIMITS__DEADLINE_MS="1000")
+    port = int(env["MLGATE_HTTP__PORT"])
     for args in (["data", "--customers", str(DEMO_CUSTOMERS)], ["features", "build"], ["features", "sync"],
                  ["train"], ["batch", "score", "--model", "fraud-detector@champion",
                              "--output", str(state / "scores" / "champion")]):

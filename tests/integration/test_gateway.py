@@ -21,7 +21,7 @@ from serving.demo.runner import training_data
 from serving.demo.train import FEATURE_NAMES, REQUEST_NAMES
 from serving.runtime.loader import load_model
 from serving.settings import ModelSettings, Settings
-from tests.integration.conftest import DEMO_CUSTOMERS, free_port, free_port_block, run_cli
+from tests.integration.conftest import DEMO_CUSTOMERS, gateway_env, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -53,19 +53,10 @@ def gateway(tmp_path_factory, redis_url, spark):
     """`mlgate data`, then `mlgate demo --detach` (features built and synced to a private Redis,
     champion trained, gateway up) on free ports; `mlgate stop` after."""
     state = tmp_path_factory.mktemp("demo-state")
-    port = free_port_block(4)
-    env = {
-        "MLGATE_STATE_DIR": str(state),
-        "MLGATE_REDIS__URL": redis_url,
-        "MLGATE_HTTP__PORT": str(port),
-        "MLGATE_HTTP__PROXY_PORT": str(free_port()),
-        "MLGATE_MODELS": json.dumps([{"name": MODEL},
-                                     {"name": PYFUNC, "placement": "deployment"}]),
-        "MLGATE_LIMITS__DEADLINE_MS": "1000",
-        "MLGATE_FEATURES__ON_MISSING": "default",  # the fallback policy has its own tests
-        "MLGATE_SPARK__MASTER": "local[2]",
-        "MLFLOW_TRACKING_URI": "",
-    }
+    env = gateway_env(state, redis_url, MLGATE_LIMITS__DEADLINE_MS="1000",
+                      MLGATE_FEATURES__ON_MISSING="default",  # the fallback policy has its own tests
+                      MLGATE_MODELS=json.dumps([{"name": MODEL}, {"name": PYFUNC, "placement": "deployment"}]))
+    port = int(env["MLGATE_HTTP__PORT"])
     done = run_cli(["data", "--customers", str(DEMO_CUSTOMERS)], env)
     assert done.returncode == 0, done.stderr[-3000:]
     settings = Settings(state_dir=state, mlflow_tracking_uri=None, redis={"url": redis_url})

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from loadtests import loadtest
-from tests.integration.conftest import DEMO_CUSTOMERS, free_port, free_port_block, run_cli
+from tests.integration.conftest import DEMO_CUSTOMERS, gateway_env, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -19,15 +19,8 @@ def gateway(tmp_path_factory, redis_url):
     """`mlgate data`, then `mlgate demo --detach` on a private state folder, Redis and free ports;
     `mlgate stop` after."""
     state = tmp_path_factory.mktemp("loadtest-state")
-    port = free_port_block(4)
-    env = {
-        "MLGATE_STATE_DIR": str(state),
-        "MLGATE_REDIS__URL": redis_url,
-        "MLGATE_HTTP__PORT": str(port),
-        "MLGATE_HTTP__PROXY_PORT": str(free_port()),
-        "MLGATE_SPARK__MASTER": "local[2]",
-        "MLFLOW_TRACKING_URI": "",
-    }
+    env = gateway_env(state, redis_url)
+    port = int(env["MLGATE_HTTP__PORT"])
     done = run_cli(["data", "--customers", str(DEMO_CUSTOMERS)], env)
     assert done.returncode == 0, done.stderr[-3000:]
     demo = run_cli(["demo", "--detach", "--customers", str(DEMO_CUSTOMERS)], env)
