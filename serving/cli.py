@@ -175,11 +175,14 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-sync", action="store_true", help="write Parquet only, leave Redis alone")
     sp.set_defaults(func=cmd_batch)
 
-    sp = sub.add_parser("loadtest", help="Locust against a running gateway, with SLO gates (exit 1 on a breach)")
-    from loadtests.loadtest import add_arguments
-
-    add_arguments(sp)
-    sp.set_defaults(func=cmd_loadtest)
+    try:  # a source checkout has it; the serving image does not ship the load tests
+        from loadtests.loadtest import add_arguments
+    except ImportError:
+        add_arguments = None
+    if add_arguments is not None:
+        sp = sub.add_parser("loadtest", help="Locust against a running gateway, with SLO gates (exit 1 on a breach)")
+        add_arguments(sp)
+        sp.set_defaults(func=cmd_loadtest)
 
     sp = sub.add_parser("serve", help="run the gateway on Ray Serve in the foreground")
     serve_options(sp)
