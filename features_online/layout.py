@@ -6,12 +6,12 @@ Keys (``P`` = configured prefix, default ``mlg``)::
     P:fv:<view>:<schema version>:meta                         hash: live version, sync facts
 
 One data version of a view is ``view.buckets`` hashes (bucket = entity id mod buckets). Measured
-on the 2-core dev machine against one string key per entity, this layout writes 870k rows/s
-(HSET of 1,000 fields per command) against 310k (SET ... EX per key, even inside Lua), gives every
-key a TTL with one EXPIRE per bucket, retires a whole version with ``buckets`` EXPIREs instead of
-a SCAN over millions of keys, and still reads 100 entities in one round trip (a pipeline of
-HMGETs, p99 0.7 ms). The ``{...}`` part is the Redis Cluster hash tag: a version spreads over
-``buckets`` slots. A version is immutable once the meta hash points at it, except that an
+on the 2-core dev machine in a bare client loop (no Spark): HSET of 1,000 fields per command wrote
+870k rows/s against 310k for SET ... EX per key (even inside Lua); a whole sync through Spark does
+230-450k rows/s (loadtests/RESULTS.md). Every key gets its TTL with one EXPIRE per bucket, a whole
+version retires with ``buckets`` EXPIREs instead of a SCAN over millions of keys, and 100 entities
+still read in one round trip (p99 1.6 ms through the gateway's reader). The ``{...}`` part is
+the Redis Cluster hash tag: a version spreads over ``buckets`` slots. A version is immutable once the meta hash points at it, except that an
 incremental sync overwrites single entities in place (each HSET field atomic).
 
 Values are fixed-size little-endian records: ``fmt`` (u8, = FORMAT), ``as_of_ms`` (i64, when the

@@ -8,12 +8,14 @@ two versions, and a replaced version outlives the refresh interval (``retire_gra
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
+from redis.exceptions import NoScriptError
 
 from features_online import layout
 from features_online.definitions import FeatureView
@@ -33,6 +35,7 @@ for i = 1, #KEYS do
 end
 return values
 """
+GET_MANY_SHA = hashlib.sha1(GET_MANY.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,6 @@ class OnlineStore:
     def client(self):
         if self._client is None:  # created on the serving loop, lazily
             self._client = connect_async(self._redis_settings)
-            self._get_many = self._client.register_script(GET_MANY)
         return self._client
 
     def live(self, view: str) -> LiveVersion | None:
@@ -145,9 +147,8 @@ class OnlineStore:
         against 1.5 ms measured). A single bucket (one entity) is one plain HMGET, cheaper than a
         script; on a Redis Cluster, whose scripts cannot span slots, one HMGET per bucket.
         """
-        plan = []  # (view name, row positions) per command
+        plan = []  # (view name, row positions, command args) per command
         live = {name: self._live.get(name) for name in ids_by_view}
-        pipe = self.client.pipeline(transaction=False)
         for name, ids in ids_by_view.items():
             version = live[name]
             if version is None:
@@ -157,19 +158,18 @@ class OnlineStore:
             keys = layout.bucket_keys(self._redis_settings.prefix, view, version.version)
             distinct = np.unique(buckets).tolist()
             if not self._redis_settings.cluster and len(distinct) > 1:
-                await self._get_many(keys=[keys[b] for b in buckets.tolist()],
-                                     args=[layout.field(i) for i in ids.tolist()], client=pipe)
-                plan.append((name, np.arange(len(ids))))
+                plan.append((name, np.arange(len(ids)),
+                             ("EVALSHA", GET_MANY_SHA, len(ids), *(keys[b] for b in buckets.tolist()),
+                              *(layout.field(i) for i in ids.tolist()))))
                 continue
             for bucket in distinct:
                 rows = np.flatnonzero(buckets == bucket)
-                pipe.hmget(keys[bucket], [layout.field(i) for i in ids[rows].tolist()])
-                plan.append((name, rows))
+                plan.append((name, rows, ("HMGET", keys[bucket], *(layout.field(i) for i in ids[rows].tolist()))))
         replies = []
         if plan:
             try:
                 async with asyncio.timeout(timeout_s):
-                    replies = await pipe.execute()
+                    replies = await self._execute([command for _, _, command in plan])
             except Exception as exc:
                 reason = "timeout" if isinstance(exc, TimeoutError) else "unavailable"
                 self._metrics.feature_store_errors.labels(reason).inc()
@@ -177,7 +177,7 @@ class OnlineStore:
                     "online feature store did not answer in time" if reason == "timeout"
                     else f"online feature store unreachable ({type(exc).__name__})") from None
         values: dict[str, list] = {name: [None] * len(ids) for name, ids in ids_by_view.items()}
-        for (name, rows), reply in zip(plan, replies):
+        for (name, rows, _), reply in zip(plan, replies):
             slots = values[name]
             for row, value in zip(rows.tolist(), reply):
                 slots[row] = value
@@ -189,6 +189,22 @@ class OnlineStore:
             age = np.where(present, (now_ms - records["as_of_ms"]) / 1000, np.nan)
             result[name] = ViewRead(view, records, present, age)
         return result
+
+    async def _execute(self, commands: list[tuple]) -> list:
+        """One pipeline, one round trip. The read script is called by its SHA (a script object
+        in a pipeline would ask SCRIPT EXISTS first: a second round trip); if Redis does not
+        know it (first use, restart), it is loaded and the pipeline sent again, once."""
+        for attempt in (0, 1):
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            try:
+                return await pipe.execute()
+            except NoScriptError:
+                if attempt:
+                    raise
+                await self.client.script_load(GET_MANY)
+        return []
 
     async def sample_entity(self, view_name: str) -> int | None:
         """Some entity id of the live version (for example requests), or None."""

@@ -26,6 +26,12 @@ from serving.settings import FeatureSettings, RedisSettings
 
 log = logging.getLogger(__name__)
 
+RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 class SyncError(RuntimeError):
     """A sync that did not complete; the live version is untouched."""
 
@@ -128,9 +134,8 @@ class FeatureSync:
             raise SyncError(f"another sync of {self.view.name} is running (lock {key})")
         try:
             yield
-        finally:
-            if self.client.get(key) == token.encode():
-                self.client.delete(key)
+        finally:  # compare-and-delete in one step: never another sync's lock after ours expired
+            self.client.eval(RELEASE_LOCK, 1, key, token)
 
     def _write(self, frame, version: int, expected: int) -> None:
         writer = partition_writer(self.redis, self.view, version, self.settings.sync_batch_rows)
