@@ -111,6 +111,14 @@ def score_partitions(plan: ScoringPlan):
     return run
 
 
+def typical_request(inputs, stats: dict) -> dict[str, float]:
+    """Training medians of the request-time inputs, as values a caller could send: an integer
+    input takes its median rounded (half to even), so a batch score is always the score of a
+    request the online path would accept."""
+    medians = {f.name: float(stats[f.name]["quantiles"]["0.5"]) for f in inputs}
+    return {f.name: float(round(medians[f.name])) if f.is_integral else medians[f.name] for f in inputs}
+
+
 def scored(frame, scoring: ScoringPlan):
     """``frame`` (offline table) scored, with model, version, snapshot and scoring time."""
     from pyspark.sql import functions as F
@@ -144,7 +152,7 @@ def plan(settings: Settings, ref: ModelSettings) -> tuple[ScoringPlan, str]:
     return ScoringPlan(
         model_bytes=open(onnx_file, "rb").read(), spec=spec, onnx=settings.onnx,
         stored={view.qualified(f): f for f in binding.by_view["customer_activity"]},
-        request_defaults={f.name: float(stats[f.name]["quantiles"]["0.5"]) for f in binding.request_spec.inputs},
+        request_defaults=typical_request(binding.request_spec.inputs, stats),
         snapshot=str(table)), str(table)
 
 

@@ -21,7 +21,7 @@ from features_online import layout
 from features_online.definitions import CUSTOMER_ACTIVITY
 from features_online.sync import FeatureSync
 from serving.demo.runner import training_data
-from serving.demo.train import FEATURE_NAMES, REQUEST_NAMES
+from serving.demo.train import FEATURE_NAMES, REQUEST_FEATURES, REQUEST_NAMES
 from serving.settings import FeatureSettings, Settings
 from tests.integration.conftest import DEMO_CUSTOMERS, RedisServer, gateway_env, run_cli
 
@@ -146,7 +146,7 @@ def test_batch_scores_equal_online_predictions_for_the_same_features(stack):
     stats = json.loads(next(stack["settings"].state_dir.glob(
         "models/*/fraud-detector/1/extra_files/feature_stats.json")).read_text())
     typical = {name: stats[name]["quantiles"]["0.5"] for name in REQUEST_NAMES}
-    typical = {k: (int(v) if float(v).is_integer() else v) for k, v in typical.items()}
+    typical = {name: (round(typical[name]) if dtype == "long" else typical[name]) for name, dtype in REQUEST_FEATURES}
     ids = [5, 17, 123]
     r = predict(stack, "fraud-detector", {"entities": [{"customer_id": i} for i in ids], "features": typical})
     assert r.status_code == 200, r.text
