@@ -61,6 +61,79 @@ class OnnxSettings(_Section):
     """onnxruntime graph optimisation level."""
 
 
+ALIAS_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$"
+VERSION_PATTERN = r"^[1-9][0-9]{0,9}$"
+
+
+class VariantRef(_Section):
+    """Which registered version a variant serves: an MLflow alias to follow, or a pinned version."""
+
+    alias: str | None = Field(None, pattern=ALIAS_PATTERN)
+    version: str | None = Field(None, pattern=VERSION_PATTERN)
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> VariantRef:
+        if bool(self.alias) == bool(self.version):
+            raise ValueError("give exactly one of alias or version")
+        return self
+
+
+class CanarySettings(VariantRef):
+    weight: float = Field(0.0, ge=0, le=100)
+    """Percent of routing keys answered by the canary (sticky: see serving/routing.py)."""
+
+
+class ShadowSettings(VariantRef):
+    name: str = Field("shadow", pattern=r"^[a-z][a-z0-9-]{0,31}$")
+    """Label of the shadow in responses' metrics (not ``champion`` or ``canary``)."""
+    share: float = Field(0.0, ge=0, le=100)
+    """Percent of requests mirrored to this shadow after the primary answer is sent."""
+
+    @field_validator("name")
+    @classmethod
+    def _not_a_primary(cls, name: str) -> str:
+        if name in ("champion", "canary"):
+            raise ValueError("champion and canary are not shadow names")
+        return name
+
+
+class AnalysisSettings(_Section):
+    """When the canary is rolled back: canary against champion over a sliding window."""
+
+    window_s: float = Field(60.0, gt=0)
+    """Length of the sliding window both variants are compared over."""
+    min_requests: int = Field(50, gt=0)
+    """Neither variant is judged on fewer requests than this in the window."""
+    max_error_rate_delta: float = Field(0.02, ge=0, le=1)
+    """Roll back when canary error rate exceeds the champion's by more than this."""
+    max_p99_ratio: float = Field(2.0, ge=1)
+    """Roll back when canary p99 latency exceeds this multiple of the champion's..."""
+    min_p99_delta_ms: float = Field(5.0, ge=0)
+    """...and the champion's p99 by at least this much (sub-millisecond noise is not a breach)."""
+    max_score_shift: float = Field(0.3, gt=0, le=1)
+    """Roll back when the two-sample Kolmogorov-Smirnov distance between canary and champion
+    scores exceeds this (both variants see random halves of the same population)."""
+
+
+class RoutingSettings(_Section):
+    canary: CanarySettings | None = CanarySettings(alias="challenger")
+    """The canary variant and its weight; None: the champion answers everything."""
+    shadows: tuple[ShadowSettings, ...] = ()
+    """Variants that get mirrored traffic and never answer callers."""
+    key_header: str = Field("X-Routing-Key", pattern=r"^[A-Za-z0-9-]{1,64}$")
+    """Header carrying the routing key; without it the request's first entity key is used, and
+    instance requests without it are assigned at random (not sticky)."""
+    analysis: AnalysisSettings = AnalysisSettings()
+
+    @field_validator("shadows")
+    @classmethod
+    def _unique_shadows(cls, shadows: tuple[ShadowSettings, ...]) -> tuple[ShadowSettings, ...]:
+        names = [s.name for s in shadows]
+        if len(names) != len(set(names)):
+            raise ValueError("shadow names must be unique")
+        return shadows
+
+
 class ModelSettings(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     """Registered model name in MLflow."""
@@ -71,12 +144,19 @@ class ModelSettings(_Section):
     placement: Literal["inprocess", "deployment"] = "inprocess"
     """``inprocess``: the model runs inside each gateway replica (no extra hop: the fast path).
     ``deployment``: the model gets its own Ray Serve deployment, reached through a handle, for
-    models that need their own replicas or resources (each call pays a handle hop)."""
+    models that need their own replicas or resources (each call pays a handle hop). Such a model
+    follows its alias when its replicas start; canaries, shadows and live alias swaps need
+    ``inprocess``."""
+    routing: RoutingSettings = RoutingSettings()
+    """Canary and shadows of this model (live: see the Gateway's ``user_config``)."""
 
     @model_validator(mode="after")
     def _needs_a_reference(self) -> ModelSettings:
         if not self.alias and not self.version:
             raise ValueError(f"model {self.name!r} needs an alias or a version")
+        if self.placement == "deployment" and (
+                self.routing.shadows or (self.routing.canary and self.routing.canary.weight > 0)):
+            raise ValueError(f"model {self.name!r}: canary and shadows need placement inprocess")
         return self
 
     @property
@@ -129,6 +209,31 @@ class FeatureSettings(_Section):
     """Rows per Redis command in a sync."""
 
 
+class AdminSettings(_Section):
+    token: SecretStr | None = None
+    """Bearer token for the admin API and the variant-forcing header. Unset: only callers on
+    the loopback interface may use them (the local demo); set it everywhere else."""
+
+
+class RegistrySettings(_Section):
+    poll_s: float = Field(5.0, gt=0)
+    """How often each gateway replica asks MLflow where the aliases it follows point."""
+    retry_initial_s: float = Field(2.0, gt=0)
+    """First wait before retrying a load that failed for a reason other than validation."""
+    retry_max_s: float = Field(60.0, gt=0)
+
+
+class RolloutSettings(_Section):
+    refresh_s: float = Field(1.0, gt=0)
+    """How often a replica re-reads the shared rollout state (weights, halts) from Redis."""
+    analysis_interval_s: float = Field(5.0, gt=0)
+    """How often the canary analysis runs."""
+    shadow_queue: int = Field(256, gt=0)
+    """Mirrored requests waiting for a shadow; more are dropped and counted."""
+    shadow_concurrency: int = Field(2, gt=0)
+    """Shadow requests running at once in one replica."""
+
+
 class SparkSettings(_Section):
     master: str = "local[*]"
     """Spark master for the feature, sync and batch jobs (any cluster works unchanged)."""
@@ -174,6 +279,9 @@ class Settings(BaseSettings):
     features: FeatureSettings = FeatureSettings()
     fallback: FallbackSettings = FallbackSettings()
     spark: SparkSettings = SparkSettings()
+    admin: AdminSettings = AdminSettings()
+    registry: RegistrySettings = RegistrySettings()
+    rollout: RolloutSettings = RolloutSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("state_dir")
