@@ -1,6 +1,6 @@
 """Every Prometheus metric mlgate exports, defined once, with bounded labels only.
 
-Labels are model, version, stage and outcome (``ok`` or a stable error code): never entity ids,
+Labels are model, version, variant, shadow, stage and outcome (``ok`` or a stable error code): never entity ids,
 raw paths or anything a caller controls. Unknown model names are counted as ``_unknown``.
 A :class:`GatewayMetrics` owns its registry, so tests and replicas never share global state.
 """
@@ -13,6 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 # Sub-millisecond resolution where the gateway lives, seconds where things go wrong.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
                    0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+SCORE_DIFF_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 UNKNOWN_MODEL = "_unknown"
@@ -48,7 +49,40 @@ class GatewayMetrics:
             ["model"], registry=r)
         self.model_load_failures = Counter(
             "mlgate_model_load_failures", "Model versions refused at load or validation.",
+            ["model", "variant"], registry=r)
+        self.variant_version = Gauge(
+            "mlgate_variant_version", "Registered version each variant serves (0: none yet).",
+            ["model", "variant"], registry=r)
+        self.model_swaps = Counter(
+            "mlgate_model_swaps", "Versions swapped in while serving (an alias moved).",
+            ["model", "variant"], registry=r)
+
+        self.variant_requests = Counter(
+            "mlgate_variant_requests", "Predict requests by the variant that answered and outcome.",
+            ["model", "variant", "outcome"], registry=r)
+        self.canary_weight = Gauge(
+            "mlgate_canary_weight", "Percent of routing keys sent to the canary.", ["model"], registry=r)
+        self.shadow_share = Gauge(
+            "mlgate_shadow_share", "Percent of requests mirrored to a shadow.", ["model", "shadow"],
+            registry=r)
+        self.rollout_halted = Gauge(
+            "mlgate_rollout_halted", "1 while an automatic rollback holds the canary at 0 %.",
             ["model"], registry=r)
+        self.canary_rollbacks = Counter(
+            "mlgate_canary_rollbacks", "Automatic canary rollbacks by breached check.",
+            ["model", "reason"], registry=r)
+        self.shadow_requests = Counter(
+            "mlgate_shadow_requests", "Mirrored requests by outcome (ok, error, dropped).",
+            ["model", "shadow", "outcome"], registry=r)
+        self.shadow_agreement = Counter(
+            "mlgate_shadow_rows", "Rows scored by both primary and shadow, by whether the labels "
+            "agree (agreement rate = agree / all).", ["model", "shadow", "agree"], registry=r)
+        self.shadow_score_diff = Histogram(
+            "mlgate_shadow_score_abs_diff", "Absolute score difference, shadow against primary.",
+            ["model", "shadow"], buckets=SCORE_DIFF_BUCKETS, registry=r)
+        self.shadow_latency = Histogram(
+            "mlgate_shadow_duration_seconds", "Time a mirrored request took on the shadow.",
+            ["model", "shadow"], buckets=LATENCY_BUCKETS, registry=r)
 
         self.feature_rows = Counter(
             "mlgate_feature_rows", "Entity rows read per feature view, by status (fresh, stale, "
@@ -75,13 +109,24 @@ class GatewayMetrics:
     def observe_stage(self, model: str, stage: str, seconds: float) -> None:
         self.stage_latency.labels(model, stage).observe(seconds)
 
-    def model_loaded(self, model: str, version: str, seconds: float) -> None:
+    def model_loaded(self, model: str, variant: str, version: str, seconds: float) -> None:
         self.model_load_seconds.labels(model, version).set(seconds)
-        self.model_ready.labels(model).set(1)
+        self.variant_version.labels(model, variant).set(int(version) if version.isdigit() else 0)
+        if variant == "champion":
+            self.model_ready.labels(model).set(1)
 
-    def model_failed(self, model: str) -> None:
-        self.model_load_failures.labels(model).inc()
-        self.model_ready.labels(model).set(0)
+    def model_failed(self, model: str, variant: str, serving: bool) -> None:
+        """A version was refused; ``serving``: the variant still serves its previous version."""
+        self.model_load_failures.labels(model, variant).inc()
+        if variant == "champion" and not serving:
+            self.model_ready.labels(model).set(0)
+
+    def rollout_changed(self, model: str, canary_weight: float, shadow_shares: dict[str, float],
+                        halted: bool) -> None:
+        self.canary_weight.labels(model).set(canary_weight)
+        for shadow, share in shadow_shares.items():
+            self.shadow_share.labels(model, shadow).set(share)
+        self.rollout_halted.labels(model).set(1 if halted else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -59,6 +59,22 @@ class ModelNotFound(MlgateError):
         super().__init__(f"no model named {name!r} is served here")
 
 
+class VariantNotFound(MlgateError):
+    status, code = 404, "variant_not_found"
+
+
+class Unauthorized(MlgateError):
+    status, code, default_message = 401, "unauthorized", "a valid bearer token is required"
+
+
+class Forbidden(MlgateError):
+    status, code, default_message = 403, "forbidden", "not allowed for this caller"
+
+
+class RolloutConflict(MlgateError):
+    status, code = 409, "rollout_conflict"
+
+
 class RouteNotFound(MlgateError):
     status, code, default_message = 404, "not_found", "no such endpoint"
 

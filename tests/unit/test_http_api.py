@@ -153,7 +153,7 @@ def test_not_ready_until_the_model_loads_then_ready():
         assert r.headers["retry-after"]
         detail = (await client.get("/v1/models/toy")).json()
         assert detail["ready"] is False and "does not score" in detail["error"]
-        assert sample(metrics, "mlgate_model_load_failures_total", model="toy") >= 1
+        assert sample(metrics, "mlgate_model_load_failures_total", model="toy", variant="champion") >= 1
         registry_fixed.set()
         for _ in range(500):
             if (await client.get("/readyz")).status_code == 200:

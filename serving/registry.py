@@ -1,0 +1,76 @@
+"""The gateway's and the CLI's conversation with the MLflow registry about rollouts.
+
+Governance rule for promotion: a version may become ``champion`` only if it carries the tag
+``mlgate.approved_by`` (who approved it; ``mlgate rollout approve`` sets it, or set it in the
+MLflow UI) and no ``mlgate.rollback`` tag (the record an automatic rollback leaves on it).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+from serving.canary import Breach
+from serving.errors import ModelValidationError, RolloutConflict
+from serving.runtime.loader import resolve_version
+from serving.settings import ModelSettings
+
+APPROVED_BY = "mlgate.approved_by"
+ROLLBACK = "mlgate.rollback"
+PROMOTED = "mlgate.promoted"
+CHAMPION_ALIAS = "champion"
+
+
+class Registry:
+    """An MlflowClient made once per process, on first use (opening a SQL store is slow)."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                from mlflow import MlflowClient
+
+                self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            return self._client
+
+    def resolve(self, model: ModelSettings) -> str:
+        """The version a model reference points at now (ModelValidationError: nowhere)."""
+        return resolve_version(self.client, model)[0]
+
+    def record_rollback(self, model: str, version: str, breach: Breach) -> None:
+        if version.isdigit():
+            note = {"check": breach.check, "detail": breach.detail, "at": _now()}
+            self.client.set_model_version_tag(model, version, ROLLBACK, json.dumps(note))
+
+    def approve(self, model: str, version: str, by: str) -> None:
+        self.client.get_model_version(model, version)  # fails for a version that does not exist
+        self.client.set_model_version_tag(model, version, APPROVED_BY, by)
+
+    def promote(self, model: str, version: str, force: bool = False) -> None:
+        """Point ``champion`` at ``version`` if the governance rule allows it."""
+        tags = dict(self.client.get_model_version(model, version).tags or {})
+        if not tags.get(APPROVED_BY):
+            raise RolloutConflict(f"{model} v{version} is not approved (tag {APPROVED_BY} is missing): "
+                                  f"run `mlgate rollout approve --version {version} --by <you>`")
+        if ROLLBACK in tags and not force:
+            raise RolloutConflict(f"{model} v{version} was rolled back automatically "
+                                  f"({json.loads(tags[ROLLBACK]).get('check')}); pass --force to promote it anyway")
+        self.client.set_registered_model_alias(model, CHAMPION_ALIAS, version)
+        self.client.set_model_version_tag(model, version, PROMOTED, _now())
+
+    def version_of(self, model: str, alias: str) -> str:
+        try:
+            return str(self.client.get_model_version_by_alias(model, alias).version)
+        except Exception as exc:
+            raise ModelValidationError(f"cannot resolve models:/{model}@{alias}: {exc}") from exc
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
