@@ -78,6 +78,12 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from serving import rollout_cli
+
+    return rollout_cli.run(args, _settings(args))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from serving.launcher import app_args, read_config, serve_forever
 
@@ -183,6 +189,12 @@ def parser() -> argparse.ArgumentParser:
         sp = sub.add_parser("loadtest", help="Locust against a running gateway, with SLO gates (exit 1 on a breach)")
         add_arguments(sp)
         sp.set_defaults(func=cmd_loadtest)
+
+    from serving.rollout_cli import add_arguments as rollout_arguments
+
+    sp = sub.add_parser("rollout", help="canary weight, shadows, approval and promotion on a running gateway")
+    rollout_arguments(sp)
+    sp.set_defaults(func=cmd_rollout)
 
     sp = sub.add_parser("serve", help="run the gateway on Ray Serve in the foreground")
     serve_options(sp)

@@ -176,3 +176,19 @@ def encode(outputs: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
     columns = {name: np.asarray(arr).tolist() for name, arr in outputs.items()}
     n = len(next(iter(columns.values()))) if columns else 0
     return [{name: col[i] for name, col in columns.items()} for i in range(n)]
+
+
+SCORE_OUTPUTS = ("probability", "score", "prediction")
+
+
+def score_of(prediction: Mapping[str, Any]) -> float | None:
+    """The row's scalar score (``probability``, else ``score``, else ``prediction``, else the
+    first real-valued output): what canary analysis and shadow comparison look at."""
+    for name in SCORE_OUTPUTS:
+        value = prediction.get(name)
+        if isinstance(value, _NUMBER) and not isinstance(value, bool):
+            return float(value)
+    for value in prediction.values():
+        if isinstance(value, float):
+            return value
+    return None

@@ -9,6 +9,11 @@ feature store fails, the row's features are missing/stale under a ``fallback`` p
 raises, or the online path would pass the deadline (minus ``fallback.reserve_ms``); then the
 entity's precomputed batch score if it is younger than ``fallback.max_age_s``; otherwise 503.
 Bad input is never "fallen back": it is the caller's error and gets its 4xx.
+
+Variants: the rollout controller picks champion or canary first (sticky, serving/routing.py).
+A canary that raises or uses up half the deadline is counted against it (canary analysis) and
+the champion answers the request instead, so a bad canary costs latency, never an answer.
+Shadows get the request after the answer is ready (serving/shadow.py).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,22 +38,45 @@ from serving.errors import (
     ModelNotReady,
 )
 from serving.models import ModelBackend, ModelTable
+from serving.rollout import Rollouts
+from serving.routing import CANARY, CHAMPION, routing_key
 from serving.runtime.base import ModelSpec
 from serving.settings import Settings
+from serving.shadow import Mirror, ShadowMirror
 
 log = logging.getLogger(__name__)
 
 MAX_TIMEOUT_MS = 60_000
+# Fallback reasons that are the answering variant's fault (canary analysis counts them as errors).
+MODEL_FAILURES = frozenset({"model_error", "deadline_exceeded"})
+# A canary gets this share of the request's deadline; if it fails, the champion has the rest.
+CANARY_DEADLINE_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class RouteHints:
+    """What the transport knows about routing: the routing-key header's value, and a variant an
+    authorised caller forces."""
+
+    key: str | None = None
+    variant: str | None = None
+
+
+NO_HINTS = RouteHints()
 
 
 class Pipeline:
     def __init__(self, settings: Settings, models: ModelTable, metrics: GatewayMetrics,
-                 store: OnlineStore | None = None, scores: OnlineStore | None = None) -> None:
+                 store: OnlineStore | None = None, scores: OnlineStore | None = None,
+                 rollouts: Rollouts | None = None, mirror: ShadowMirror | None = None) -> None:
         self.settings = settings
         self.models = models
         self.metrics = metrics
         self.store = store
         self.scores = scores if scores is not None else store  # batch scores: the fallback
+        # Which variant answers (without shared state: this process's own) and where shadows go.
+        self.rollouts = rollouts if rollouts is not None else Rollouts(settings, models, metrics)
+        self.mirror = mirror
         self._bindings: dict[tuple[str, str], features.FeatureBinding] = {}
 
     def binding(self, spec: ModelSpec) -> features.FeatureBinding:
@@ -56,42 +85,104 @@ class Pipeline:
             self._bindings[key] = features.bind(spec)
         return self._bindings[key]
 
-    async def predict(self, name: str, body: bytes, request_id: str) -> dict[str, Any]:
+    async def predict(self, name: str, body: bytes, request_id: str,
+                      hints: RouteHints = NO_HINTS) -> dict[str, Any]:
         started = time.perf_counter()
-        label, version, rows = (name if self.settings.model(name) else UNKNOWN_MODEL), "", 0
+        label, version, rows, variant = (name if self.settings.model(name) else UNKNOWN_MODEL), "", 0, CHAMPION
         try:
-            try:
-                backend: ModelBackend | None = self.models.get(name)  # ModelNotFound: 404
-                version = backend.spec.version
-            except ModelNotReady as exc:  # entity-keyed requests may still get batch scores
-                backend, not_ready = None, exc
+            version = self.models.state(name).version or ""  # ModelNotFound: 404 before anything else
             payload = codec.parse_json(body)
             deadline = started + self._timeout_s(payload)
-            if isinstance(payload, dict) and "entities" in payload:
-                predictions, spec = await self._entity_predictions(name, backend, payload, started, deadline)
-            else:
-                if backend is None:
-                    raise not_ready
-                spec = backend.spec
-                instances = codec.instances_of(payload, self.settings.limits.max_instances)
-                columns = codec.decode(instances, spec)
-                self.metrics.observe_stage(name, "decode", time.perf_counter() - started)
-                predictions = await self._infer(backend, columns, deadline)
-                for p in predictions:
-                    p.update(source="online", model_version=spec.version)
+            variant = hints.variant or self.rollouts.variant_for(name, routing_key(payload, hints.key))
+            if variant == CANARY and not hints.variant:
+                answer = await self._try_canary(name, payload, started, deadline)
+                if answer is None:  # the canary failed: the champion answers instead
+                    variant = CHAMPION
+            if variant != CANARY or hints.variant:
+                answer = await self._answer(name, variant, payload, started, deadline, forced=bool(hints.variant))
+            predictions, spec = answer
             rows = len(predictions)
             version = spec.version if spec else predictions[0]["model_version"] or ""
         except MlgateError as exc:
-            self.metrics.observe_request(label, version, exc.code, time.perf_counter() - started, rows)
+            self._observe(label, variant, version, exc.code, started, rows, failed=exc.status >= 500)
             raise
         except Exception:
             log.exception("predict failed", extra={"request_id": request_id, "model": name})
-            self.metrics.observe_request(label, version, InternalError.code,
-                                         time.perf_counter() - started, rows)
+            self._observe(label, variant, version, InternalError.code, started, rows, failed=True)
             raise InternalError() from None
-        self.metrics.observe_request(name, version, "ok", time.perf_counter() - started, rows)
-        return {"predictions": predictions, "model": name, "version": version,
+        model_failed = any(p.get("fallback_reason") in MODEL_FAILURES for p in predictions)
+        first = predictions[0] if predictions else {}
+        self._observe(name, variant, version, "ok", started, rows, failed=model_failed,
+                      score=codec.score_of(first) if first.get("source") == "online" else None)
+        if self.mirror is not None and not hints.variant:
+            for shadow in self.rollouts.shadows_for(name):
+                self.mirror.submit(Mirror(name, shadow, payload, predictions))
+        return {"predictions": predictions, "model": name, "version": version, "variant": variant,
                 "alias": spec.alias if spec else None, "request_id": request_id}
+
+    async def _answer(self, name: str, variant: str, payload: Any, started: float, deadline: float,
+                      forced: bool = False, strict: bool = False
+                      ) -> tuple[list[dict[str, Any]], ModelSpec | None]:
+        """The variant's answer, with the fallback chain (``strict``: model failures raise)."""
+        try:
+            backend: ModelBackend | None = self.models.get(name, variant)
+        except ModelNotReady as exc:  # entity-keyed requests may still get batch scores
+            if forced:
+                raise
+            backend, not_ready = None, exc
+        if isinstance(payload, dict) and "entities" in payload:
+            return await self._entity_predictions(name, backend, payload, started, deadline,
+                                                  model_failures_raise=strict)
+        if backend is None:
+            raise not_ready
+        spec = backend.spec
+        instances = codec.instances_of(payload, self.settings.limits.max_instances)
+        columns = codec.decode(instances, spec)
+        self.metrics.observe_stage(name, "decode", time.perf_counter() - started)
+        predictions = await self._infer(backend, columns, deadline)
+        for p in predictions:
+            p.update(source="online", model_version=spec.version)
+        return predictions, spec
+
+    async def _try_canary(self, name: str, payload: Any, started: float, deadline: float
+                          ) -> tuple[list[dict[str, Any]], ModelSpec | None] | None:
+        """The canary's answer, or None when it failed (raised, or used up its share of the
+        deadline): the failure counts against the canary and the champion answers in time."""
+        canary_deadline = started + (deadline - started) * CANARY_DEADLINE_SHARE
+        try:
+            return await self._answer(name, CANARY, payload, started, canary_deadline, strict=True)
+        except MlgateError as exc:
+            if exc.status < 500:
+                raise  # the caller's mistake: the champion would refuse it too
+            reason = exc.code
+        except Exception:
+            log.exception("canary of %s failed: the champion answers", name)
+            reason = "model_error"
+        self.rollouts.observe(name, CANARY, False, time.perf_counter() - started, None)
+        self.metrics.variant_requests.labels(name, CANARY, reason).inc()
+        return None
+
+    def _observe(self, model: str, variant: str, version: str, outcome: str, started: float, rows: int,
+                 failed: bool, score: float | None = None) -> None:
+        seconds = time.perf_counter() - started
+        self.metrics.observe_request(model, version, outcome, seconds, rows)
+        if model != UNKNOWN_MODEL:
+            self.metrics.variant_requests.labels(model, variant, outcome).inc()
+            if outcome == "ok" or failed:  # the caller's own mistakes say nothing of the variant
+                self.rollouts.observe(model, variant, not failed, seconds, score)
+
+    async def replay(self, name: str, shadow: str, payload: Any) -> list[dict[str, Any] | None]:
+        """A mirrored request on a shadow variant: the online path only, no fallback, no
+        request metrics. Rows the shadow could not answer online are None."""
+        backend = self.models.get(name, shadow)
+        started = time.perf_counter()
+        deadline = started + self._timeout_s(payload)
+        if isinstance(payload, dict) and "entities" in payload:
+            predictions, _ = await self._entity_predictions(name, backend, payload, started, deadline,
+                                                            allow_fallback=False)
+            return predictions
+        columns = codec.decode(codec.instances_of(payload, self.settings.limits.max_instances), backend.spec)
+        return await self._infer(backend, columns, deadline, stages=False)
 
     def _timeout_s(self, payload: Any) -> float:
         """The request's own ``timeout_ms`` if it sent one, else the configured deadline."""
@@ -103,7 +194,7 @@ class Pipeline:
         return given / 1000
 
     async def _infer(self, backend: ModelBackend, columns: dict[str, np.ndarray],
-                     deadline: float) -> list[dict[str, Any]]:
+                     deadline: float, stages: bool = True) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         try:
             async with asyncio.timeout(deadline - t0):
@@ -111,16 +202,20 @@ class Pipeline:
         except TimeoutError:
             raise DeadlineExceeded() from None
         t1 = time.perf_counter()
-        self.metrics.observe_stage(backend.spec.name, "inference", t1 - t0)
         predictions = codec.encode(outputs)
-        self.metrics.observe_stage(backend.spec.name, "encode", time.perf_counter() - t1)
+        if stages:
+            self.metrics.observe_stage(backend.spec.name, "inference", t1 - t0)
+            self.metrics.observe_stage(backend.spec.name, "encode", time.perf_counter() - t1)
         return predictions
 
     async def _entity_predictions(self, name: str, backend: ModelBackend | None, payload: dict[str, Any],
-                                  started: float, deadline: float
+                                  started: float, deadline: float, allow_fallback: bool = True,
+                                  model_failures_raise: bool = False
                                   ) -> tuple[list[dict[str, Any]], ModelSpec | None]:
-        """Online answers for entity-keyed rows, with batch scores for the rows that need them."""
-        use_fallback = self.settings.fallback.enabled and self.scores is not None
+        """Online answers for entity-keyed rows, with batch scores for the rows that need them
+        (without ``allow_fallback``, those rows are None and model failures raise;
+        ``model_failures_raise``: a failing or slow model raises instead of falling back)."""
+        use_fallback = allow_fallback and self.settings.fallback.enabled and self.scores is not None
         online_deadline = deadline - (self.settings.fallback.reserve_ms / 1000 if use_fallback else 0)
         if backend is None:
             if not use_fallback:
@@ -157,18 +252,19 @@ class Pipeline:
                 for row, prediction in zip(online, await self._infer(backend, columns, online_deadline)):
                     answers[row] = {**prediction, "source": "online", "model_version": spec.version}
             except DeadlineExceeded:
-                if not use_fallback:
+                if not use_fallback or model_failures_raise:
                     raise
                 to_fallback.update(dict.fromkeys(online, "deadline_exceeded"))
             except Exception:
-                if not use_fallback:
+                if not use_fallback or model_failures_raise:
                     raise
                 log.exception("model %s v%s failed: serving batch scores", name, spec.version)
                 to_fallback.update(dict.fromkeys(online, "model_error"))
-        if to_fallback:
+        if to_fallback and allow_fallback:
             answers = await self._fallback(name, ids, to_fallback, answers, deadline)
         for answer, origin in zip(answers, provenance):
-            answer["features"] = origin
+            if answer is not None:
+                answer["features"] = origin
         return answers, spec
 
     async def _fallback(self, name: str, ids: np.ndarray, reasons: dict[int, str],

@@ -22,9 +22,12 @@ from serving import codec, fallback, features
 from serving.http.app import build_app
 from serving.models import INLINE_MAX_ROWS, InProcessModel, ModelBackend, ModelTable
 from serving.pipeline import Pipeline
+from serving.registry import Registry
+from serving.rollout import Rollouts
 from serving.runtime.base import ModelSpec
 from serving.runtime.loader import load_model
-from serving.settings import BatchingSettings, ModelSettings, Settings
+from serving.settings import BatchingSettings, ModelSettings, RoutingSettings, Settings
+from serving.shadow import ShadowMirror
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +89,10 @@ class DeploymentModel:
 @serve.deployment(name=GATEWAY, max_ongoing_requests=256)
 @serve.ingress()
 class Gateway:
-    """The HTTP ingress. In-process models are loaded here; the app is built after init."""
+    """The HTTP ingress. In-process models are loaded here; the app is built after init.
+
+    ``user_config`` (live, no restart): ``{"routing": {<model>: <RoutingSettings>}}``.
+    """
 
     async def __init__(self, settings: dict[str, Any],
                        handles: dict[str, DeploymentHandle] | None = None) -> None:
@@ -94,6 +100,7 @@ class Gateway:
         logging.getLogger("serving").setLevel(self._settings.log_level)
         metrics = GatewayMetrics()
         handles = handles or {}
+        registry = Registry(self._settings.tracking_uri)
 
         def backend(model: ModelSettings) -> ModelBackend:
             if model.placement == "deployment":
@@ -114,9 +121,26 @@ class Gateway:
             self._scores = OnlineStore(self._settings.fallback.redis, self._settings.features,
                                        score_views, metrics)
             await self._scores.start()
-        self._models = ModelTable(self._settings, metrics, backend)
+        self._models = ModelTable(self._settings, metrics, backend, resolver=registry.resolve)
         self._models.start()
-        self._pipeline = Pipeline(self._settings, self._models, metrics, self._store, self._scores)
+        self._rollouts = Rollouts(self._settings, self._models, metrics, self._store.client,
+                                  on_rollback=registry.record_rollback)
+        self._rollouts.start()  # routing comes in reconfigure(), which Ray calls right after
+        self._pipeline = Pipeline(self._settings, self._models, metrics, self._store, self._scores,
+                                  self._rollouts)
+        rollout = self._settings.rollout
+        self._pipeline.mirror = ShadowMirror(self._pipeline.replay, metrics, rollout.shadow_queue,
+                                             rollout.shadow_concurrency)
+        self._pipeline.mirror.start()
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Live routing: validate every model's new routing first, then apply them."""
+        routing = {name: RoutingSettings(**value) for name, value in (user_config.get("routing") or {}).items()}
+        unknown = set(routing) - {m.name for m in self._settings.models}
+        if unknown:
+            raise ValueError(f"user_config routing names models not served here: {sorted(unknown)}")
+        for name, value in routing.items():
+            await self._rollouts.configure(name, value)
 
     def __serve_build_asgi_app__(self):
         return build_app(self._pipeline, echo_request_id=False)  # Ray's middleware sets it
@@ -125,10 +149,20 @@ class Gateway:
         """Replica liveness for Ray Serve. Readiness (models loaded) is /readyz."""
 
     async def __del__(self) -> None:
-        if getattr(self, "_models", None) is not None:
-            self._models.close()
+        pipeline = getattr(self, "_pipeline", None)
+        if pipeline is not None and pipeline.mirror is not None:
+            pipeline.mirror.close()
+        for part in (getattr(self, "_rollouts", None), getattr(self, "_models", None)):
+            if part is not None:
+                part.close()
         for store in {getattr(self, "_store", None), getattr(self, "_scores", None)} - {None}:
             await store.close()
+
+
+def routing_config(settings: Settings) -> dict[str, Any]:
+    """The Gateway's ``user_config``: every in-process model's routing (edit it to roll out)."""
+    return {"routing": {m.name: m.routing.model_dump(mode="json") for m in settings.models
+                        if m.placement == "inprocess"}}
 
 
 def build(args: dict[str, Any] | None = None) -> serve.Application:
@@ -141,4 +175,4 @@ def build(args: dict[str, Any] | None = None) -> serve.Application:
         .bind(dumped, m.name)
         for m in settings.models if m.placement == "deployment"
     }
-    return Gateway.bind(dumped, handles)
+    return Gateway.options(user_config=routing_config(settings)).bind(dumped, handles)

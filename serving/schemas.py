@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FeatureValue = float | int | bool | None
 
@@ -57,6 +57,8 @@ class PredictResponse(BaseModel):
     model: str
     version: str = Field(description="Registered model version that answered.")
     alias: str | None = Field(description="Alias the version was resolved from, if any.")
+    variant: str = Field(description="Variant that answered: champion or canary (also in the "
+                                     "X-Mlgate-Variant header).")
     request_id: str
 
 
@@ -102,3 +104,19 @@ class ModelList(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "not_ready"]
     models: dict[str, bool] = {}
+
+
+class RolloutChange(_Strict):
+    """Body of PATCH /v1/admin/rollouts/{model}: what to change; omitted fields stay."""
+
+    canary_weight: float | None = Field(None, ge=0, le=100, description="Percent of routing keys "
+                                        "answered by the canary. Also lifts a rollback halt.")
+    shadow_shares: dict[str, float] | None = Field(None, description="Percent of requests mirrored, "
+                                                   "by shadow name (0-100).")
+
+    @field_validator("shadow_shares")
+    @classmethod
+    def _percent(cls, shares: dict[str, float] | None) -> dict[str, float] | None:
+        if shares and any(not 0 <= v <= 100 for v in shares.values()):
+            raise ValueError("shares are percentages from 0 to 100")
+        return shares

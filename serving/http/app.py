@@ -21,11 +21,17 @@ from serving.http.errors import (
     json_response,
     request_id,
 )
-from serving.pipeline import Pipeline
+from serving.http.admin import admin_router, authorize
+from serving.pipeline import Pipeline, RouteHints
+
+# Set by an authorised caller to force a variant (testing); always set on responses.
+VARIANT_HEADER = "x-mlgate-variant"
 
 _ERRORS = {status: {"model": schemas.ErrorResponse, "description": text} for status, text in {
     400: "Malformed JSON, wrong types, unknown features, NaN/Infinity",
-    404: "Unknown model",
+    401: "X-Mlgate-Variant without a valid bearer token",
+    403: "X-Mlgate-Variant from a non-loopback caller when no admin token is configured",
+    404: "Unknown model, or unknown forced variant",
     413: "Body too large or too many instances",
     415: "Content-Type is not JSON",
     422: "Required features missing, or stored features missing/stale under an 'error' policy",
@@ -79,11 +85,17 @@ def build_app(pipeline: Pipeline, echo_request_id: bool = True) -> FastAPI:
         except MlgateError as exc:
             pipeline.reject(name, exc, started)
             raise
-        result = await pipeline.predict(name, body, rid)
-        headers = {"x-model-version": result["version"]}
+        result = await pipeline.predict(name, body, rid, route_hints(request, name))
+        headers = {"x-model-version": result["version"], VARIANT_HEADER: result["variant"]}
         if echo_request_id:
             headers[REQUEST_ID_HEADER] = rid
         return json_response(result, headers=headers)
+
+    def route_hints(request: Request, name: str) -> RouteHints:
+        forced = request.headers.get(VARIANT_HEADER)
+        if forced:
+            authorize(request, settings.admin)
+        return RouteHints(request.headers.get(pipeline.rollouts.key_header(name)), forced or None)
 
     @app.get("/v1/models", response_model=schemas.ModelList)
     async def list_models() -> Response:
@@ -122,6 +134,7 @@ def build_app(pipeline: Pipeline, echo_request_id: bool = True) -> FastAPI:
         """Prometheus metrics of this gateway process."""
         return Response(pipeline.metrics.render(), media_type=pipeline.metrics.content_type)
 
+    app.include_router(admin_router(pipeline.rollouts, settings.admin))
     _document_request_body(app)
     return app
 

@@ -1,0 +1,71 @@
+"""The admin API: rollout state of each model (read it, change canary weight and shadow shares),
+and who may use it or force a variant."""
+
+from __future__ import annotations
+
+import hmac
+
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from serving import schemas
+from serving.errors import Forbidden, InvalidRequest, Unauthorized
+from serving.http.errors import json_response
+from serving.rollout import Rollouts
+from serving.settings import AdminSettings
+
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
+
+
+def authorize(request: Request, admin: AdminSettings) -> None:
+    """Bearer ``admin.token`` when one is set; without one, loopback callers only (local demo)."""
+    if admin.token is None:
+        host = request.client.host if request.client is not None else None
+        if host not in LOOPBACK:
+            raise Forbidden("admin calls need admin.token on the gateway, or a loopback caller")
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = admin.token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise Unauthorized()
+
+
+def admin_router(rollouts: Rollouts, admin: AdminSettings) -> APIRouter:
+    router = APIRouter(prefix="/v1/admin", tags=["admin"])
+
+    @router.get("/rollouts")
+    async def list_rollouts(request: Request) -> Response:
+        """Rollout state of every model: weights, halts, variants and the canary analysis."""
+        authorize(request, admin)
+        return json_response({"rollouts": [rollouts.describe(m.name) for m in rollouts.settings.models]})
+
+    @router.get("/rollouts/{model}")
+    async def get_rollout(model: str, request: Request) -> Response:
+        """Rollout state of one model."""
+        authorize(request, admin)
+        return json_response(rollouts.describe(model))
+
+    @router.patch("/rollouts/{model}", openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": schemas.RolloutChange.model_json_schema()}}}})
+    async def change_rollout(model: str, request: Request) -> Response:
+        """Change the canary weight and/or shadow shares, on every replica, without a restart."""
+        authorize(request, admin)
+        rollouts.state(model)  # 404 for an unknown model before looking at the body
+        change = parse_change(await request.body())
+        await rollouts.set(model, change.canary_weight, change.shadow_shares)
+        return json_response(rollouts.describe(model))
+
+    return router
+
+
+def parse_change(body: bytes) -> schemas.RolloutChange:
+    try:
+        return schemas.RolloutChange.model_validate(orjson.loads(body or b"null"))
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("body is not valid JSON") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidRequest(f"{where}: {first['msg']}") from None

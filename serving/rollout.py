@@ -1,0 +1,266 @@
+"""Live rollout state: canary weight, shadow shares and halts, shared by every gateway replica.
+
+Where a model's variants point (aliases, versions) comes from configuration only: settings, or
+the Gateway's Serve ``user_config`` (``reconfigure``). How much traffic each gets is live state,
+one immutable :class:`RolloutState` per model, swapped whole on every change:
+
+- a configuration change (new routing, e.g. ``helm upgrade --set routing.canary.weight=25``)
+  publishes its weights;
+- the admin API (``mlgate rollout set``) changes them at run time;
+- the canary analysis sets the weight to 0 and *halts* the rollout when the canary breaches a
+  threshold; it stays halted until someone acts (an admin change or a new configuration).
+
+The state lives in Redis under ``<prefix>:rollout:<model>`` so that all replicas agree: each
+re-reads it every ``rollout.refresh_s`` and adopts it when it is newer than its own (last writer
+wins). A replica that restarts under an unchanged configuration adopts what is stored, so admin
+changes and halts survive restarts. Without Redis each replica keeps its own state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Mapping
+
+from observability.metrics import GatewayMetrics
+from serving.canary import Breach, CanaryAnalysis
+from serving.errors import DependencyUnavailable, ModelNotFound, RolloutConflict, VariantNotFound
+from serving.models import ModelTable
+from serving.routing import CANARY, CHAMPION, assign, mirrored
+from serving.settings import RoutingSettings, Settings
+
+log = logging.getLogger(__name__)
+
+RollbackHook = Callable[[str, str, Breach], None]
+"""(model, canary version, breach): records a rollback outside the gateway (blocking)."""
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    canary_weight: float = 0.0
+    shadow_shares: Mapping[str, float] = field(default_factory=dict)
+    halted: bool = False
+    reason: str | None = None
+    config_digest: str = ""
+    updated_at: float = 0.0  # epoch seconds of the change
+    updated_by: str = "config"  # config | admin | rollback
+
+    @classmethod
+    def from_routing(cls, routing: RoutingSettings, digest: str, now: float) -> RolloutState:
+        weight = routing.canary.weight if routing.canary is not None else 0.0
+        return cls(weight, {s.name: s.share for s in routing.shadows}, config_digest=digest, updated_at=now)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> RolloutState:
+        data = json.loads(raw)
+        return cls(float(data["canary_weight"]), {str(k): float(v) for k, v in data["shadow_shares"].items()},
+                   bool(data["halted"]), data.get("reason"), str(data["config_digest"]),
+                   float(data["updated_at"]), str(data["updated_by"]))
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "shadow_shares": dict(self.shadow_shares)})
+
+
+def digest(routing: RoutingSettings) -> str:
+    return hashlib.sha256(routing.model_dump_json().encode()).hexdigest()[:16]
+
+
+class Rollouts:
+    """Routing decisions and rollout state of every model served by one gateway replica."""
+
+    def __init__(self, settings: Settings, models: ModelTable, metrics: GatewayMetrics,
+                 redis: Any = None, on_rollback: RollbackHook | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self._models = models
+        self._metrics = metrics
+        self._redis = redis  # asyncio client for the shared state; None: this replica only
+        self._on_rollback = on_rollback
+        self._clock = clock
+        self._routing: dict[str, RoutingSettings] = {}
+        self._states: dict[str, RolloutState] = {}
+        self._analysis: dict[str, CanaryAnalysis] = {}
+        self._tasks: list[asyncio.Task] = []
+        for model in settings.models:  # dated 0: anything stored or configured later wins
+            self._apply_routing(model.name, model.routing, 0.0)
+
+    # -- configuration --------------------------------------------------------------------------
+
+    def _apply_routing(self, model: str, routing: RoutingSettings, now: float) -> None:
+        self._routing[model] = routing
+        self._analysis[model] = CanaryAnalysis(routing.analysis)
+        self._adopt(model, RolloutState.from_routing(routing, digest(routing), now))
+
+    async def configure(self, model: str, routing: RoutingSettings) -> None:
+        """Apply a model's routing configuration (settings or the Serve ``user_config``)."""
+        if model not in self._routing:
+            raise ModelNotFound(model)
+        if digest(routing) != self._states[model].config_digest:
+            self._models.configure(model, routing)
+            self._apply_routing(model, routing, self._clock())
+        stored = await self._load(model)
+        if stored is not None and stored.config_digest == self._states[model].config_digest:
+            self._adopt(model, self._known(model, stored))  # admin changes and halts survive
+        else:  # nothing stored, or a state from another configuration: ours replaces it
+            self._adopt(model, replace(self._states[model], updated_at=self._clock()))
+            await self._save(model, self._states[model])
+
+    def key_header(self, model: str) -> str:
+        routing = self._routing.get(model)
+        return routing.key_header if routing is not None else RoutingSettings().key_header
+
+    def routing(self, model: str) -> RoutingSettings:
+        return self._routing[model]
+
+    def state(self, model: str) -> RolloutState:
+        if model not in self._states:
+            raise ModelNotFound(model)
+        return self._states[model]
+
+    # -- the hot path ---------------------------------------------------------------------------
+
+    def variant_for(self, model: str, key: str | None) -> str:
+        """``canary`` when the key falls on the canary's side and the canary is serving."""
+        state = self._states.get(model)
+        if state is None or state.canary_weight <= 0:
+            return CHAMPION
+        if assign(model, key, state.canary_weight) == CANARY and self._models.backend(model, CANARY):
+            return CANARY
+        return CHAMPION
+
+    def shadows_for(self, model: str) -> list[str]:
+        """Shadows this request is mirrored to (each drawn at its share)."""
+        state = self._states.get(model)
+        if state is None or not state.shadow_shares:
+            return []
+        return [name for name, share in state.shadow_shares.items() if mirrored(share)]
+
+    def observe(self, model: str, variant: str, ok: bool, seconds: float, score: float | None) -> None:
+        state = self._states.get(model)
+        if state is not None and state.canary_weight > 0:
+            self._analysis[model].record(variant, ok, seconds, score)
+
+    # -- changes --------------------------------------------------------------------------------
+
+    async def set(self, model: str, canary_weight: float | None = None,
+                  shadow_shares: Mapping[str, float] | None = None) -> RolloutState:
+        """An operator's change; it also lifts a halt. Refused (503) if it cannot be shared."""
+        current, routing = self.state(model), self._routing[model]
+        if canary_weight is not None and canary_weight > 0 and routing.canary is None:
+            raise RolloutConflict(f"model {model!r} has no canary configured")
+        unknown = set(shadow_shares or {}) - set(current.shadow_shares)
+        if unknown:
+            raise VariantNotFound(f"model {model!r} has no shadow named {sorted(unknown)[0]!r}")
+        new = replace(current, halted=False, reason=None, updated_at=self._clock(), updated_by="admin",
+                      canary_weight=current.canary_weight if canary_weight is None else canary_weight,
+                      shadow_shares={**current.shadow_shares, **(shadow_shares or {})})
+        if self._redis is not None and not await self._save(model, new):
+            raise DependencyUnavailable("the rollout state store (Redis) is unavailable")
+        self._adopt(model, new)
+        log.info("rollout %s: canary weight %s%%, shadows %s (admin)", model, new.canary_weight,
+                 dict(new.shadow_shares))
+        return new
+
+    async def rollback(self, model: str, breach: Breach) -> None:
+        """Canary to 0 % and halted, everywhere; recorded in logs, metrics and the registry."""
+        version = self._models.backend(model, CANARY)
+        version = version.spec.version if version is not None else "?"
+        reason = f"{breach.check}: {breach.detail} (canary v{version})"
+        new = replace(self.state(model), canary_weight=0.0, halted=True, reason=reason,
+                      updated_at=self._clock(), updated_by="rollback")
+        self._adopt(model, new)
+        log.error("rollout %s: canary rolled back: %s", model, reason)
+        self._metrics.canary_rollbacks.labels(model, breach.check).inc()
+        await self._save(model, new)
+        if self._on_rollback is not None:
+            try:
+                await asyncio.to_thread(self._on_rollback, model, version, breach)
+            except Exception:  # the rollback itself stands; the registry note is best effort
+                log.exception("rollout %s: could not record the rollback in the registry", model)
+
+    def _adopt(self, model: str, state: RolloutState) -> None:
+        previous = self._states.get(model)
+        self._states[model] = state
+        if previous is None or (previous.canary_weight, previous.halted) != (state.canary_weight, state.halted):
+            self._analysis[model].reset()
+        self._metrics.rollout_changed(model, state.canary_weight, dict(state.shadow_shares), state.halted)
+
+    def _known(self, model: str, stored: RolloutState) -> RolloutState:
+        """A stored state limited to the shadows this replica's configuration has."""
+        shadows = self._states[model].shadow_shares
+        return replace(stored, shadow_shares={n: stored.shadow_shares.get(n, s) for n, s in shadows.items()})
+
+    # -- shared state ---------------------------------------------------------------------------
+
+    def _key(self, model: str) -> str:
+        return f"{self.settings.redis.prefix}:rollout:{model}"
+
+    async def _load(self, model: str) -> RolloutState | None:
+        if self._redis is None:
+            return None
+        try:
+            raw = await self._redis.get(self._key(model))
+            return RolloutState.from_json(raw) if raw else None
+        except Exception as exc:  # Redis down or a foreign value: keep our own state
+            log.warning("rollout %s: cannot read the shared state: %s", model, type(exc).__name__)
+            return None
+
+    async def _save(self, model: str, state: RolloutState) -> bool:
+        if self._redis is None:
+            return False
+        try:
+            await self._redis.set(self._key(model), state.to_json())
+            return True
+        except Exception as exc:
+            log.warning("rollout %s: cannot write the shared state: %s", model, type(exc).__name__)
+            return False
+
+    async def refresh(self) -> None:
+        """Adopt states other replicas (or the CLI) wrote since ours."""
+        for model in list(self._states):
+            stored = await self._load(model)
+            if stored is not None and stored.updated_at > self._states[model].updated_at:
+                self._adopt(model, self._known(model, stored))
+
+    async def analyse(self) -> None:
+        for model, state in list(self._states.items()):
+            if state.canary_weight > 0 and not state.halted:
+                breach = self._analysis[model].verdict()
+                if breach is not None:
+                    await self.rollback(model, breach)
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._every(self.settings.rollout.refresh_s, self.refresh)),
+                       asyncio.create_task(self._every(self.settings.rollout.analysis_interval_s,
+                                                       self.analyse))]
+
+    @staticmethod
+    async def _every(seconds: float, job: Callable[[], Any]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await job()
+            except Exception:  # a background loop must outlive any one failure
+                log.exception("rollout background job failed")
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    def describe(self, model: str) -> dict[str, Any]:
+        state, routing = self.state(model), self._routing[model]
+        variants = {}
+        for name, variant in self._models.variants(model).items():
+            ref = variant.settings
+            variants[name] = {"alias": ref.alias if not ref.version else None, "version": variant.version,
+                              "pinned_version": ref.version, "ready": variant.backend is not None,
+                              "error": variant.error}
+        return {"model": model, "canary_weight": state.canary_weight,
+                "shadow_shares": dict(state.shadow_shares), "halted": state.halted,
+                "reason": state.reason, "updated_at": state.updated_at, "updated_by": state.updated_by,
+                "key_header": routing.key_header, "variants": variants,
+                "analysis": self._analysis[model].summary()}
