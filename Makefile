@@ -42,3 +42,14 @@ stop: $(STAMP)
 
 clean:
 	rm -rf .mlgate .pytest_cache
+
+## Pinned runtime requirements of the images, from .venv (run after changing dependencies).
+.PHONY: lock images
+lock: $(STAMP)
+	$(PY) docker/lock.py > docker/serving.txt
+	$(PY) docker/lock.py spark > docker/jobs.txt
+
+## The two images (needs a Docker engine): the gateway, and the Spark jobs with a JRE.
+images:
+	docker build --target serving -t mlgate:0.1.0 .
+	docker build --target jobs -t mlgate-jobs:0.1.0 .

@@ -1,0 +1,254 @@
+{{/* Names and labels. RayService names stay short: KubeRay appends "-raycluster-xxxxx". */}}
+{{- define "mlgate.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "mlgate.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else if contains (include "mlgate.name" .) .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "mlgate.name" .) | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mlgate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mlgate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "mlgate.labels" -}}
+{{ include "mlgate.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "mlgate.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "mlgate.jobsImage" -}}
+{{- printf "%s:%s" .Values.jobs.image.repository (default .Chart.AppVersion .Values.jobs.image.tag) -}}
+{{- end -}}
+
+{{- define "mlgate.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "mlgate.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The chart's own Secret exists only when a dev-only inline secret value is set. */}}
+{{- define "mlgate.inlineSecrets" -}}
+{{- $s := dict -}}
+{{- with .Values.redis.password }}{{ $_ := set $s "redis-password" . }}{{ end -}}
+{{- with .Values.admin.token }}{{ $_ := set $s "admin-token" . }}{{ end -}}
+{{- with .Values.mlflow.username }}{{ $_ := set $s "mlflow-username" . }}{{ end -}}
+{{- with .Values.mlflow.password }}{{ $_ := set $s "mlflow-password" . }}{{ end -}}
+{{- toJson $s -}}
+{{- end -}}
+
+{{/* One env entry read from a Secret key; optional, so a Secret may hold only some keys. */}}
+{{- define "mlgate.secretEnvVar" -}}
+- name: {{ .env }}
+  valueFrom:
+    secretKeyRef: {name: {{ .secret }}, key: {{ .key }}, optional: true}
+{{- end -}}
+
+{{/* Environment shared by the Ray containers and the jobs: secrets, and what MLflow reads. */}}
+{{- define "mlgate.ownSecret" -}}
+{{- if ne (include "mlgate.inlineSecrets" .) "{}" }}{{ include "mlgate.fullname" . }}{{ end -}}
+{{- end -}}
+
+{{- define "mlgate.commonEnv" -}}
+{{- $redis := .Values.redis.existingSecret | default (include "mlgate.ownSecret" .) -}}
+{{- $mlflow := .Values.mlflow.existingSecret | default (include "mlgate.ownSecret" .) -}}
+{{- with $redis }}
+{{ include "mlgate.secretEnvVar" (dict "env" "MLGATE_REDIS__PASSWORD" "secret" . "key" $.Values.redis.existingSecretKey) }}
+{{- end }}
+{{- if and .Values.redis.fallback.url .Values.redis.fallback.existingSecret }}
+{{ include "mlgate.secretEnvVar" (dict "env" "MLGATE_FALLBACK__REDIS__PASSWORD" "secret" .Values.redis.fallback.existingSecret "key" .Values.redis.fallback.existingSecretKey) }}
+{{- end }}
+{{- with $mlflow }}
+{{- range $env, $key := dict "MLFLOW_TRACKING_USERNAME" "mlflow-username" "MLFLOW_TRACKING_PASSWORD" "mlflow-password" "MLFLOW_TRACKING_TOKEN" "mlflow-token" "AWS_ACCESS_KEY_ID" "aws-access-key-id" "AWS_SECRET_ACCESS_KEY" "aws-secret-access-key" }}
+{{ include "mlgate.secretEnvVar" (dict "env" $env "secret" $mlflow "key" $key) }}
+{{- end }}
+{{- end }}
+{{- with .Values.mlflow.s3EndpointUrl }}
+- name: MLFLOW_S3_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* The model reference of Settings.models: an alias to follow or a pinned version. */}}
+{{- define "mlgate.variantRef" -}}
+{{- if .version -}}
+{{- toJson (dict "version" (toString .version)) -}}
+{{- else -}}
+{{- toJson (dict "alias" .alias) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* routing.analysis: chart (camelCase) keys -> Settings (snake_case) keys; unset keys are left
+to the gateway's defaults. */}}
+{{- define "mlgate.analysis" -}}
+{{- $names := dict "windowS" "window_s" "minRequests" "min_requests" "maxErrorRateDelta" "max_error_rate_delta" "maxP99Ratio" "max_p99_ratio" "minP99DeltaMs" "min_p99_delta_ms" "maxScoreShift" "max_score_shift" -}}
+{{- $out := dict -}}
+{{- range $k, $v := .Values.routing.analysis }}{{ $_ := set $out (get $names $k) $v }}{{ end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* The live routing object of the model (Settings RoutingSettings), as JSON. */}}
+{{- define "mlgate.routing" -}}
+{{- $r := .Values.routing -}}
+{{- $canary := dict -}}
+{{- if $r.canary.enabled -}}
+{{- $canary = mergeOverwrite (fromJson (include "mlgate.variantRef" $r.canary)) (dict "weight" $r.canary.weight) -}}
+{{- end -}}
+{{- $shadows := list -}}
+{{- range $r.shadows -}}
+{{- $shadows = append $shadows (mergeOverwrite (fromJson (include "mlgate.variantRef" .)) (dict "name" .name "share" .share)) -}}
+{{- end -}}
+{{- $out := dict "canary" (ternary $canary nil $r.canary.enabled) "shadows" $shadows "key_header" $r.keyHeader -}}
+{{- $analysis := fromJson (include "mlgate.analysis" .) -}}
+{{- if $analysis }}{{ $_ := set $out "analysis" $analysis }}{{ end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* Application args: Settings fields for the gateway (no secrets: those come from env). */}}
+{{- define "mlgate.appArgs" -}}
+{{- $model := mergeOverwrite (dict "name" .Values.model.name "placement" "inprocess") (fromJson (include "mlgate.variantRef" .Values.model)) -}}
+{{- $redis := dict "url" .Values.redis.url "cluster" .Values.redis.cluster -}}
+{{- $args := dict "models" (list $model) "redis" $redis "mlflow_tracking_uri" .Values.mlflow.trackingUri "state_dir" "/home/mlgate/state" "log_level" .Values.gateway.logLevel "registry" (dict "poll_s" .Values.registry.pollS) "http" (dict "host" "0.0.0.0" "ingress" "direct" "proxy_port" .Values.gateway.proxyPort "drain_s" .Values.gateway.drainS) -}}
+{{- with .Values.redis.fallback.url }}{{ $_ := set $args "fallback" (dict "redis" (dict "url" .)) }}{{ end -}}
+{{- toJson (mergeOverwrite $args (deepCopy .Values.gateway.settings)) -}}
+{{- end -}}
+
+{{/* The Ray Serve config (serveConfigV2): the same shape as serving/config/serve.yaml. */}}
+{{- define "mlgate.serveConfig" -}}
+{{- $g := .Values.gateway -}}
+{{- $autoscaling := dict "min_replicas" $g.replicas.min "initial_replicas" $g.replicas.min "max_replicas" $g.replicas.max "target_ongoing_requests" $g.targetOngoingRequests "upscale_delay_s" $g.upscaleDelayS "downscale_delay_s" $g.downscaleDelayS -}}
+{{- $routing := dict .Values.model.name (fromJson (include "mlgate.routing" .)) -}}
+{{- $gateway := dict "name" "Gateway" "max_ongoing_requests" $g.maxOngoingRequests "max_replicas_per_node" 1 "autoscaling_config" $autoscaling "ray_actor_options" (dict "num_cpus" $g.numCpus) "user_config" (dict "routing" $routing) -}}
+{{- $app := dict "name" "mlgate" "route_prefix" "/" "import_path" "serving.ray_app:build" "args" (fromJson (include "mlgate.appArgs" .)) "deployments" (list $gateway) -}}
+{{- $config := dict "proxy_location" "EveryNode" "http_options" (dict "host" "0.0.0.0" "port" $g.proxyPort "request_timeout_s" 30 "keep_alive_timeout_s" 30) "logging_config" (dict "log_level" "WARNING" "enable_access_log" false) "applications" (list $app) -}}
+{{- toYaml $config -}}
+{{- end -}}
+
+{{/* Pod-level settings shared by the Ray pods: (dict "root" $ "group" .Values.ray.head|worker).
+The root filesystem is read-only, so Ray and Python get writable /tmp and $HOME (model cache
+under MLGATE_STATE_DIR), and Ray's object store gets a memory-backed /dev/shm. */}}
+{{- define "mlgate.rayPodSpec" -}}
+{{- $root := .root -}}
+securityContext:
+  {{- toYaml $root.Values.podSecurityContext | nindent 2 }}
+{{- with $root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .group.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .group.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .group.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+volumes:
+  - {name: tmp, emptyDir: {}}
+  - {name: home, emptyDir: {}}
+  - name: shm
+    emptyDir: {medium: Memory, sizeLimit: {{ .group.shmSize }}}
+{{- end -}}
+
+{{/* The Ray container's image, security context, env and mounts (head and workers alike: the
+Serve controller on the head and the replicas on the workers both read the ingress settings). */}}
+{{- define "mlgate.rayContainer" -}}
+image: {{ include "mlgate.image" . }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+securityContext:
+  {{- toYaml .Values.securityContext | nindent 2 }}
+env:
+  # Direct ingress: the replica serves HTTP itself on 8000, one replica per pod, exactly one
+  # port (the range's end is exclusive), so the Service's target port is always right.
+  - {name: RAY_SERVE_ENABLE_DIRECT_INGRESS, value: "1"}
+  - {name: RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT, value: "8000"}
+  - {name: RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT, value: "8001"}
+  - {name: RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S, value: {{ .Values.gateway.drainS | quote }}}
+  {{- with include "mlgate.commonEnv" . | trim }}
+  {{- . | nindent 2 }}
+  {{- end }}
+  {{- with .Values.admin.existingSecret | default (include "mlgate.ownSecret" .) }}
+  # Admin API and variant-forcing header (the jobs do not get it).
+  {{- include "mlgate.secretEnvVar" (dict "env" "MLGATE_ADMIN__TOKEN" "secret" . "key" $.Values.admin.existingSecretKey) | nindent 2 }}
+  {{- end }}
+  {{- with .Values.gateway.env }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+volumeMounts:
+  - {name: tmp, mountPath: /tmp}
+  - {name: home, mountPath: /home/mlgate}
+  - {name: shm, mountPath: /dev/shm}
+{{- end -}}
+
+{{/* The scheduled jobs: name -> the `mlgate` arguments it runs. */}}
+{{- define "mlgate.jobs" -}}
+{{- $jobs := dict -}}
+{{- with .Values.jobs.featureSync -}}
+{{- if .enabled -}}
+{{- $args := list "features" "sync" -}}
+{{- if .incremental }}{{ $args = append $args "--incremental" }}{{ end -}}
+{{- $_ := set $jobs "feature-sync" (dict "schedule" .schedule "args" $args) -}}
+{{- end -}}
+{{- end -}}
+{{- with .Values.jobs.batchScore -}}
+{{- if .enabled -}}
+{{- $m := $.Values.model -}}
+{{- $ref := ternary (printf "%s/%v" $m.name $m.version) (printf "%s@%s" $m.name $m.alias) (not (empty $m.version)) -}}
+{{- $_ := set $jobs "batch-score" (dict "schedule" .schedule "args" (list "batch" "score" "--model" (default $ref .model))) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $jobs -}}
+{{- end -}}
+
+{{/* Environment of the jobs: the settings the gateway gets as application args, as MLGATE_*. */}}
+{{- define "mlgate.jobsEnv" -}}
+- {name: MLGATE_STATE_DIR, value: /data}
+- {name: MLGATE_REDIS__URL, value: {{ .Values.redis.url | quote }}}
+- {name: MLGATE_REDIS__CLUSTER, value: {{ .Values.redis.cluster | quote }}}
+{{- with .Values.redis.fallback.url }}
+- {name: MLGATE_FALLBACK__REDIS__URL, value: {{ . | quote }}}
+{{- end }}
+- {name: MLFLOW_TRACKING_URI, value: {{ .Values.mlflow.trackingUri | quote }}}
+{{- with include "mlgate.commonEnv" . | trim }}
+{{ . }}
+{{- end }}
+{{- end -}}
+
+{{- define "mlgate.stateVolume" -}}
+- name: state
+  {{- if .Values.jobs.stateClaim }}
+  persistentVolumeClaim: {claimName: {{ .Values.jobs.stateClaim }}}
+  {{- else }}
+  emptyDir: {}
+  {{- end }}
+{{- end -}}
+
+{{/* Checks JSON schema cannot express: they fail `helm install/upgrade/template` with a reason. */}}
+{{- define "mlgate.validate" -}}
+{{- $g := .Values.gateway.replicas -}}
+{{- if lt (int $g.max) (int $g.min) -}}
+{{- fail (printf "gateway.replicas.max (%v) must be at least gateway.replicas.min (%v)" $g.max $g.min) -}}
+{{- end -}}
+{{- $c := .Values.routing.canary -}}
+{{- if and $c.enabled (eq (include "mlgate.variantRef" $c) (include "mlgate.variantRef" .Values.model)) -}}
+{{- fail (printf "routing.canary must name another alias or version than the model itself (%s)" (include "mlgate.variantRef" $c)) -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,288 @@
+"""The Helm chart, rendered by a real helm binary and checked against the schemas of its consumers.
+
+- ``helm lint --strict`` and ``helm template`` with every values file in helm/mlgate/ci/;
+- every built-in Kubernetes object against the Kubernetes OpenAPI schemas (kubernetes-validate's
+  strict JSON schemas: unknown fields fail) of the oldest supported and the newest version;
+- the custom resources (RayService, ServiceMonitor, PrometheusRule, ScheduledSparkApplication)
+  against excerpts of their CRD schemas in tests/helm/schemas/ (sources named in each file);
+- the embedded Serve config by Ray's own ``ServeDeploySchema``, its application args by
+  mlgate's ``Settings`` and its routing by ``RoutingSettings``;
+- a canary step (``--set routing.canary.weight=N``) changes nothing but the Gateway's
+  ``user_config``, so KubeRay applies it as an in-place reconfigure;
+- wrong values fail at ``helm template`` time (values.schema.json and the chart's own checks).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from referencing import Registry, Resource
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "mlgate"
+SCHEMAS = Path(__file__).parent / "schemas"
+VALUES_FILES = sorted((CHART / "ci").glob("*-values.yaml"))
+K8S_DEFINITIONS = "https://kubernetes.io/api/_definitions.json"
+# The chart's kubeVersion floor and the newest version kubernetes-validate ships.
+K8S_VERSIONS = ("1.29.0", "1.37.0")
+CUSTOM_KINDS = {
+    "RayService": ("kuberay-rayservice-v1.yaml", None),
+    "ServiceMonitor": ("prometheus-operator-v1.yaml", "ServiceMonitor"),
+    "PrometheusRule": ("prometheus-operator-v1.yaml", "PrometheusRule"),
+    "ScheduledSparkApplication": ("spark-operator-scheduledsparkapplication-v1beta2.yaml", None),
+}
+
+
+# ---- rendering ------------------------------------------------------------------------------
+
+def helm(helm_bin, env, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(helm_bin), *args], capture_output=True, text=True, env=env,
+                            timeout=60)
+    if check and result.returncode != 0:
+        pytest.fail(f"helm {' '.join(args)} failed:\n{result.stderr}")
+    return result
+
+
+def render(helm_bin, env, *args: str) -> list[dict]:
+    out = helm(helm_bin, env, "template", "mlg", str(CHART), "--namespace", "ml", *args).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def serve_config(docs: list[dict]) -> dict:
+    (rayservice,) = by_kind(docs, "RayService")
+    return yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+
+
+def gateway_deployment(config: dict) -> dict:
+    (app,) = config["applications"]
+    (gateway,) = [d for d in app["deployments"] if d["name"] == "Gateway"]
+    return gateway
+
+
+@pytest.fixture(scope="module", params=VALUES_FILES, ids=lambda p: p.stem)
+def rendered(request, helm_bin, helm_home) -> list[dict]:
+    return render(helm_bin, helm_home, "-f", str(request.param))
+
+
+# ---- schemas ---------------------------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def k8s_schema_dir(version: str):
+    schemas = resources.files("kubernetes_validate") / "kubernetes-json-schema"
+    return schemas / f"v{version}-local-strict"
+
+
+@lru_cache(maxsize=None)
+def k8s_registry(version: str) -> Registry:
+    definitions = json.loads((k8s_schema_dir(version) / "_definitions.json").read_text())
+    return Resource.from_contents(definitions) @ Registry()
+
+
+def k8s_validator(version: str, api_version: str, kind: str):
+    # kubernetes-validate's file naming: rbac.authorization.k8s.io/v1 -> rbac-v1
+    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    path = k8s_schema_dir(version) / f"{kind.lower()}-{group_version}.json"
+    schema = json.loads(path.read_text())
+    return jsonschema.Draft202012Validator(schema, registry=k8s_registry(version))
+
+
+def close_and_link(schema):
+    """CRD schema -> JSON Schema as the API server applies it: unknown fields are errors (kubectl
+    applies with strict field validation), and ``k8s:NAME`` refs point at Kubernetes'
+    definitions."""
+    if isinstance(schema, dict):
+        schema = {k: close_and_link(v) for k, v in schema.items()}
+        if isinstance(schema.get("$ref"), str) and schema["$ref"].startswith("k8s:"):
+            schema["$ref"] = f"{K8S_DEFINITIONS}#/$defs/{schema['$ref'][4:]}"
+        if "properties" in schema and "additionalProperties" not in schema:
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [close_and_link(s) for s in schema]
+    return schema
+
+
+@lru_cache(maxsize=None)
+def crd_validator(kind: str, version: str):
+    filename, key = CUSTOM_KINDS[kind]
+    source = yaml.safe_load((SCHEMAS / filename).read_text())
+    schema = source[key] if key else source["openAPIV3Schema"]
+    schema = close_and_link({**schema, "$defs": source.get("$defs", {})})
+    return jsonschema.Draft202012Validator(schema, registry=k8s_registry(version))
+
+
+def errors(validator, doc) -> list[str]:
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message[:300]}"
+            for e in validator.iter_errors(doc)]
+
+
+# ---- lint and schemas -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=lambda p: p.stem)
+def test_lint_strict(helm_bin, helm_home, values):
+    result = helm(helm_bin, helm_home, "lint", "--strict", str(CHART), "-f", str(values))
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_default_values_lint_and_render(helm_bin, helm_home):
+    helm(helm_bin, helm_home, "lint", "--strict", str(CHART))
+    kinds = {d["kind"] for d in render(helm_bin, helm_home)}
+    assert {"RayService", "Service", "CronJob", "PodDisruptionBudget"} <= kinds
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_manifests_match_kubernetes_and_crd_schemas(rendered, version):
+    problems = []
+    for doc in rendered:
+        kind = doc["kind"]
+        validator = (crd_validator(kind, version) if kind in CUSTOM_KINDS
+                     else k8s_validator(version, doc["apiVersion"], kind))
+        problems += [f"{kind}/{doc['metadata']['name']}: {e}" for e in errors(validator, doc)]
+    assert not problems, "\n".join(problems)
+
+
+def test_crd_schemas_catch_mistakes():
+    """The CRD excerpts are strict enough to be worth something: a typo and a bad type fail."""
+    validator = crd_validator("RayService", K8S_VERSIONS[-1])
+    head = {"rayStartParams": {}, "template": {"spec": {"containers": [{"name": "ray-head"}]}}}
+    doc = {"apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": "x"},
+           "spec": {"serveConfigV2": "", "rayClusterConfig": {"headGroupSpec": head}}}
+    assert not errors(validator, doc)
+    typo = copy.deepcopy(doc)
+    typo["spec"]["rayClusterConfig"]["workerGroupSpec"] = []
+    assert errors(validator, typo)
+    bad_pod = copy.deepcopy(doc)
+    pod = bad_pod["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    pod["containers"][0]["ports"] = [{"containerPort": "eighty"}]
+    assert errors(validator, bad_pod)
+
+
+# ---- the Serve config -----------------------------------------------------------------------
+
+def test_serve_config_accepted_by_ray_and_mlgate(rendered, monkeypatch):
+    from ray.serve.schema import ServeDeploySchema
+
+    from serving.settings import RoutingSettings, Settings
+
+    for name in [n for n in os.environ if n.startswith(("MLGATE_", "MLFLOW_"))]:
+        monkeypatch.delenv(name)  # only the rendered args may count
+    config = serve_config(rendered)
+    schema = ServeDeploySchema.model_validate(config)
+    (app,) = schema.applications
+    assert (app.name, app.import_path) == ("mlgate", "serving.ray_app:build")
+    settings = Settings(**app.args)
+    assert [m.name for m in settings.models] == ["fraud-detector"]
+    gateway = gateway_deployment(config)
+    assert gateway["max_replicas_per_node"] == 1  # one replica per pod: the Service's port 8000
+    for model, routing in gateway["user_config"]["routing"].items():
+        assert settings.model(model) is not None
+        RoutingSettings.model_validate(routing)
+
+
+def test_ray_pods_get_direct_ingress_on_port_8000(rendered):
+    (rayservice,) = by_kind(rendered, "RayService")
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    (worker,) = cluster["workerGroupSpecs"]
+    for pod in (cluster["headGroupSpec"]["template"], worker["template"]):
+        (container,) = pod["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+        # One replica per pod and exactly one port (the range's end is exclusive).
+        assert env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "8000"
+        assert env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] == "8001"
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    (http,) = [s for s in by_kind(rendered, "Service") if s["metadata"]["name"] == "mlg-mlgate"]
+    assert http["spec"]["ports"][0]["targetPort"] == "http"
+    (container,) = worker["template"]["spec"]["containers"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["http"] == 8000
+    assert worker["template"]["metadata"]["labels"].items() >= http["spec"]["selector"].items()
+
+
+# ---- canary steps are live reconfigures -----------------------------------------------------
+
+CANARY = str(CHART / "ci" / "canary-values.yaml")
+
+
+@pytest.mark.parametrize("change", [
+    "routing.canary.weight=25", "routing.canary.weight=100", "routing.shadows[0].share=50",
+    "routing.canary.alias=challenger-2", "routing.analysis.maxP99Ratio=3"])
+def test_routing_change_only_touches_gateway_user_config(helm_bin, helm_home, change):
+    before = render(helm_bin, helm_home, "-f", CANARY)
+    after = render(helm_bin, helm_home, "-f", CANARY, "--set", change)
+    others = lambda docs: [d for d in docs if d["kind"] != "RayService"]
+    assert others(before) == others(after)
+    (rs_before,), (rs_after,) = by_kind(before, "RayService"), by_kind(after, "RayService")
+    strip = lambda rs: {**rs, "spec": {k: v for k, v in rs["spec"].items() if k != "serveConfigV2"}}
+    assert strip(rs_before) == strip(rs_after), "the Ray cluster changed: KubeRay would replace it"
+    config_before, config_after = serve_config(before), serve_config(after)
+    old, new = gateway_deployment(config_before), gateway_deployment(config_after)
+    assert old["user_config"] != new["user_config"]
+    new["user_config"] = old["user_config"]
+    assert config_before == config_after, "something besides the Gateway's user_config changed"
+
+
+def test_weight_lands_in_user_config(helm_bin, helm_home):
+    config = serve_config(render(helm_bin, helm_home, "-f", CANARY,
+                                 "--set", "routing.canary.weight=25"))
+    routing = gateway_deployment(config)["user_config"]["routing"]["fraud-detector"]
+    assert routing["canary"] == {"alias": "challenger", "weight": 25}
+    assert routing["shadows"] == [{"name": "shadow", "alias": "candidate", "share": 10}]
+    assert routing["analysis"]["max_p99_ratio"] == 1.5
+
+
+# ---- wrong values fail at install time ------------------------------------------------------
+
+@pytest.mark.parametrize(("values", "reason"), [
+    (["routing.canary.weight=150"], "maximum"),
+    (["routing.canary.weight=-5"], "minimum"),
+    (["routing.canary.weight=5"], "must be true"),  # a weight without an enabled canary
+    (["routing.canary.enabled=true", "routing.canary.alias=not an alias"], "pattern"),
+    (["routing.canary.enabled=true", "routing.canary.alias=champion"], "another alias"),
+    (["routing.canary.wieght=5"], "additional properties"),
+    (["routing.shadows[0].name=canary", "routing.shadows[0].alias=x",
+      "routing.shadows[0].share=5"], "not"),
+    (["model.version=abc"], "version"),
+    (["redis.url=http://redis:6379"], "pattern"),
+    (["jobs.runner=airflow"], "runner"),
+    (["jobs.runner=sparkoperator"], "sparkOperator/image"),
+    (["gateway.replicas.min=5", "gateway.replicas.max=2"], "at least"),
+    (["gateway.settings.models=[]"], "models"),
+])
+def test_wrong_values_fail(helm_bin, helm_home, values, reason):
+    args = [a for v in values for a in ("--set", v)]
+    result = helm(helm_bin, helm_home, "template", "mlg", str(CHART), *args, check=False)
+    assert result.returncode != 0, f"{values} rendered"
+    assert reason in result.stderr, result.stderr
+
+
+# ---- monitoring uses the gateway's real metric names ----------------------------------------
+
+def test_alerts_and_dashboard_use_defined_metrics(helm_bin, helm_home):
+    docs = render(helm_bin, helm_home, "-f", str(CHART / "ci" / "production-values.yaml"))
+    (rule,) = by_kind(docs, "PrometheusRule")
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"MlgateHighErrorRate", "MlgateHighLatency", "MlgateHighFallbackRate",
+            "MlgateFeaturesStale", "MlgateCanaryRolledBack"} <= alerts
+    (dashboard,) = by_kind(docs, "ConfigMap")
+    panels = json.loads(dashboard["data"]["mlgate.json"])["panels"]
+    queries = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    queries += [t["expr"] for p in panels for t in p["targets"]]
+    used = {re.sub(r"_(total|bucket|sum|count)$", "", m)
+            for q in queries for m in re.findall(r"\bmlgate_[a-z_]+", q)}
+    metrics_module = (ROOT / "observability" / "metrics.py").read_text()
+    defined = set(re.findall(r'"(mlgate_[a-z_]+)"', metrics_module))
+    assert used and used <= defined, f"not defined in observability/metrics.py: {used - defined}"
