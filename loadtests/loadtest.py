@@ -59,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-share", type=float, default=0.15, help="requests with 10-50 entities")
     parser.add_argument("--invalid-share", type=float, default=0.02, help="deliberately invalid requests")
     parser.add_argument("--canary-share", type=float, default=0.0,
-                        help="valid requests sent with x-mlgate-variant: challenger")
+                        help="valid requests forced to the canary (x-mlgate-variant: canary; needs a loopback "
+                             "caller or LOADTEST_ADMIN_TOKEN)")
     parser.add_argument("--model", default="fraud-detector")
     parser.add_argument("--max-requests", type=int, default=2_000_000, help="hard cap on requests")
     parser.add_argument("--out", default=None, help="report folder (default loadtests/reports/<timestamp>)")

@@ -10,7 +10,8 @@ Traffic: customers drawn from the synced population (ids 1..--customers) with Zi
 popularity; mostly one entity per request, --batch-share of requests carry 10-50 entities each
 with its own features; --invalid-share of requests are wrong on purpose and must get their 4xx
 (named ``invalid: <code>``, counted a success when the answer is the expected one);
---canary-share carries ``x-mlgate-variant: challenger`` (off by default).
+--canary-share is forced to the canary with ``x-mlgate-variant: canary`` (off by default; the
+gateway allows it from loopback callers, or with --admin-token when it has one set).
 
 Besides Locust's per-request rows, the stats (CSV and HTML) get synthetic rows:
 ``ALL valid traffic`` (every request except invalid-by-design ones: the latency and error
@@ -60,7 +61,9 @@ def _options(parser) -> None:
     option("--invalid-share", "INVALID_SHARE", type=float, default=0.02,
            help="share of deliberately invalid requests")
     option("--canary-share", "CANARY_SHARE", type=float, default=0.0,
-           help=f"share of valid requests sent with {VARIANT_HEADER}: challenger")
+           help=f"share of valid requests sent with {VARIANT_HEADER}: canary")
+    option("--admin-token", "ADMIN_TOKEN", default="",
+           help="bearer token for the variant-forcing header (the gateway's admin.token)")
     option("--max-requests", "MAX_REQUESTS", type=int, default=2_000_000,
            help="hard cap on requests per Locust process (users stop beyond it)")
     option("--seed", "SEED", type=int, default=7, help="population order and per-user randomness")
@@ -133,7 +136,9 @@ class PredictUser(FastHttpUser):
         n = rng.randint(10, 50) if rng.random() < opts.batch_share else 1
         name, headers = ("predict 1" if n == 1 else "predict batch"), JSON
         if rng.random() < opts.canary_share:
-            name, headers = f"{name} [challenger]", {**JSON, VARIANT_HEADER: "challenger"}
+            name, headers = f"{name} [canary]", {**JSON, VARIANT_HEADER: "canary"}
+            if opts.admin_token:
+                headers["authorization"] = f"Bearer {opts.admin_token}"
         body = orjson.dumps(traffic.predict_body(rng, _population, n))
         with self.client.post(self.path, data=body, headers=headers, name=name,
                               catch_response=True) as response:
