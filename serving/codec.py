@@ -95,6 +95,10 @@ def _raise_key_mismatch(i: int, row: Mapping[str, Any], expected: frozenset[str]
 
 
 def _column(values: list[Any], name: str, dtype: str, required: bool) -> np.ndarray:
+    if len(values) == 1:  # most requests score one row: plain Python checks, one small array
+        column = _one_value(values[0], dtype)
+        if column is not None:
+            return column
     kinds = set(map(type, values))
     if dtype == "boolean":
         if kinds <= {bool}:
@@ -120,10 +124,36 @@ def _column(values: list[Any], name: str, dtype: str, required: bool) -> np.ndar
             fractional = np.isfinite(column) & (column != np.round(column))
         if fractional.any():
             raise InvalidFeatureType(f"instances[{int(np.argmax(fractional))}].{name}: expected an integer")
+        limits = np.iinfo(NUMPY_DTYPES[dtype])
+        outside = (column < limits.min) | (column > limits.max)
+        if outside.any():
+            raise NonFiniteValue(f"instances[{int(np.argmax(outside))}].{name}: out of range for a {dtype} input")
         if np.isnan(column).any():  # an allowed null: integers cannot hold it
             return column
     # The signature's own dtype: schema-enforcing runtimes (mlflow.pyfunc) refuse anything else.
     return column.astype(NUMPY_DTYPES[dtype], copy=False)
+
+
+_EXACT_INT = 2**53  # integers a float64 holds exactly: beyond, the general path decides
+
+
+def _one_value(value: Any, dtype: str) -> np.ndarray | None:
+    """A one-row column for a value that is plainly valid, else None (the general path then
+    validates it and says exactly what is wrong)."""
+    kind = type(value)
+    if dtype == "boolean":
+        return np.array([value], dtype=np.bool_) if kind is bool else None
+    if kind is float:
+        if not -_F32_MAX <= value <= _F32_MAX:
+            return None
+        if dtype in ("long", "integer") and not value.is_integer():
+            return None
+    elif kind is not int or not -_EXACT_INT < value < _EXACT_INT:
+        return None
+    try:
+        return np.array([value], dtype=NUMPY_DTYPES[dtype])
+    except OverflowError:  # beyond a 32-bit input's range
+        return None
 
 
 def _where(values: list[Any], is_bad: Any, name: str, what: str) -> str:

@@ -119,12 +119,15 @@ def assemble(binding: FeatureBinding, reads: Mapping[str, ViewRead], settings: F
                 for row in np.flatnonzero(mask).tolist():
                     fallback.setdefault(row, reason)
         use_default = missing | (stale if settings.on_stale == "default" else np.zeros(n, bool))
+        any_default = bool(use_default.any())
         for feature in view.features:
             if feature.name in features:
-                values = np.where(use_default, feature.default, read.records[feature.name])
+                values = read.records[feature.name]
+                if any_default:
+                    values = np.where(use_default, feature.default, values)
                 # In the view's dtype, which is the signature's: schema-enforcing runtimes check it.
-                columns[view.qualified(feature.name)] = values.astype(np.int64 if feature.dtype == "long"
-                                                                      else np.float64)
+                columns[view.qualified(feature.name)] = values.astype(
+                    np.int64 if feature.dtype == "long" else np.float64, copy=False)
         for i in range(n):
             provenance[i][name] = _origin(bool(missing[i]), bool(stale[i]), bool(use_default[i]),
                                           float(read.age_s[i]))

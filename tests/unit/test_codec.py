@@ -113,3 +113,23 @@ def test_encode_classifier_probability_matrix():
     assert out == [{"label": 1, "probability": pytest.approx(0.8)}]
     out = codec.encode({"label": np.array([2]), "probabilities": np.array([[0.1, 0.2, 0.7]])})
     assert out == [{"label": 2, "probabilities": [0.1, 0.2, 0.7]}]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("amount", 7), ("amount", -0.0), ("amount", 3.4e38), ("amount", 3.5e38), ("amount", 2**60),
+    ("amount", True), ("amount", "7"), ("amount", None), ("count", 4.0), ("count", 4.5),
+    ("count", -(2**53) - 1), ("count", 2**70), ("is_online", 1), ("is_online", True),
+    ("score", None), ("score", 1e-300), ("score", [1]),
+])
+def test_one_row_fast_path_decodes_exactly_like_the_general_path(spec, field, value):
+    """One-row requests skip the numpy validation; they must give the same columns or errors."""
+    row = {**ROW, field: value}
+
+    def outcome(rows):
+        try:
+            cols = codec.decode(rows, spec)
+        except Exception as exc:
+            return type(exc).__name__, exc.code
+        return {k: (v.dtype.str, np.nan_to_num(v[:1], nan=-1.0).tolist()) for k, v in cols.items()}
+
+    assert outcome([row]) == outcome([row, row])
