@@ -40,10 +40,12 @@ def app_args(config: dict[str, Any]) -> dict[str, Any]:
 
 def ray_environment(settings: Settings) -> dict[str, str]:
     """Environment Ray must start with for the chosen ingress (read by Serve's controller)."""
+    tuning = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1" if settings.ray.throughput_optimized else "0"}
     if settings.http.ingress == "proxy":
-        return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+        return {**tuning, "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
     port = settings.http.port
     return {
+        **tuning,
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + DIRECT_INGRESS_PORTS),

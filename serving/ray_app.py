@@ -73,11 +73,17 @@ class ModelDeployment:
 
 
 class DeploymentModel:
-    """A model reached through a Ray Serve handle (``placement: deployment``)."""
+    """A model reached through a Ray Serve handle (``placement: deployment``).
 
-    def __init__(self, handle: DeploymentHandle) -> None:
+    Built in a loader thread: the handle is only called from the replica's event loop ``loop``,
+    which Ray requires when its router shares that loop (``RAY_SERVE_THROUGHPUT_OPTIMIZED``)."""
+
+    def __init__(self, handle: DeploymentHandle, loop: asyncio.AbstractEventLoop) -> None:
         self._handle = handle
-        self.spec: ModelSpec = handle.describe.remote().result()
+        self.spec: ModelSpec = asyncio.run_coroutine_threadsafe(self._describe(), loop).result()
+
+    async def _describe(self) -> ModelSpec:
+        return await self._handle.describe.remote()
 
     async def predict(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return await self._handle.predict.remote(dict(columns))
@@ -101,10 +107,11 @@ class Gateway:
         metrics = GatewayMetrics()
         handles = handles or {}
         registry = Registry(self._settings.tracking_uri)
+        loop = asyncio.get_running_loop()
 
         def backend(model: ModelSettings) -> ModelBackend:
             if model.placement == "deployment":
-                loaded: ModelBackend = DeploymentModel(handles[model.name])
+                loaded: ModelBackend = DeploymentModel(handles[model.name], loop)
             else:
                 loaded = InProcessModel(_load(self._settings, model), metrics)
             features.bind(loaded.spec)  # refuses models asking for features no view provides

@@ -250,6 +250,11 @@ class RaySettings(_Section):
     """CPUs for a locally started Ray (None: all)."""
     app_name: str = "mlgate"
     """Name of the Ray Serve application."""
+    throughput_optimized: bool = True
+    """Start Ray with ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: user code runs on the replica's own
+    event loop (no hand-off to a second thread per request), request logs are buffered, and
+    deployments talk gRPC. Measured on 2 cores: gateway p50 at concurrency 1 from 2.95x to 2.29x
+    the bare-uvicorn floor (loadtests/RESULTS.md)."""
 
 
 class Settings(BaseSettings):

@@ -279,6 +279,37 @@ def test_a_broken_challenger_is_rolled_back_automatically_and_cannot_be_promoted
     assert refused.returncode == 1 and "rolled back automatically" in refused.stderr
 
 
+def test_a_far_slower_challenger_is_rolled_back_and_callers_keep_their_deadline(stack):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack["settings"].tracking_uri, registry_uri=stack["settings"].tracking_uri)
+    client.set_registered_model_alias(MODEL, "challenger", "5")  # sleeps 1 s per call
+    deadline = time.monotonic() + 30
+    while status(stack)["variants"]["canary"]["version"] != "5":
+        assert time.monotonic() < deadline, status(stack)
+        time.sleep(0.2)
+    rollout(stack, "set", "--canary-weight", "50")
+    body = {**stack["example"], "timeout_ms": 300}
+
+    async def burst(n0: int) -> list[tuple[httpx.Response, float]]:
+        async with httpx.AsyncClient(base_url=stack["base"], timeout=30) as http:
+            async def one(i):
+                t0 = time.perf_counter()
+                r = await http.post(f"/v1/models/{MODEL}/predict", json=body, headers={"x-routing-key": f"slow-{i}"})
+                return r, time.perf_counter() - t0
+            return await asyncio.gather(*(one(n0 + i) for i in range(20)))
+
+    started, answered = time.monotonic(), []
+    while not status(stack)["halted"]:
+        assert time.monotonic() - started < 90, status(stack)
+        answered += asyncio.run(burst(len(answered)))
+    took = time.monotonic() - started
+    print(f"\nslow challenger at 50 %: rolled back {took:.1f} s after the weight was set; "
+          f"{len(answered)} requests, slowest {max(t for _, t in answered) * 1000:.0f} ms (timeout_ms 300)")
+    assert set(variants_of([r for r, _ in answered])) == {"champion"}
+    assert status(stack)["reason"].startswith("error_rate") and status(stack)["canary_weight"] == 0
+
+
 def test_promotion_needs_approval_then_moves_champion(stack):
     from mlflow import MlflowClient
 

@@ -25,5 +25,6 @@ def test_direct_ingress_puts_the_gateway_on_the_public_port_and_the_proxy_aside(
 
 def test_proxy_ingress_puts_rays_proxy_on_the_public_port(tmp_path):
     settings = Settings(state_dir=tmp_path, http={"port": 9100, "ingress": "proxy"})
-    assert ray_environment(settings) == {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+    assert ray_environment(settings) == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                                         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
     assert resolved_config(read_config(), settings)["http_options"]["port"] == 9100

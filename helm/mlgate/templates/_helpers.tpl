@@ -179,6 +179,7 @@ env:
   # Direct ingress: the replica serves HTTP itself on 8000, one replica per pod, exactly one
   # port (the range's end is exclusive), so the Service's target port is always right.
   - {name: RAY_SERVE_ENABLE_DIRECT_INGRESS, value: "1"}
+  - {name: RAY_SERVE_THROUGHPUT_OPTIMIZED, value: "1"}
   - {name: RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT, value: "8000"}
   - {name: RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT, value: "8001"}
   - {name: RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S, value: {{ .Values.gateway.drainS | quote }}}
