@@ -179,6 +179,8 @@ class ModelTable:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_delay)
                 continue
+            if target is not None and target == variant.version:
+                variant.error = None  # the reference points at what is served: all is well
             if target is None or target == variant.version or target in variant.rejected:
                 if target is None:
                     return  # loaded, and nothing to watch
@@ -210,9 +212,6 @@ class ModelTable:
             log.exception("loading %s/%s failed unexpectedly", variant.model, variant.name)
             self._failed(variant, f"load failed: {type(exc).__name__}")
             return False
-        if variant.task is not asyncio.current_task():  # retired while loading
-            backend.close()
-            return True
         old, variant.backend, variant.error = variant.backend, backend, None
         variant.loaded.set()
         spec = backend.spec

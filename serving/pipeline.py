@@ -36,6 +36,7 @@ from serving.errors import (
     InvalidRequest,
     MlgateError,
     ModelNotReady,
+    VariantNotFound,
 )
 from serving.models import ModelBackend, ModelTable
 from serving.rollout import Rollouts
@@ -93,6 +94,8 @@ class Pipeline:
             version = self.models.state(name).version or ""  # ModelNotFound: 404 before anything else
             payload = codec.parse_json(body)
             deadline = started + self._timeout_s(payload)
+            if hints.variant and hints.variant not in self.models.variants(name):
+                raise VariantNotFound(f"model {name!r} has no variant {hints.variant!r}")
             variant = hints.variant or self.rollouts.variant_for(name, routing_key(payload, hints.key))
             if variant == CANARY and not hints.variant:
                 answer = await self._try_canary(name, payload, started, deadline)
@@ -104,15 +107,17 @@ class Pipeline:
             rows = len(predictions)
             version = spec.version if spec else predictions[0]["model_version"] or ""
         except MlgateError as exc:
-            self._observe(label, variant, version, exc.code, started, rows, failed=exc.status >= 500)
+            self._observe(label, variant, version, exc.code, started, rows, failed=exc.status >= 500,
+                          judged=not hints.variant)
             raise
         except Exception:
             log.exception("predict failed", extra={"request_id": request_id, "model": name})
-            self._observe(label, variant, version, InternalError.code, started, rows, failed=True)
+            self._observe(label, variant, version, InternalError.code, started, rows, failed=True,
+                          judged=not hints.variant)
             raise InternalError() from None
         model_failed = any(p.get("fallback_reason") in MODEL_FAILURES for p in predictions)
         first = predictions[0] if predictions else {}
-        self._observe(name, variant, version, "ok", started, rows, failed=model_failed,
+        self._observe(name, variant, version, "ok", started, rows, failed=model_failed, judged=not hints.variant,
                       score=codec.score_of(first) if first.get("source") == "online" else None)
         if self.mirror is not None and not hints.variant:
             for shadow in self.rollouts.shadows_for(name):
@@ -163,12 +168,14 @@ class Pipeline:
         return None
 
     def _observe(self, model: str, variant: str, version: str, outcome: str, started: float, rows: int,
-                 failed: bool, score: float | None = None) -> None:
+                 failed: bool, judged: bool = True, score: float | None = None) -> None:
+        """Request metrics; and, for routed requests (``judged``: not forced to a variant), the
+        canary analysis sample (the caller's own mistakes say nothing of the variant)."""
         seconds = time.perf_counter() - started
         self.metrics.observe_request(model, version, outcome, seconds, rows)
         if model != UNKNOWN_MODEL:
             self.metrics.variant_requests.labels(model, variant, outcome).inc()
-            if outcome == "ok" or failed:  # the caller's own mistakes say nothing of the variant
+            if judged and (outcome == "ok" or failed):
                 self.rollouts.observe(model, variant, not failed, seconds, score)
 
     async def replay(self, name: str, shadow: str, payload: Any) -> list[dict[str, Any] | None]:

@@ -10,10 +10,12 @@ one immutable :class:`RolloutState` per model, swapped whole on every change:
 - the canary analysis sets the weight to 0 and *halts* the rollout when the canary breaches a
   threshold; it stays halted until someone acts (an admin change or a new configuration).
 
-The state lives in Redis under ``<prefix>:rollout:<model>`` so that all replicas agree: each
-re-reads it every ``rollout.refresh_s`` and adopts it when it is newer than its own (last writer
-wins). A replica that restarts under an unchanged configuration adopts what is stored, so admin
-changes and halts survive restarts. Without Redis each replica keeps its own state.
+The state lives in Redis under ``<prefix>:rollout:<model>`` so that all replicas agree: every
+change is a compare-and-set on it, and each replica re-reads it every ``rollout.refresh_s`` and
+adopts it if it was written under the same routing configuration (a replica still on an older
+or newer configuration waits for its own ``reconfigure``). A replica that restarts under an
+unchanged configuration adopts what is stored, so admin changes and halts survive restarts.
+Without Redis each replica keeps its own state.
 """
 
 from __future__ import annotations
@@ -34,6 +36,14 @@ from serving.routing import CANARY, CHAMPION, assign, mirrored
 from serving.settings import RoutingSettings, Settings
 
 log = logging.getLogger(__name__)
+
+CAS_ATTEMPTS = 5
+# Set KEYS[1] to ARGV[2] only if it still holds ARGV[1] ('' for absent): one key, Cluster-safe.
+COMPARE_AND_SET = """
+local current = redis.call('GET', KEYS[1]) or ''
+if current == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) return 1 end
+return 0
+"""
 
 RollbackHook = Callable[[str, str, Breach], None]
 """(model, canary version, breach): records a rollback outside the gateway (blocking)."""
@@ -84,6 +94,9 @@ class Rollouts:
         self._routing: dict[str, RoutingSettings] = {}
         self._states: dict[str, RolloutState] = {}
         self._analysis: dict[str, CanaryAnalysis] = {}
+        self._applied: dict[str, str] = {}  # digest of the routing this replica runs
+        self._unsaved: set[str] = set()  # models whose last local change Redis has not taken
+        self._canary_seen: dict[str, str | None] = {}  # canary version the analysis window is about
         self._tasks: list[asyncio.Task] = []
         for model in settings.models:  # dated 0: anything stored or configured later wins
             self._apply_routing(model.name, model.routing, 0.0)
@@ -92,6 +105,7 @@ class Rollouts:
 
     def _apply_routing(self, model: str, routing: RoutingSettings, now: float) -> None:
         self._routing[model] = routing
+        self._applied[model] = digest(routing)
         self._analysis[model] = CanaryAnalysis(routing.analysis)
         self._adopt(model, RolloutState.from_routing(routing, digest(routing), now))
 
@@ -99,15 +113,13 @@ class Rollouts:
         """Apply a model's routing configuration (settings or the Serve ``user_config``)."""
         if model not in self._routing:
             raise ModelNotFound(model)
-        if digest(routing) != self._states[model].config_digest:
+        if digest(routing) != self._applied[model]:
             self._models.configure(model, routing)
             self._apply_routing(model, routing, self._clock())
-        stored = await self._load(model)
-        if stored is not None and stored.config_digest == self._states[model].config_digest:
-            self._adopt(model, self._known(model, stored))  # admin changes and halts survive
-        else:  # nothing stored, or a state from another configuration: ours replaces it
-            self._adopt(model, replace(self._states[model], updated_at=self._clock()))
-            await self._save(model, self._states[model])
+        # Stored under this configuration: admin changes and halts survive restarts. Stored under
+        # another one (or nothing stored): this configuration's state replaces it.
+        fresh = replace(self._states[model], updated_at=self._clock())
+        await self._update(model, lambda base, stored: base if stored else fresh)
 
     def key_header(self, model: str) -> str:
         routing = self._routing.get(model)
@@ -148,19 +160,25 @@ class Rollouts:
 
     async def set(self, model: str, canary_weight: float | None = None,
                   shadow_shares: Mapping[str, float] | None = None) -> RolloutState:
-        """An operator's change; it also lifts a halt. Refused (503) if it cannot be shared."""
+        """An operator's change, merged into the shared state atomically; a canary weight also
+        lifts a halt. Refused (503) if it cannot be shared."""
         current, routing = self.state(model), self._routing[model]
         if canary_weight is not None and canary_weight > 0 and routing.canary is None:
             raise RolloutConflict(f"model {model!r} has no canary configured")
         unknown = set(shadow_shares or {}) - set(current.shadow_shares)
         if unknown:
             raise VariantNotFound(f"model {model!r} has no shadow named {sorted(unknown)[0]!r}")
-        new = replace(current, halted=False, reason=None, updated_at=self._clock(), updated_by="admin",
-                      canary_weight=current.canary_weight if canary_weight is None else canary_weight,
-                      shadow_shares={**current.shadow_shares, **(shadow_shares or {})})
-        if self._redis is not None and not await self._save(model, new):
+
+        def change(base: RolloutState, stored: bool) -> RolloutState:
+            new = replace(base, updated_at=self._clock(), updated_by="admin",
+                          shadow_shares={**base.shadow_shares, **(shadow_shares or {})})
+            if canary_weight is not None:
+                new = replace(new, canary_weight=canary_weight, halted=False, reason=None)
+            return new
+
+        new = await self._update(model, change)
+        if new is None:
             raise DependencyUnavailable("the rollout state store (Redis) is unavailable")
-        self._adopt(model, new)
         log.info("rollout %s: canary weight %s%%, shadows %s (admin)", model, new.canary_weight,
                  dict(new.shadow_shares))
         return new
@@ -170,12 +188,16 @@ class Rollouts:
         version = self._models.backend(model, CANARY)
         version = version.spec.version if version is not None else "?"
         reason = f"{breach.check}: {breach.detail} (canary v{version})"
-        new = replace(self.state(model), canary_weight=0.0, halted=True, reason=reason,
-                      updated_at=self._clock(), updated_by="rollback")
-        self._adopt(model, new)
+
+        def halt(base: RolloutState, stored: bool) -> RolloutState:
+            return replace(base, canary_weight=0.0, halted=True, reason=reason,
+                           updated_at=self._clock(), updated_by="rollback")
+
+        if await self._update(model, halt) is None:  # Redis away: halt here, share it later
+            self._adopt(model, halt(self._states[model], False))
+            self._unsaved.add(model)
         log.error("rollout %s: canary rolled back: %s", model, reason)
         self._metrics.canary_rollbacks.labels(model, breach.check).inc()
-        await self._save(model, new)
         if self._on_rollback is not None:
             try:
                 await asyncio.to_thread(self._on_rollback, model, version, breach)
@@ -199,35 +221,71 @@ class Rollouts:
     def _key(self, model: str) -> str:
         return f"{self.settings.redis.prefix}:rollout:{model}"
 
-    async def _load(self, model: str) -> RolloutState | None:
-        if self._redis is None:
-            return None
-        try:
-            raw = await self._redis.get(self._key(model))
-            return RolloutState.from_json(raw) if raw else None
-        except Exception as exc:  # Redis down or a foreign value: keep our own state
-            log.warning("rollout %s: cannot read the shared state: %s", model, type(exc).__name__)
-            return None
+    async def _update(self, model: str, change: Callable[[RolloutState, bool], RolloutState]
+                      ) -> RolloutState | None:
+        """Apply ``change`` to the shared state atomically and adopt the result.
 
-    async def _save(self, model: str, state: RolloutState) -> bool:
+        ``change(base, stored)`` gets the stored state if it was written under this replica's
+        configuration (``stored`` True), else this replica's own. The write is a compare-and-set
+        on the exact value read, retried when another writer got in between, so concurrent
+        changes from replicas and operators are never lost. Without Redis the change is local.
+        Returns None if Redis could not take it."""
         if self._redis is None:
-            return False
+            new = change(self._states[model], False)
+            self._adopt(model, new)
+            return new
+        key = self._key(model)
         try:
-            await self._redis.set(self._key(model), state.to_json())
-            return True
-        except Exception as exc:
-            log.warning("rollout %s: cannot write the shared state: %s", model, type(exc).__name__)
-            return False
+            for _ in range(CAS_ATTEMPTS):
+                raw = await self._redis.get(key)
+                stored = self._decode(model, raw)
+                new = change(stored or self._states[model], stored is not None)
+                if await self._redis.eval(COMPARE_AND_SET, 1, key, raw or b"", new.to_json()):
+                    self._adopt(model, new)
+                    self._unsaved.discard(model)
+                    return new
+        except Exception as exc:  # Redis down or slow
+            log.warning("rollout %s: the shared state is unavailable: %s", model, type(exc).__name__)
+        return None
+
+    def _decode(self, model: str, raw: bytes | None) -> RolloutState | None:
+        """A stored state if it belongs to this replica's configuration, else None."""
+        if not raw:
+            return None
+        try:
+            stored = RolloutState.from_json(raw)
+        except (ValueError, KeyError, TypeError):
+            log.warning("rollout %s: ignoring an unreadable stored state", model)
+            return None
+        return self._known(model, stored) if stored.config_digest == self._applied[model] else None
 
     async def refresh(self) -> None:
-        """Adopt states other replicas (or the CLI) wrote since ours."""
+        """Adopt what other replicas (or operators) stored under this configuration; push a
+        local halt Redis could not take earlier."""
+        if self._redis is None:
+            return
         for model in list(self._states):
-            stored = await self._load(model)
-            if stored is not None and stored.updated_at > self._states[model].updated_at:
-                self._adopt(model, self._known(model, stored))
+            if model in self._unsaved:
+                local = self._states[model]
+                await self._update(model, lambda base, stored: local)
+                continue
+            try:
+                stored = self._decode(model, await self._redis.get(self._key(model)))
+            except Exception as exc:
+                log.debug("rollout %s: refresh failed: %s", model, type(exc).__name__)
+                continue
+            if stored is not None and stored != self._states[model]:
+                self._adopt(model, stored)
 
     async def analyse(self) -> None:
         for model, state in list(self._states.items()):
+            canary = self._models.backend(model, CANARY)
+            version = canary.spec.version if canary is not None else None
+            seen = self._canary_seen.setdefault(model, version)
+            if seen != version:  # a new canary version is judged on its own traffic only
+                self._canary_seen[model] = version
+                self._analysis[model].reset()
+                continue
             if state.canary_weight > 0 and not state.halted:
                 breach = self._analysis[model].verdict()
                 if breach is not None:

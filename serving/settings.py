@@ -210,8 +210,8 @@ class FeatureSettings(_Section):
 
 
 class AdminSettings(_Section):
-    token: SecretStr | None = None
-    """Bearer token for the admin API and the variant-forcing header. Unset: only callers on
+    token: SecretStr | None = Field(None, min_length=16)
+    """Bearer token (16 characters or more) for the admin API and the variant-forcing header. Unset: only callers on
     the loopback interface may use them (the local demo); set it everywhere else."""
 
 

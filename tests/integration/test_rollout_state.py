@@ -53,10 +53,16 @@ def test_replicas_share_changes_rollbacks_and_keep_them_across_restarts(redis_ur
         await c.configure("toy", config)
         assert c.state("toy").halted and c.state("toy").canary_weight == 0
 
+        await asyncio.gather(a.set("toy", canary_weight=40), b.set("toy", shadow_shares={}))
+        await c.refresh()  # concurrent changes: compare-and-set keeps both, loses neither
+        assert c.state("toy").canary_weight == 40 and not c.state("toy").halted
+
         new = RoutingSettings(**{**routing, "canary": {"alias": "challenger", "weight": 10}})
         await c.configure("toy", new)  # a new configuration (helm upgrade) is someone acting
+        await a.refresh()  # still on the old configuration: waits for its own reconfigure
+        assert a.state("toy").canary_weight == 40
         for r in (a, b):
-            await r.refresh()
+            await r.configure("toy", new)
         assert [r.state("toy").canary_weight for r in (a, b, c)] == [10, 10, 10]
         assert not any(r.state("toy").halted for r in (a, b, c))
 

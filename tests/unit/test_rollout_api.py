@@ -126,7 +126,7 @@ def test_admin_and_forced_variant_need_the_token_or_loopback():
         assert (await client.get("/v1/admin/rollouts")).status_code == 401
         bad = {"authorization": "Bearer wrong"}
         assert (await client.get("/v1/admin/rollouts", headers=bad)).status_code == 401
-        good = {"authorization": "Bearer s3cret"}
+        good = {"authorization": "Bearer s3cret-0123456789abcdef"}
         assert (await client.get("/v1/admin/rollouts", headers=good)).status_code == 200
         r = await post(client, headers={"x-mlgate-variant": "canary"})
         assert (r.status_code, r.json()["error"]["code"]) == (401, "unauthorized")
@@ -134,9 +134,9 @@ def test_admin_and_forced_variant_need_the_token_or_loopback():
         assert r.status_code == 200 and r.json()["variant"] == "canary"
         r = await post(client, headers={"x-mlgate-variant": "nope", **good})
         assert (r.status_code, r.json()["error"]["code"]) == (404, "variant_not_found")
-        assert "s3cret" not in r.text
+        assert "s3cret-0123456789abcdef" not in r.text
 
-    run(scenario, admin={"token": "s3cret"})
+    run(scenario, admin={"token": "s3cret-0123456789abcdef"})
 
     async def remote(client, rollouts, pipeline, metrics):
         r = await client.get("/v1/admin/rollouts")
@@ -159,6 +159,8 @@ def test_a_failing_canary_costs_no_answer_and_is_rolled_back_by_the_analysis():
         assert sample(metrics, "mlgate_rollout_halted", model="toy") == 1
         status = (await client.get("/v1/admin/rollouts/toy")).json()
         assert status["halted"] and "canary v4" in status["reason"]
+        r = await client.patch("/v1/admin/rollouts/toy", json={})  # not a decision on the canary
+        assert r.json()["halted"] is True and r.json()["canary_weight"] == 0
         r = await client.patch("/v1/admin/rollouts/toy", json={"canary_weight": 5})  # someone acts
         assert r.json()["halted"] is False and r.json()["canary_weight"] == 5
 
