@@ -8,7 +8,7 @@ one immutable :class:`RolloutState` per model, swapped whole on every change:
   publishes its weights;
 - the admin API (``mlgate rollout set``) changes them at run time;
 - the canary analysis sets the weight to 0 and *halts* the rollout when the canary breaches a
-  threshold; it stays halted until someone acts (an admin change or a new configuration).
+  threshold; it stays halted until someone acts (sets a canary weight, or a new configuration).
 
 The state lives in Redis under ``<prefix>:rollout:<model>`` so that all replicas agree: every
 change is a compare-and-set on it, and each replica re-reads it every ``rollout.refresh_s`` and
