@@ -76,8 +76,6 @@ class Variant:
         return self.backend.spec.version if self.backend is not None else None
 
 
-ModelState = Variant  # the champion's variant is the model's state
-
 BackendFactory = Callable[[ModelSettings], ModelBackend]
 """Builds a ready backend for one model, blocking; raises ModelValidationError to refuse it."""
 Resolver = Callable[[ModelSettings], str]

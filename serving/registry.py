@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from serving.canary import Breach
-from serving.errors import ModelValidationError, RolloutConflict
+from serving.errors import RolloutConflict
 from serving.runtime.loader import resolve_version
 from serving.settings import ModelSettings
 
@@ -64,12 +64,6 @@ class Registry:
                                   f"({json.loads(tags[ROLLBACK]).get('check')}); pass --force to promote it anyway")
         self.client.set_registered_model_alias(model, CHAMPION_ALIAS, version)
         self.client.set_model_version_tag(model, version, PROMOTED, _now())
-
-    def version_of(self, model: str, alias: str) -> str:
-        try:
-            return str(self.client.get_model_version_by_alias(model, alias).version)
-        except Exception as exc:
-            raise ModelValidationError(f"cannot resolve models:/{model}@{alias}: {exc}") from exc
 
 
 def _now() -> str:

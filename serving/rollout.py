@@ -125,9 +125,6 @@ class Rollouts:
         routing = self._routing.get(model)
         return routing.key_header if routing is not None else RoutingSettings().key_header
 
-    def routing(self, model: str) -> RoutingSettings:
-        return self._routing[model]
-
     def state(self, model: str) -> RolloutState:
         if model not in self._states:
             raise ModelNotFound(model)

@@ -19,7 +19,6 @@ from typing import Any
 BASIS_POINTS = 10_000
 CHAMPION = "champion"
 CANARY = "canary"
-PRIMARY_VARIANTS = (CHAMPION, CANARY)
 
 
 def point(model: str, key: str) -> int:

@@ -119,6 +119,21 @@ def status(stack) -> dict:
     return httpx.get(f"{stack['base']}/v1/admin/rollouts/{MODEL}", timeout=5).json()
 
 
+def registry(stack):
+    from mlflow import MlflowClient
+
+    uri = stack["settings"].tracking_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def wait_serving(stack, variant: str, version: str, timeout: float = 30) -> None:
+    """Until the gateway's ``variant`` serves ``version`` (its registry watcher polls every 1 s)."""
+    deadline = time.monotonic() + timeout
+    while status(stack)["variants"][variant]["version"] != version:
+        assert time.monotonic() < deadline, status(stack)
+        time.sleep(0.2)
+
+
 async def fire(stack, keys, concurrency=16) -> list[httpx.Response]:
     """One entity-keyed request per routing key, ``concurrency`` at a time."""
     queue = list(enumerate(keys))
@@ -196,9 +211,7 @@ def test_slow_and_failing_shadows_change_neither_answers_nor_latency(stack):
 
 
 def test_alias_moves_swap_versions_without_a_failed_request(stack):
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=stack["settings"].tracking_uri, registry_uri=stack["settings"].tracking_uri)
+    client = registry(stack)
     stop, results = threading.Event(), []
 
     def load():
@@ -217,20 +230,12 @@ def test_alias_moves_swap_versions_without_a_failed_request(stack):
                 await asyncio.gather(*(worker(n) for n in range(8)))
         asyncio.run(run())
 
-    def until(version, timeout=30):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if status(stack)["variants"]["champion"]["version"] == version:
-                return
-            time.sleep(0.2)
-        pytest.fail(f"champion never reached v{version}: {status(stack)}")
-
     thread = threading.Thread(target=load)
     thread.start()
     try:
         time.sleep(1)
         client.set_registered_model_alias(MODEL, "champion", "2")
-        until("2")
+        wait_serving(stack, "champion", "2")
         time.sleep(1)
         client.set_registered_model_alias(MODEL, "champion", "4")  # fails validation
         deadline = time.monotonic() + 30
@@ -239,7 +244,7 @@ def test_alias_moves_swap_versions_without_a_failed_request(stack):
             time.sleep(0.2)
         assert status(stack)["variants"]["champion"]["version"] == "2"
         client.set_registered_model_alias(MODEL, "champion", "1")
-        until("1")
+        wait_serving(stack, "champion", "1")
         time.sleep(1)
     finally:
         stop.set()
@@ -251,14 +256,9 @@ def test_alias_moves_swap_versions_without_a_failed_request(stack):
 
 
 def test_a_broken_challenger_is_rolled_back_automatically_and_cannot_be_promoted(stack):
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=stack["settings"].tracking_uri, registry_uri=stack["settings"].tracking_uri)
+    client = registry(stack)
     client.set_registered_model_alias(MODEL, "challenger", "3")
-    deadline = time.monotonic() + 30
-    while status(stack)["variants"]["canary"]["version"] != "3":
-        assert time.monotonic() < deadline, status(stack)
-        time.sleep(0.2)
+    wait_serving(stack, "canary", "3")
     rollout(stack, "set", "--canary-weight", "50")
     started, answered = time.monotonic(), []
     while not status(stack)["halted"]:
@@ -280,14 +280,9 @@ def test_a_broken_challenger_is_rolled_back_automatically_and_cannot_be_promoted
 
 
 def test_a_far_slower_challenger_is_rolled_back_and_callers_keep_their_deadline(stack):
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=stack["settings"].tracking_uri, registry_uri=stack["settings"].tracking_uri)
+    client = registry(stack)
     client.set_registered_model_alias(MODEL, "challenger", "5")  # sleeps 1 s per call
-    deadline = time.monotonic() + 30
-    while status(stack)["variants"]["canary"]["version"] != "5":
-        assert time.monotonic() < deadline, status(stack)
-        time.sleep(0.2)
+    wait_serving(stack, "canary", "5")
     rollout(stack, "set", "--canary-weight", "50")
     body = {**stack["example"], "timeout_ms": 300}
 
@@ -311,22 +306,14 @@ def test_a_far_slower_challenger_is_rolled_back_and_callers_keep_their_deadline(
 
 
 def test_promotion_needs_approval_then_moves_champion(stack):
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=stack["settings"].tracking_uri, registry_uri=stack["settings"].tracking_uri)
+    client = registry(stack)
     client.set_registered_model_alias(MODEL, "challenger", "2")
-    deadline = time.monotonic() + 30
-    while status(stack)["variants"]["canary"]["version"] != "2":
-        assert time.monotonic() < deadline, status(stack)
-        time.sleep(0.2)
+    wait_serving(stack, "canary", "2")
     refused = run_cli(["rollout", "promote", "--url", stack["base"]], stack["env"], timeout=60)
     assert refused.returncode == 1 and "not approved" in refused.stderr
     rollout(stack, "approve", "--version", "2", "--by", "risk-team")
     out = rollout(stack, "promote")
     assert "champion -> v2" in out.stdout
     assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "2"
-    deadline = time.monotonic() + 30
-    while status(stack)["variants"]["champion"]["version"] != "2":
-        assert time.monotonic() < deadline, status(stack)
-        time.sleep(0.2)
+    wait_serving(stack, "champion", "2")
     assert status(stack)["canary_weight"] == 0 and not status(stack)["halted"]
