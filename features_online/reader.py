@@ -36,6 +36,7 @@ end
 return values
 """
 GET_MANY_SHA = hashlib.sha1(GET_MANY.encode()).hexdigest()
+ONE_ROW = np.zeros(1, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class LiveVersion:
     rows: int
     extra: Mapping[str, str] = field(default_factory=dict)
     """Facts the writer attached (meta fields ``x_*``), e.g. the model version of batch scores."""
+    keys: tuple[str, ...] = ()
+    """The version's bucket keys, by bucket (built once per version, not per request)."""
 
 
 @dataclass(frozen=True)
@@ -131,9 +134,12 @@ class OnlineStore:
                 self._live[name] = None
                 continue
             self._mismatched.discard(name)
-            live = LiveVersion(int(meta["version"]), int(meta["as_of_ms"]),
-                               int(meta.get("watermark_ms", meta["as_of_ms"])), int(meta.get("rows", 0)),
-                               {k[2:]: v for k, v in meta.items() if k.startswith("x_")})
+            version, previous = int(meta["version"]), self._live.get(name)
+            keys = (previous.keys if previous is not None and previous.version == version
+                    else tuple(layout.bucket_keys(self._redis_settings.prefix, view, version)))
+            live = LiveVersion(version, int(meta["as_of_ms"]), int(meta.get("watermark_ms", meta["as_of_ms"])),
+                               int(meta.get("rows", 0)), {k[2:]: v for k, v in meta.items() if k.startswith("x_")},
+                               keys)
             self._live[name] = live
             self._metrics.feature_version.labels(name).set(live.version)
             self._metrics.feature_age.labels(name).set((now_ms - live.watermark_ms) / 1000)
@@ -153,9 +159,12 @@ class OnlineStore:
             version = live[name]
             if version is None:
                 continue
-            view = self._views[name]
+            view, keys = self._views[name], version.keys
+            if len(ids) == 1:  # the common call: one HMGET, no bucket bookkeeping
+                entity = int(ids[0])
+                plan.append((name, ONE_ROW, ("HMGET", keys[entity % view.buckets], layout.field(entity))))
+                continue
             buckets = layout.bucket_of(view, ids)
-            keys = layout.bucket_keys(self._redis_settings.prefix, view, version.version)
             distinct = np.unique(buckets).tolist()
             if not self._redis_settings.cluster and len(distinct) > 1:
                 plan.append((name, np.arange(len(ids)),
@@ -194,6 +203,8 @@ class OnlineStore:
         """One pipeline, one round trip. The read script is called by its SHA (a script object
         in a pipeline would ask SCRIPT EXISTS first: a second round trip); if Redis does not
         know it (first use, restart), it is loaded and the pipeline sent again, once."""
+        if len(commands) == 1 and commands[0][0] != "EVALSHA":
+            return [await self.client.execute_command(*commands[0])]
         for attempt in (0, 1):
             pipe = self.client.pipeline(transaction=False)
             for command in commands:

@@ -20,13 +20,16 @@ LOOPBACK = frozenset({"127.0.0.1", "::1"})
 
 
 def authorize(request: Request, admin: AdminSettings) -> None:
+    check_admin(request.headers.get("authorization", ""), request.client.host if request.client else None, admin)
+
+
+def check_admin(authorization: str, client_host: str | None, admin: AdminSettings) -> None:
     """Bearer ``admin.token`` when one is set; without one, loopback callers only (local demo)."""
     if admin.token is None:
-        host = request.client.host if request.client is not None else None
-        if host not in LOOPBACK:
+        if client_host not in LOOPBACK:
             raise Forbidden("admin calls need admin.token on the gateway, or a loopback caller")
         return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    scheme, _, given = authorization.partition(" ")
     expected = admin.token.get_secret_value().encode()
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
         raise Unauthorized()

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from starlette.responses import Response
 
 from serving import schemas
-from serving.errors import (
-    InvalidRequest,
-    MlgateError,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-)
-from serving.http.errors import (
-    REQUEST_ID_HEADER,
-    install_error_handlers,
-    json_response,
-    request_id,
-)
-from serving.http.admin import admin_router, authorize
-from serving.pipeline import Pipeline, RouteHints
-
-# Set by an authorised caller to force a variant (testing); always set on responses.
-VARIANT_HEADER = "x-mlgate-variant"
+from serving.http.admin import admin_router
+from serving.http.errors import install_error_handlers, json_response
+from serving.http.predict_route import GatewayApp, PredictRoute
+from serving.pipeline import Pipeline
 
 _ERRORS = {status: {"model": schemas.ErrorResponse, "description": text} for status, text in {
     400: "Malformed JSON, wrong types, unknown features, NaN/Infinity",
@@ -40,37 +25,14 @@ _ERRORS = {status: {"model": schemas.ErrorResponse, "description": text} for sta
 }.items()}
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing non-JSON media types and bodies over ``limit`` bytes."""
-    ctype = request.headers.get("content-type")
-    if ctype is not None:
-        media = ctype.split(";", 1)[0].strip().lower()
-        if media != "application/json" and not media.endswith("+json"):
-            raise UnsupportedMediaType()
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise InvalidRequest("invalid Content-Length header")
-        if int(declared) > limit:
-            raise PayloadTooLarge(f"body of {declared} bytes exceeds the {limit}-byte limit")
-        return await request.body()
-    chunks, size = [], 0
-    async for chunk in request.stream():  # chunked upload: count as it arrives
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def build_app(pipeline: Pipeline, echo_request_id: bool = True) -> FastAPI:
     """The HTTP API over ``pipeline``. Pass ``echo_request_id=False`` behind a server that already
     returns X-Request-ID (Ray Serve does), so the header is not sent twice."""
     settings, models = pipeline.settings, pipeline.models
-    app = FastAPI(title="mlgate", version="1", description="Online inference gateway: "
-                  "MLflow-registered models, served over HTTP.")
+    app = GatewayApp(title="mlgate", version="1", description="Online inference gateway: "
+                     "MLflow-registered models, served over HTTP.")
+    route = app.predict_route = PredictRoute(pipeline, echo_request_id)
     install_error_handlers(app, echo_request_id)
-    limit = settings.http.max_body_bytes
 
     @app.post("/v1/models/{name}/predict", response_model=schemas.PredictResponse,
               responses=_ERRORS, openapi_extra={"requestBody": {
@@ -78,24 +40,13 @@ def build_app(pipeline: Pipeline, echo_request_id: bool = True) -> FastAPI:
                       "schema": {"$ref": "#/components/schemas/PredictRequest"}}}}})
     async def predict(name: str, request: Request) -> Response:
         """Score rows of named features with the model's current version."""
-        started = time.perf_counter()
-        rid = request_id(request)
-        try:
-            body = await read_body(request, limit)
-        except MlgateError as exc:
-            pipeline.reject(name, exc, started)
-            raise
-        result = await pipeline.predict(name, body, rid, route_hints(request, name))
-        headers = {"x-model-version": result["version"], VARIANT_HEADER: result["variant"]}
-        if echo_request_id:
-            headers[REQUEST_ID_HEADER] = rid
-        return json_response(result, headers=headers)
-
-    def route_hints(request: Request, name: str) -> RouteHints:
-        forced = request.headers.get(VARIANT_HEADER)
-        if forced:
-            authorize(request, settings.admin)
-        return RouteHints(request.headers.get(pipeline.rollouts.key_header(name)), forced or None)
+        # Served by GatewayApp's fast path; reached only when this router is called directly.
+        headers = dict(request.scope["headers"])
+        status, content, extra = await route.respond(
+            name, headers, lambda: route.read_body(headers, request.receive),
+            request.client.host if request.client else None)
+        return Response(content, status, {k.decode(): v.decode() for k, v in extra},
+                        media_type="application/json")
 
     @app.get("/v1/models", response_model=schemas.ModelList)
     async def list_models() -> Response:

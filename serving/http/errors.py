@@ -23,7 +23,7 @@ from serving.errors import (
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
-_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def request_id(request: Request) -> str:
@@ -31,7 +31,7 @@ def request_id(request: Request) -> str:
     rid = getattr(request.state, "request_id", None)
     if rid is None:
         given = request.headers.get(REQUEST_ID_HEADER)
-        rid = given if given and _SAFE_REQUEST_ID.match(given) else uuid.uuid4().hex
+        rid = given if given and SAFE_REQUEST_ID.match(given) else uuid.uuid4().hex
         request.state.request_id = rid
     return rid
 

@@ -221,3 +221,36 @@ def test_a_model_past_the_deadline_gives_504_not_a_hang():
                       outcome="deadline_exceeded") == 1
     run(scenario, factory=lambda m: _SlowModel(ToyRuntime(), GatewayMetrics()),
         limits={"deadline_ms": 100})
+
+
+@pytest.mark.parametrize("method,path,root,expected", [
+    ("POST", "/v1/models/toy/predict", "", "toy"),
+    ("POST", "/gw/v1/models/toy/predict", "/gw", "toy"),
+    ("GET", "/v1/models/toy/predict", "", None),
+    ("POST", "/v1/models//predict", "", None),
+    ("POST", "/v1/models/a/b/predict", "", None),
+    ("POST", "/v1/models/toy/predict/", "", None),
+    ("POST", "/v1/models/toy", "", None),
+])
+def test_the_fast_path_takes_exactly_the_predict_route(method, path, root, expected):
+    from serving.http.predict_route import PredictRoute
+
+    scope = {"type": "http", "method": method, "path": path, "root_path": root}
+    assert PredictRoute.model_of(scope) == expected
+
+
+def test_the_fastapi_predict_route_answers_like_the_fast_path():
+    """The route FastAPI declares (for the schema) serves the same bytes when reached directly."""
+    async def scenario(client, metrics):
+        fast = await post(client, {"instances": [ROW]}, headers={"x-request-id": "same"})
+        app = client._transport.app
+        app.predict_route, route = None, app.predict_route  # FastAPI's own routing from here on
+        try:
+            slow = await post(client, {"instances": [ROW]}, headers={"x-request-id": "same"})
+            bad = await post(client, b"{nope")
+        finally:
+            app.predict_route = route
+        assert (slow.status_code, slow.json()) == (fast.status_code, fast.json())
+        assert slow.headers["x-model-version"] == fast.headers["x-model-version"]
+        assert (bad.status_code, bad.json()["error"]["code"]) == (400, "malformed_json")
+    run(scenario)
