@@ -21,6 +21,7 @@ values were computed), then every feature in definition order as f64 (``double``
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -31,6 +32,7 @@ FORMAT = 1
 _DTYPES = {"double": "<f8", "long": "<i8"}
 
 
+@functools.cache
 def record_dtype(view: FeatureView) -> np.dtype:
     return np.dtype([("fmt", "u1"), ("as_of_ms", "<i8")]
                     + [(f.name, _DTYPES[f.dtype]) for f in view.features])

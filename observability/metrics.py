@@ -25,6 +25,7 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], object] = {}
         r = self.registry
         self.requests = Counter(
             "mlgate_requests", "Predict requests by model, version and outcome (ok or error code).",
@@ -99,15 +100,25 @@ class GatewayMetrics:
         self.feature_store_errors = Counter(
             "mlgate_feature_store_errors", "Failed online-store calls by reason.", ["reason"], registry=r)
 
+    def child(self, metric, *labels: str):
+        """``metric.labels(*labels)``, kept: the hot path asks for the same few children on every
+        request, and labels() takes a lock and builds its key each time. Labels are bounded (see
+        above), so is this cache."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def observe_request(self, model: str, version: str, outcome: str, seconds: float,
                         rows: int = 0) -> None:
-        self.requests.labels(model, version, outcome).inc()
-        self.request_latency.labels(model, outcome).observe(seconds)
+        self.child(self.requests, model, version, outcome).inc()
+        self.child(self.request_latency, model, outcome).observe(seconds)
         if rows:
-            self.instances.labels(model).observe(rows)
+            self.child(self.instances, model).observe(rows)
 
     def observe_stage(self, model: str, stage: str, seconds: float) -> None:
-        self.stage_latency.labels(model, stage).observe(seconds)
+        self.child(self.stage_latency, model, stage).observe(seconds)
 
     def model_loaded(self, model: str, variant: str, version: str, seconds: float) -> None:
         self.model_load_seconds.labels(model, version).set(seconds)

@@ -134,7 +134,7 @@ def assemble(binding: FeatureBinding, reads: Mapping[str, ViewRead], settings: F
         fresh = int(n - missing.sum() - stale.sum())
         for status, count in (("fresh", fresh), ("stale", int(stale.sum())), ("missing", int(missing.sum()))):
             if count:
-                metrics.feature_rows.labels(name, status).inc(count)
+                metrics.child(metrics.feature_rows, name, status).inc(count)
     return columns, provenance, fallback
 
 

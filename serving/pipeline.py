@@ -174,7 +174,7 @@ class Pipeline:
         seconds = time.perf_counter() - started
         self.metrics.observe_request(model, version, outcome, seconds, rows)
         if model != UNKNOWN_MODEL:
-            self.metrics.variant_requests.labels(model, variant, outcome).inc()
+            self.metrics.child(self.metrics.variant_requests, model, variant, outcome).inc()
             if judged and (outcome == "ok" or failed):
                 self.rollouts.observe(model, variant, not failed, seconds, score)
 
