@@ -6,6 +6,8 @@ One machine, the same registered model and features, one system at a time, each 
 
   mlgate     as shipped, started like `mlgate demo --detach` (runner.start_detached); entity-keyed
              requests: the gateway reads the 12 stored features from Redis itself
+  mlgate-haproxy  the same with `--ingress haproxy`: Ray Serve's HAProxy ingress in front of one
+             gateway replica per CPU (in the default --systems when a haproxy binary is on PATH)
   floor      loadtests/floor_app.py: uvicorn + FastAPI (1 worker), one HMGET, one onnxruntime call
   mlflow     `mlflow models serve --env-manager local`: all 21 features in the request
   ray-naive  loadtests/naive_serve.py: mlflow.pyfunc on Ray Serve behind its default HTTP proxy
@@ -26,6 +28,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -159,12 +162,12 @@ def process(cmd: list[str], log: Path, env: dict[str, str], port: int, probe: by
 
 
 @contextmanager
-def mlgate_system(state_dir: Path, port: int):
+def mlgate_system(state_dir: Path, port: int, ingress: str = "direct"):
     from serving.demo import runner
     from serving.settings import Settings
 
-    settings = Settings(state_dir=state_dir, http={"port": port})
-    pid = runner.start_detached(settings, ["--port", str(port)])
+    settings = Settings(state_dir=state_dir, http={"port": port, "ingress": ingress})
+    pid = runner.start_detached(settings, ["--port", str(port), "--ingress", ingress])
     try:
         yield [pid]
     finally:
@@ -205,6 +208,7 @@ def starters(state: Path, settings, redis_url: str, onnx_file: str, inputs, mode
     ray_probe = json.dumps(probe_row).encode()  # Ray's proxy answers /-/healthz before the app is up
     return {
         "mlgate": (PREDICT, "keyed", lambda port: mlgate_system(state, port)),
+        "mlgate-haproxy": (PREDICT, "keyed", lambda port: mlgate_system(state, port, "haproxy")),
         "floor": (PREDICT, "keyed", lambda port: process(
             [sys.executable, "-m", "uvicorn", "loadtests.floor_app:app", "--host", "127.0.0.1", "--port",
              str(port), "--workers", "1", "--no-access-log", "--log-level", "warning"],
@@ -225,7 +229,8 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--duration", type=float, default=15.0)
-    p.add_argument("--systems", default="mlgate,floor,mlflow,ray-naive")
+    p.add_argument("--systems", default="mlgate,mlgate-haproxy,floor,mlflow,ray-naive" if shutil.which("haproxy")
+                   else "mlgate,floor,mlflow,ray-naive")
     p.add_argument("--requests", type=int, default=5000, help="distinct request bodies, cycled through")
     args = p.parse_args()
     import uvloop
@@ -312,10 +317,14 @@ def report(results, levels, notes, began, ended, state: Path) -> None:
     def ratio(a, b, c, key):
         return results[(a, c)][key] / results[(b, c)][key] if (a, c) in results and (b, c) in results else float("nan")
 
-    print(f"\n- mlgate p50 / floor p50 at c={lo}: {ratio('mlgate', 'floor', lo, 'p50'):.2f}x (target: at most 2x)")
-    print(f"- mlgate req/s / floor req/s at c={hi}: {ratio('mlgate', 'floor', hi, 'rps'):.2f}x (target: at least 0.7x)")
-    print(f"- mlgate req/s / mlflow models serve req/s at c={hi}: {ratio('mlgate', 'mlflow', hi, 'rps'):.2f}x "
-          "(target: at least 3x)")
+    print()
+    for ours in ("mlgate", "mlgate-haproxy"):
+        if not any(n == ours for n, _ in results):
+            continue
+        print(f"- {ours} p50 / floor p50 at c={lo}: {ratio(ours, 'floor', lo, 'p50'):.2f}x (target: at most 2x)")
+        print(f"- {ours} req/s / floor req/s at c={hi}: {ratio(ours, 'floor', hi, 'rps'):.2f}x (target: at least 0.7x)")
+        print(f"- {ours} req/s / mlflow models serve req/s at c={hi}: {ratio(ours, 'mlflow', hi, 'rps'):.2f}x "
+              "(target: at least 3x)")
     if ("ceiling", 32) in results:
         r = results[("ceiling", 32)]
         print(f"- generator ceiling (GET /healthz of the floor app, c=32): {r['rps']:,.0f} req/s "

@@ -14,7 +14,8 @@ from serving.settings import Settings
 def _settings(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Settings:
     overrides: dict[str, Any] = dict(base or {})
     http = {k: v for k, v in (("host", getattr(args, "host", None)), ("port", getattr(args, "port", None)),
-                              ("ingress", getattr(args, "ingress", None))) if v is not None}
+                              ("ingress", getattr(args, "ingress", None)),
+                              ("replicas", getattr(args, "replicas", None))) if v is not None}
     if http:
         overrides["http"] = {**overrides.get("http", {}), **http}
     if getattr(args, "address", None):
@@ -94,7 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve_flags(args: argparse.Namespace) -> list[str]:
     flags = []
-    for name in ("host", "port", "ingress", "address", "config"):
+    for name in ("host", "port", "ingress", "replicas", "address", "config"):
         value = getattr(args, name, None)
         if value is not None:
             flags += [f"--{name}", str(value)]
@@ -153,7 +154,8 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", default=None, help="Ray Serve config file (default: the bundled one)")
         sp.add_argument("--host")
         sp.add_argument("--port", type=int)
-        sp.add_argument("--ingress", choices=("direct", "proxy"))
+        sp.add_argument("--ingress", choices=("direct", "haproxy", "proxy"))
+        sp.add_argument("--replicas", type=int, help="gateway replicas (haproxy ingress: one per CPU)")
         sp.add_argument("--address", help="join this Ray cluster instead of starting one")
 
     sp = sub.add_parser("data", help="generate the demo transactions (Parquet)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -22,6 +23,7 @@ from serving.settings import Settings
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).parent / "config" / "serve.yaml"
+GATEWAY = "Gateway"  # the ingress deployment's name (serving/ray_app.py)
 # Direct-ingress replicas take consecutive ports from the public one, one per replica on a node.
 DIRECT_INGRESS_PORTS = 16
 
@@ -41,20 +43,38 @@ def app_args(config: dict[str, Any]) -> dict[str, Any]:
 def ray_environment(settings: Settings) -> dict[str, str]:
     """Environment Ray must start with for the chosen ingress (read by Serve's controller)."""
     tuning = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1" if settings.ray.throughput_optimized else "0"}
-    if settings.http.ingress == "proxy":
+    http = settings.http
+    if http.ingress == "proxy":
         return {**tuning, "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
-    port = settings.http.port
-    return {
-        **tuning,
+    first = http.port + 1 if http.ingress == "haproxy" else http.port  # HAProxy takes the public one
+    direct = {
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + DIRECT_INGRESS_PORTS),
-        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(settings.http.drain_s),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(first),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(first + DIRECT_INGRESS_PORTS),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(http.drain_s),
+    }
+    if http.ingress == "direct":
+        return {**tuning, **direct}
+    return {
+        **tuning, **direct,
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_BINARY_PATH": shutil.which("haproxy") or "",
+        # Ray's HAProxy metrics parse one log line per request in a Python actor; the gateway
+        # already counts every request itself (observability/metrics.py).
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
     }
 
 
+def gateway_replicas(settings: Settings) -> int | None:
+    """Replicas of the gateway when settings decide them (None: the Serve config's own)."""
+    if settings.http.replicas is not None:
+        return settings.http.replicas
+    return (os.cpu_count() or 1) if settings.http.ingress == "haproxy" else None
+
+
 def resolved_config(config: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """The Serve config with ports, app name and the full settings as application args."""
+    """The Serve config with ports, app name, gateway replicas and the full settings as
+    application args."""
     resolved = {**config, "http_options": dict(config.get("http_options") or {})}
     http = resolved["http_options"]
     http["host"] = settings.http.host
@@ -62,8 +82,23 @@ def resolved_config(config: dict[str, Any], settings: Settings) -> dict[str, Any
     app = dict(config["applications"][0])
     app["name"] = settings.ray.app_name
     app["args"] = settings.model_dump(mode="json")
+    replicas = gateway_replicas(settings)
+    if replicas is not None:
+        app["deployments"] = [_with_replicas(d, replicas) if d.get("name") == GATEWAY else d
+                              for d in app.get("deployments") or [{"name": GATEWAY}]]
     resolved["applications"] = [app]
     return resolved
+
+
+def _with_replicas(deployment: dict[str, Any], replicas: int) -> dict[str, Any]:
+    """A fixed number of gateway replicas, each asking Ray for a share of a CPU so that they fit
+    beside the model deployments (a scheduling hint: a replica still uses what it needs)."""
+    fixed = {**deployment, "num_replicas": replicas}
+    fixed.pop("autoscaling_config", None)
+    options = dict(fixed.get("ray_actor_options") or {})
+    options["num_cpus"] = min(float(options.get("num_cpus", 1)), 0.5) if replicas > 1 else options.get("num_cpus", 1)
+    fixed["ray_actor_options"] = options
+    return fixed
 
 
 def url(settings: Settings, path: str = "") -> str:
@@ -96,6 +131,9 @@ def serve_forever(settings: Settings, config: dict[str, Any], ready_timeout_s: f
     from ray.serve.config import gRPCOptions
     from ray.serve.schema import ServeDeploySchema
 
+    if settings.http.ingress == "haproxy" and not shutil.which("haproxy"):
+        raise RuntimeError("http.ingress haproxy needs the haproxy binary on PATH "
+                           "(Debian/Ubuntu: apt-get install haproxy)")
     if settings.ray.address is None:
         os.environ.update(ray_environment(settings))
     else:

@@ -20,6 +20,7 @@ from features_online.reader import OnlineStore
 from observability.metrics import GatewayMetrics
 from serving import codec, fallback, features
 from serving.http.app import build_app
+from serving.launcher import GATEWAY
 from serving.models import INLINE_MAX_ROWS, InProcessModel, ModelBackend, ModelTable
 from serving.pipeline import Pipeline
 from serving.registry import Registry
@@ -31,7 +32,6 @@ from serving.shadow import ShadowMirror
 
 log = logging.getLogger(__name__)
 
-GATEWAY = "Gateway"
 
 
 def model_deployment_name(model: str) -> str:
@@ -139,6 +139,13 @@ class Gateway:
         self._pipeline.mirror = ShadowMirror(self._pipeline.replay, metrics, rollout.shadow_queue,
                                              rollout.shadow_concurrency)
         self._pipeline.mirror.start()
+        # Behind a load balancer (HAProxy ingress, several replicas, a rolling update) a replica
+        # gets traffic as soon as this returns: answer from loaded models, not from fallbacks.
+        try:
+            await asyncio.wait_for(self._models.wait_ready(), self._settings.ray.replica_ready_timeout_s)
+        except TimeoutError:
+            log.warning("champions not loaded after %.0fs: serving anyway (see /readyz)",
+                        self._settings.ray.replica_ready_timeout_s)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live routing: validate every model's new routing first, then apply them."""

@@ -24,10 +24,17 @@ class HttpSettings(_Section):
     """Address the gateway listens on."""
     port: int = Field(8000, ge=1, le=65535)
     """Public HTTP port of the gateway."""
-    ingress: Literal["direct", "proxy"] = "direct"
-    """``direct``: the gateway replica serves HTTP itself on ``port`` (Ray Serve direct ingress).
-    ``proxy``: Ray Serve's HTTP proxy listens on ``port`` and forwards to the replica (≈3 ms
-    slower per call on a 2-core machine, see loadtests/RESULTS.md)."""
+    ingress: Literal["direct", "haproxy", "proxy"] = "direct"
+    """``direct``: the gateway replica serves HTTP itself on ``port`` (Ray Serve direct ingress):
+    the fewest hops, one replica per public port. ``haproxy``: Ray Serve's HAProxy ingress listens
+    on ``port`` and spreads requests over ``replicas`` gateway replicas (each on a direct-ingress
+    port above ``port``; needs the ``haproxy`` binary): more throughput on a multi-core node for
+    one more hop per request. ``proxy``: Ray Serve's Python HTTP proxy listens on ``port`` and
+    forwards to the replica (≈3 ms slower per call on a 2-core machine). Figures for all three in
+    loadtests/RESULTS.md."""
+    replicas: int | None = Field(None, ge=1)
+    """Gateway replicas. None: as the Serve config file says (one), or, with ``haproxy`` ingress,
+    one per CPU of this machine."""
     proxy_port: int = Field(8100, ge=1, le=65535)
     """Port of Ray Serve's own proxy in ``direct`` mode (it must listen somewhere)."""
     drain_s: float = Field(2.0, ge=0)
@@ -250,6 +257,10 @@ class RaySettings(_Section):
     """CPUs for a locally started Ray (None: all)."""
     app_name: str = "mlgate"
     """Name of the Ray Serve application."""
+    replica_ready_timeout_s: float = Field(60.0, ge=0)
+    """How long a new gateway replica waits for its champions to load before it takes traffic
+    (Ray routes to a replica once its constructor returns). Past it the replica serves anyway:
+    503 or batch scores for the models still loading, and /readyz says which."""
     throughput_optimized: bool = True
     """Start Ray with ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: user code runs on the replica's own
     event loop (no hand-off to a second thread per request), request logs are buffered, and

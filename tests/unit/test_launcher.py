@@ -28,3 +28,28 @@ def test_proxy_ingress_puts_rays_proxy_on_the_public_port(tmp_path):
     assert ray_environment(settings) == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
                                          "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
     assert resolved_config(read_config(), settings)["http_options"]["port"] == 9100
+
+
+def test_haproxy_ingress_takes_the_public_port_and_one_gateway_replica_per_cpu(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    settings = Settings(state_dir=tmp_path, http={"port": 9100, "ingress": "haproxy"})
+    env = ray_environment(settings)
+    assert (env["RAY_SERVE_ENABLE_HA_PROXY"], env["RAY_SERVE_ENABLE_DIRECT_INGRESS"]) == ("1", "1")
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "9101"  # replicas above HAProxy's port
+    resolved = resolved_config(read_config(), settings)
+    assert resolved["http_options"]["port"] == 9100
+    gateway = next(d for d in resolved["applications"][0]["deployments"] if d["name"] == "Gateway")
+    assert gateway["num_replicas"] == 3 and "autoscaling_config" not in gateway
+    assert gateway["ray_actor_options"]["num_cpus"] == 0.5
+    ServeDeploySchema.model_validate(resolved)
+
+    explicit = Settings(state_dir=tmp_path, http={"ingress": "haproxy", "replicas": 2})
+    gateway = next(d for d in resolved_config(read_config(), explicit)["applications"][0]["deployments"]
+                   if d["name"] == "Gateway")
+    assert gateway["num_replicas"] == 2
+
+
+def test_direct_ingress_keeps_the_config_files_replicas_unless_told(tmp_path):
+    config = read_config()
+    untouched = resolved_config(config, Settings(state_dir=tmp_path))
+    assert untouched["applications"][0]["deployments"] == config["applications"][0]["deployments"]
