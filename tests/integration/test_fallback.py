@@ -87,7 +87,9 @@ def stack(tmp_path_factory, redis_server, spark):
               {"name": "fraud-broken", "placement": "deployment"}, {"name": "fraud-absent"}]
     env = gateway_env(state, redis_server.url, MLGATE_FALLBACK__REDIS=json.dumps({"url": scores_redis.url}),
                       MLGATE_FALLBACK__MAX_AGE_S=str(MAX_AGE_S), MLGATE_FEATURES__ON_MISSING="fallback",
-                      MLGATE_MODELS=json.dumps(models), MLGATE_LIMITS__DEADLINE_MS="1000")
+                      MLGATE_MODELS=json.dumps(models), MLGATE_LIMITS__DEADLINE_MS="1000",
+                      # fraud-absent never loads: the replica must not wait for it to take traffic
+                      MLGATE_RAY__REPLICA_READY_TIMEOUT_S="0")
     port = int(env["MLGATE_HTTP__PORT"])
     for args in (["data", "--customers", str(DEMO_CUSTOMERS)], ["features", "build"], ["features", "sync"],
                  ["train"], ["batch", "score", "--model", "fraud-detector@champion",
