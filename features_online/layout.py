@@ -60,10 +60,12 @@ def field(entity_id: int) -> bytes:
     return str(int(entity_id)).encode()
 
 
-def encode(view: FeatureView, as_of_ms: np.ndarray | int, columns: dict[str, np.ndarray]) -> list[bytes]:
-    """One value per row from feature columns (missing columns or NaNs take the default)."""
+def encode_records(view: FeatureView, as_of_ms: np.ndarray | int,
+                   columns: dict[str, np.ndarray]) -> np.ndarray:
+    """The values of a batch of rows as one structured array (row ``i`` = value ``i``'s bytes).
+    Missing columns or NaNs take the feature's default."""
     n = len(next(iter(columns.values()))) if columns else len(np.atleast_1d(as_of_ms))
-    records = np.zeros(n, dtype=record_dtype(view))
+    records = np.empty(n, dtype=record_dtype(view))
     records["fmt"] = FORMAT
     records["as_of_ms"] = as_of_ms
     for f in view.features:
@@ -71,9 +73,19 @@ def encode(view: FeatureView, as_of_ms: np.ndarray | int, columns: dict[str, np.
         if col is None:
             records[f.name] = f.default
             continue
-        values = np.asarray(col, dtype=np.float64)
-        values = np.where(np.isnan(values), f.default, values)
-        records[f.name] = values
+        col = np.asarray(col)
+        if col.dtype.kind in "iub":  # integers cannot be NaN: no float round trip
+            records[f.name] = col
+            continue
+        values = col.astype(np.float64, copy=False)
+        nan = np.isnan(values)
+        records[f.name] = np.where(nan, f.default, values) if nan.any() else values
+    return records
+
+
+def encode(view: FeatureView, as_of_ms: np.ndarray | int, columns: dict[str, np.ndarray]) -> list[bytes]:
+    """One value per row from feature columns (missing columns or NaNs take the default)."""
+    records = encode_records(view, as_of_ms, columns)
     raw = records.tobytes()
     size = records.dtype.itemsize
     return [raw[i:i + size] for i in range(0, len(raw), size)]
