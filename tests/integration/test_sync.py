@@ -240,3 +240,16 @@ def test_a_command_redis_refuses_fails_the_sync_and_nothing_flips(spark, redis_s
         sync.full(frame(spark, NOW, scale=2.0), NOW, "refused")
     assert sync.meta()["version"] == "1"
     assert read_values(redis_settings, [5]).records["txn_count_7d"].tolist() == [5]
+
+
+def test_writer_partitions_merge_without_a_shuffle_and_spread_only_when_needed(spark):
+    from features_online.spark_job import writer_partitions
+
+    def exchanges(frame) -> int:
+        return frame._jdf.queryExecution().executedPlan().toString().count("Exchange")
+
+    many = spark.range(100).repartition(4)
+    merged = writer_partitions(many, 2)
+    assert merged.rdd.getNumPartitions() == 2 and exchanges(merged) == exchanges(many)  # no new shuffle
+    assert sorted(r.id for r in merged.collect()) == list(range(100))
+    assert writer_partitions(spark.range(100).coalesce(1), 2).rdd.getNumPartitions() == 2
