@@ -89,7 +89,6 @@ class _Connections:
         self.cluster = hasattr(client, "get_node_from_key")
         self.by_node: dict[str, tuple[Any, Any]] = {}  # node name -> (pool, connection)
         self.of_bucket = [self._connection(key) for key in keys]
-        self.pending: dict[int, list[int]] = {}  # id(connection) -> rows per unanswered command
 
     def _connection(self, key: bytes):
         if self.cluster:
@@ -101,7 +100,7 @@ class _Connections:
             self.by_node[name] = (pool, pool.get_connection())
         return self.by_node[name][1]
 
-    def send(self, commands: list[tuple[int, list[Any], int]]) -> list[tuple[Any, int]]:
+    def send(self, commands: list[tuple[int, list[Any], int]]) -> list[tuple[Any, list[int]]]:
         """Send commands (bucket, chunks, rows); returns what to :meth:`read` for them later."""
         chunks: dict[int, list[Any]] = {}
         counts: dict[int, list[int]] = {}
