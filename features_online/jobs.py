@@ -55,9 +55,10 @@ def sync(settings: Settings, spark, mode: str = "full", view: FeatureView = CUST
         since = datetime.fromtimestamp(int(watermark) / 1000, spark_job.timezone.utc)
         changed = spark_job.changed_since(spark, _tx(settings), since, as_of, view.entity.key)
         frame = frame.join(changed, view.entity.key, "left_semi")
-        result = syncer.incremental(frame.repartition(settings.spark.sync_partitions), as_of, str(path))
+        frame = spark_job.writer_partitions(frame, settings.spark.sync_partitions)
+        result = syncer.incremental(frame, as_of, str(path))
     else:
-        result = syncer.full(frame.repartition(settings.spark.sync_partitions), as_of, str(path))
+        result = syncer.full(spark_job.writer_partitions(frame, settings.spark.sync_partitions), as_of, str(path))
     log.info("%s sync of %s: %d rows in %.1fs (%.0f rows/s)", result.mode, view.name, result.rows,
              result.seconds, result.rows_per_s)
     return result

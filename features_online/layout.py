@@ -7,9 +7,10 @@ Keys (``P`` = configured prefix, default ``mlg``)::
 
 One data version of a view is ``view.buckets`` hashes (bucket = entity id mod buckets). Measured
 on the 2-core dev machine in a bare client loop (no Spark): HSET of 1,000 fields per command wrote
-870k rows/s against 310k for SET ... EX per key (even inside Lua); a whole sync through Spark does
-230-450k rows/s (loadtests/RESULTS.md). Every key gets its TTL with one EXPIRE per bucket, a whole
-version retires with ``buckets`` EXPIREs instead of a SCAN over millions of keys, and 100 entities
+870k rows/s against 310k for SET ... EX per key (even inside Lua); a whole sync through Spark,
+Parquet read included, does 270k rows/s warm and 110k on a session's first sync, 400k warm from
+a cached frame, measured on a slow evening (loadtests/RESULTS.md). Every key gets its TTL with
+one EXPIRE per bucket, a whole version retires with ``buckets`` EXPIREs instead of a SCAN over millions of keys, and 100 entities
 still read in one round trip (p99 1.6 ms through the gateway's reader). The ``{...}`` part is
 the Redis Cluster hash tag: a version spreads over ``buckets`` slots. A version is immutable once the meta hash points at it, except that an
 incremental sync overwrites single entities in place (each HSET field atomic).
@@ -62,10 +63,12 @@ def field(entity_id: int) -> bytes:
     return str(int(entity_id)).encode()
 
 
-def encode(view: FeatureView, as_of_ms: np.ndarray | int, columns: dict[str, np.ndarray]) -> list[bytes]:
-    """One value per row from feature columns (missing columns or NaNs take the default)."""
+def encode_records(view: FeatureView, as_of_ms: np.ndarray | int,
+                   columns: dict[str, np.ndarray]) -> np.ndarray:
+    """The values of a batch of rows as one structured array (row ``i`` = value ``i``'s bytes).
+    Missing columns or NaNs take the feature's default."""
     n = len(next(iter(columns.values()))) if columns else len(np.atleast_1d(as_of_ms))
-    records = np.zeros(n, dtype=record_dtype(view))
+    records = np.empty(n, dtype=record_dtype(view))
     records["fmt"] = FORMAT
     records["as_of_ms"] = as_of_ms
     for f in view.features:
@@ -73,9 +76,19 @@ def encode(view: FeatureView, as_of_ms: np.ndarray | int, columns: dict[str, np.
         if col is None:
             records[f.name] = f.default
             continue
-        values = np.asarray(col, dtype=np.float64)
-        values = np.where(np.isnan(values), f.default, values)
-        records[f.name] = values
+        col = np.asarray(col)
+        if col.dtype.kind in "iub":  # integers cannot be NaN: no float round trip
+            records[f.name] = col
+            continue
+        values = col.astype(np.float64, copy=False)
+        nan = np.isnan(values)
+        records[f.name] = np.where(nan, f.default, values) if nan.any() else values
+    return records
+
+
+def encode(view: FeatureView, as_of_ms: np.ndarray | int, columns: dict[str, np.ndarray]) -> list[bytes]:
+    """One value per row from feature columns (missing columns or NaNs take the default)."""
+    records = encode_records(view, as_of_ms, columns)
     raw = records.tobytes()
     size = records.dtype.itemsize
     return [raw[i:i + size] for i in range(0, len(raw), size)]

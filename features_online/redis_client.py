@@ -1,10 +1,25 @@
-"""Redis clients built from settings, in one place: sync (Spark writers, CLI) and asyncio (gateway)."""
+"""Redis clients built from settings, in one place: sync (Spark writers, CLI) and asyncio (gateway).
+
+Spark's Python workers get a :class:`ClientSpec` (plain data) rather than the settings object, so a
+cold worker never imports pydantic or the settings module.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from serving.settings import RedisSettings
+if TYPE_CHECKING:
+    from serving.settings import RedisSettings
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """Everything needed to open a blocking client, picklable into Spark tasks."""
+
+    url: str
+    cluster: bool
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def _options(settings: RedisSettings) -> dict[str, Any]:
@@ -18,17 +33,27 @@ def _options(settings: RedisSettings) -> dict[str, Any]:
     return options
 
 
-def connect(settings: RedisSettings, *, socket_timeout_s: float | None = None):
-    """A blocking client (``redis.Redis`` or ``redis.RedisCluster``)."""
-    import redis
-
+def client_spec(settings: RedisSettings, *, socket_timeout_s: float | None = None) -> ClientSpec:
     options = _options(settings)
     if socket_timeout_s is not None:
         options["socket_timeout"] = socket_timeout_s
     if settings.cluster:
         options.pop("max_connections")
-        return redis.RedisCluster.from_url(settings.url, **options)
-    return redis.Redis.from_url(settings.url, **options)
+    return ClientSpec(settings.url, settings.cluster, options)
+
+
+def connect_spec(spec: ClientSpec):
+    """A blocking client (``redis.Redis`` or ``redis.RedisCluster``) from a :class:`ClientSpec`."""
+    import redis
+
+    if spec.cluster:
+        return redis.RedisCluster.from_url(spec.url, **spec.options)
+    return redis.Redis.from_url(spec.url, **spec.options)
+
+
+def connect(settings: RedisSettings, *, socket_timeout_s: float | None = None):
+    """A blocking client (``redis.Redis`` or ``redis.RedisCluster``)."""
+    return connect_spec(client_spec(settings, socket_timeout_s=socket_timeout_s))
 
 
 def connect_async(settings: RedisSettings):

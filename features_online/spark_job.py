@@ -125,6 +125,13 @@ def write_offline(frame, path: Path) -> Path:
     return path
 
 
+def writer_partitions(frame, n: int):
+    """``frame`` in ``n`` partitions for the Redis writers: merged without a shuffle when the input
+    has at least ``n`` (a Spark-written table has a partition per file or row group), spread by
+    a shuffle only when it has fewer."""
+    return frame.coalesce(n) if frame.rdd.getNumPartitions() >= n else frame.repartition(n)
+
+
 def changed_since(spark, transactions_path: str, since: datetime, until: datetime,
                   key: str = CUSTOMER_ACTIVITY.entity.key):
     """Entity keys with events in (since, until]: what an incremental sync refreshes."""

@@ -15,13 +15,12 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterator, Literal
-
-import numpy as np
+from typing import Literal
 
 from features_online import layout
 from features_online.definitions import FeatureView
-from features_online.redis_client import connect
+from features_online.redis_client import client_spec, connect
+from features_online.writer import PartitionWriter
 from serving.settings import FeatureSettings, RedisSettings
 
 log = logging.getLogger(__name__)
@@ -56,62 +55,6 @@ def key_ttl_s(view: FeatureView) -> int:
     return int(view.ttl.total_seconds() * 2)
 
 
-def partition_writer(redis: RedisSettings, view: FeatureView, version: int, batch_rows: int):
-    """The function Spark runs on each partition (via mapInPandas): encode, HSET, count."""
-    key_column = view.entity.key
-    ttl = key_ttl_s(view)
-
-    def write(frames: Iterator[Any]) -> Iterator[Any]:
-        import pandas as pd
-
-        client = connect(redis, socket_timeout_s=30)
-        written, touched = 0, set()
-        for frame in frames:
-            if frame.empty:
-                continue
-            ids = frame[key_column].to_numpy(dtype=np.int64)
-            values = layout.encode(view, frame["as_of_ms"].to_numpy(dtype=np.int64),
-                                   {f: frame[f].to_numpy() for f in view.feature_names})
-            written += _write_buckets(client, redis.prefix, view, version, ids, values, batch_rows, touched)
-        if touched:  # every key gets its TTL, once per bucket
-            pipe = client.pipeline(transaction=False)
-            for key in touched:
-                pipe.expire(key, ttl)
-            pipe.execute()
-        client.close()
-        yield pd.DataFrame({"written": [written]}, dtype="int64")
-
-    return write
-
-
-def _write_buckets(client, prefix: str, view: FeatureView, version: int, ids: np.ndarray,
-                   values: list[bytes], batch_rows: int, touched: set[str]) -> int:
-    """HSET rows, up to ``batch_rows`` fields per command; returns the rows sent (any command
-    Redis refuses raises here)."""
-    buckets = layout.bucket_of(view, ids)
-    order = np.argsort(buckets, kind="stable")
-    sorted_buckets = buckets[order]
-    fields = [str(i).encode() for i in ids[order].tolist()]
-    ordered_values = [values[j] for j in order.tolist()]
-    # Command boundaries: every bucket change, and every batch_rows within a bucket.
-    cuts = set((np.flatnonzero(np.diff(sorted_buckets)) + 1).tolist()) | set(range(0, len(ids), batch_rows))
-    bounds = sorted(cuts | {len(ids)})
-    pipe = client.pipeline(transaction=False)
-    acked = 0
-    for i, (start, end) in enumerate(zip(bounds, bounds[1:])):
-        key = layout.bucket_key(prefix, view, version, int(sorted_buckets[start]))
-        touched.add(key)
-        pairs: list[bytes] = [b""] * (2 * (end - start))
-        pairs[0::2] = fields[start:end]
-        pairs[1::2] = ordered_values[start:end]
-        pipe.execute_command("HSET", key, *pairs)
-        acked += end - start
-        if i % 32 == 31:
-            pipe.execute()  # raises on any failed command
-    pipe.execute()
-    return acked
-
-
 class FeatureSync:
     def __init__(self, redis: RedisSettings, features: FeatureSettings, view: FeatureView) -> None:
         self.redis = redis
@@ -137,15 +80,22 @@ class FeatureSync:
         finally:  # compare-and-delete in one step: never another sync's lock after ours expired
             self.client.eval(RELEASE_LOCK, 1, key, token)
 
-    def _write(self, frame, version: int, expected: int) -> None:
-        writer = partition_writer(self.redis, self.view, version, self.settings.sync_batch_rows)
+    def _write(self, frame, version: int) -> int:
+        """Write every row of ``frame`` into ``version`` in one Spark job; returns the row count.
+
+        The frame is read once: each partition counts the rows it received and the rows Redis
+        acknowledged (no separate ``count()`` pass over the input)."""
+        writer = PartitionWriter(client_spec(self.redis, socket_timeout_s=30), self.view, self.redis.prefix,
+                                 version, self.settings.sync_batch_rows, key_ttl_s(self.view))
         try:
-            written = frame.mapInPandas(writer, schema="written long").groupBy().sum("written").first()[0]
+            columns = frame.select(self.view.entity.key, "as_of_ms", *self.view.feature_names)
+            counts = columns.mapInArrow(writer, schema="rows long, written long").collect()
         except Exception as exc:  # a failed Spark job: nothing flips
             raise SyncError(f"writing {self.view.name} v{version} failed: {exc}") from exc
-        written = int(written or 0)
-        if written != expected:
-            raise SyncError(f"{self.view.name} v{version}: Redis acknowledged {written} of {expected} rows")
+        rows, written = sum(c["rows"] for c in counts), sum(c["written"] for c in counts)
+        if written != rows:
+            raise SyncError(f"{self.view.name} v{version}: Redis acknowledged {written} of {rows} rows")
+        return rows
 
     def full(self, frame, as_of: datetime, source: str, extra: dict[str, str] | None = None) -> SyncResult:
         """Write every row of ``frame`` as a new data version, verify, flip, retire the old one.
@@ -157,8 +107,7 @@ class FeatureSync:
             abandoned = int(meta["writing"]) if meta.get("writing") else None
             version = int(self.client.hincrby(self.meta_key, "next_version", 1))
             self.client.hset(self.meta_key, "writing", version)
-            expected = frame.count()
-            self._write(frame, version, expected)
+            expected = self._write(frame, version)
             stored = self._stored(version)
             if stored != expected:  # duplicates in the input, or writes lost on the way
                 raise SyncError(f"{self.view.name} v{version}: {stored} entities stored for {expected} rows")
@@ -178,8 +127,7 @@ class FeatureSync:
             if meta.get("fingerprint") != self.view.fingerprint:
                 raise SyncError(f"{self.view.name}: the live version has another schema; run a full sync")
             version = int(meta["version"])
-            expected = frame.count()
-            self._write(frame, version, expected)
+            expected = self._write(frame, version)
             self.client.hset(self.meta_key, mapping={
                 "watermark_ms": int(as_of.timestamp() * 1000), "incremental_rows": expected,
                 "incremental_source": source, "finished_at_ms": int(time.time() * 1000)})

@@ -214,3 +214,42 @@ def test_sync_and_read_on_a_redis_cluster(spark, redis_cluster):
     got = read_values(settings, [1, 33, 1_500, N + 1])  # entities in buckets on different nodes
     assert got.present.tolist() == [True, True, True, False]
     assert got.records["txn_count_7d"][:3].tolist() == [2, 66, 3_000]
+
+
+def test_null_feature_values_take_the_default_and_extra_columns_are_ignored(spark, redis_settings):
+    from pyspark.sql import functions as F
+
+    at = now()
+    nulls = (frame(spark, at).withColumn("seconds_since_last_txn", F.when(F.col("customer_id") % 2 == 0, None)
+                                         .otherwise(F.col("seconds_since_last_txn")))
+             .withColumn("unrelated", F.lit("x")))
+    syncer(redis_settings).full(nulls, at, "nulls")
+    got = read_values(redis_settings, [6, 7])
+    default = next(f.default for f in VIEW.features if f.name == "seconds_since_last_txn")
+    assert got.records["seconds_since_last_txn"].tolist() == [default, 7.0]
+    assert got.records["txn_count_7d"].tolist() == [6, 7]
+
+
+def test_a_command_redis_refuses_fails_the_sync_and_nothing_flips(spark, redis_settings):
+    sync = syncer(redis_settings)
+    sync.full(frame(spark, NOW), NOW, "good")
+    # The next version's bucket 5 already exists as a string: its HSET gets a WRONGTYPE error.
+    client = redis.Redis.from_url(redis_settings.url)
+    client.set(layout.bucket_key(redis_settings.prefix, VIEW, 2, 5), "in the way")
+    with pytest.raises(SyncError, match="failed"):
+        sync.full(frame(spark, NOW, scale=2.0), NOW, "refused")
+    assert sync.meta()["version"] == "1"
+    assert read_values(redis_settings, [5]).records["txn_count_7d"].tolist() == [5]
+
+
+def test_writer_partitions_merge_without_a_shuffle_and_spread_only_when_needed(spark):
+    from features_online.spark_job import writer_partitions
+
+    def exchanges(frame) -> int:
+        return frame._jdf.queryExecution().executedPlan().toString().count("Exchange")
+
+    many = spark.range(100).repartition(4)
+    merged = writer_partitions(many, 2)
+    assert merged.rdd.getNumPartitions() == 2 and exchanges(merged) == exchanges(many)  # no new shuffle
+    assert sorted(r.id for r in merged.collect()) == list(range(100))
+    assert writer_partitions(spark.range(100).coalesce(1), 2).rdd.getNumPartitions() == 2

@@ -1,0 +1,214 @@
+"""What Spark runs in each partition of a sync: Arrow batches in, HSET commands out, counts back.
+
+This code runs in Spark's Python workers, where every import is paid again by each cold worker:
+it needs numpy, pyarrow (already loaded by the worker), redis and the layout, and nothing that
+pulls in pydantic or pandas. Connection details arrive as a plain :class:`ClientSpec`.
+
+Per Arrow batch, the rows are grouped by bucket and written as ``HSET <bucket key> <id> <value>
+...`` commands of at most ``batch_rows`` fields. The commands are framed as RESP here, with numpy,
+instead of by redis-py one argument at a time: values are fixed-size records (their ``$<size>``
+header never changes) and ids are turned into decimal digits arithmetically, so there is no
+Python object per row. Rows whose ids have the same number of digits have the same framed size;
+they are framed together. Each command goes to the connection of the node that owns its bucket
+(one connection without a cluster); replies are read one batch behind, so Redis works on one
+batch while the next is being framed. An error reply raises, the task fails, nothing flips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from features_online import layout
+from features_online.definitions import FeatureView
+from features_online.redis_client import ClientSpec, connect_spec
+
+_POW10 = 10 ** np.arange(1, 19, dtype=np.int64)  # ids below 10**k have at most k digits
+
+
+def frame_hset_rows(ids: np.ndarray, records: np.ndarray) -> list[tuple[np.ndarray, bytes, int]]:
+    """The ``<id> <value>`` argument pairs of rows as RESP bytes, grouped by framed size.
+
+    Returns ``(positions, framed, size)`` per group: the row positions (ascending), and their
+    pairs back to back, ``size`` bytes each.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    value_size = records.dtype.itemsize
+    digits = 1 + np.searchsorted(_POW10, np.abs(ids), side="right")
+    negative = ids < 0
+    kind = digits * 2 + negative
+    values = records.view(np.dtype((np.void, value_size)))
+    kinds = np.unique(kind).tolist()
+    groups = []
+    for k in kinds:
+        positions = np.flatnonzero(kind == k) if len(kinds) > 1 else np.arange(len(ids))
+        n_digits, sign = divmod(k, 2)
+        group_ids = np.abs(ids[positions])
+        text_len = n_digits + sign
+        head = b"$%d\r\n" % text_len + (b"-" if sign else b"")
+        middle = b"\r\n$%d\r\n" % value_size
+        dtype = np.dtype([("head", f"S{len(head)}"), ("id", "u1", (n_digits,)),
+                          ("middle", f"S{len(middle)}"), ("value", values.dtype), ("end", "S2")])
+        framed = np.empty(len(positions), dtype=dtype)
+        framed["head"] = head
+        scale = 10 ** np.arange(n_digits - 1, -1, -1, dtype=np.int64)
+        framed["id"] = (group_ids[:, None] // scale % 10 + 48).astype(np.uint8)
+        framed["middle"] = middle
+        framed["value"] = values[positions]
+        framed["end"] = b"\r\n"
+        groups.append((positions, framed.tobytes(), dtype.itemsize))
+    return groups
+
+
+def hset_commands(keys: list[bytes], buckets: np.ndarray, ids: np.ndarray, records: np.ndarray,
+                  batch_rows: int) -> Iterator[tuple[int, list[Any], int]]:
+    """``(bucket, chunks, rows)`` per HSET command: ``chunks`` joined are the whole command."""
+    order = np.argsort(buckets, kind="stable")
+    buckets, ids, records = buckets[order], ids[order], records[order]
+    for positions, framed, size in frame_hset_rows(ids, records):
+        group_buckets = buckets[positions]  # ascending: positions keep the bucket order
+        view = memoryview(framed)
+        starts = np.flatnonzero(np.diff(group_buckets)) + 1
+        bounds = [0, *starts.tolist(), len(group_buckets)]
+        for start, end in zip(bounds, bounds[1:]):
+            bucket = int(group_buckets[start])
+            key = keys[bucket]
+            for lo in range(start, end, batch_rows):
+                hi = min(lo + batch_rows, end)
+                head = b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n" % (2 + 2 * (hi - lo), len(key), key)
+                yield bucket, [head, view[lo * size:hi * size]], hi - lo
+
+
+class _Connections:
+    """One raw connection per Redis node that owns a bucket; replies read in order, later."""
+
+    def __init__(self, client, keys: list[bytes]) -> None:
+        self.client = client
+        self.cluster = hasattr(client, "get_node_from_key")
+        self.by_node: dict[str, tuple[Any, Any]] = {}  # node name -> (pool, connection)
+        self.of_bucket = [self._connection(key) for key in keys]
+
+    def _connection(self, key: bytes):
+        if self.cluster:
+            node = self.client.get_node_from_key(key)
+            name, pool = node.name, self.client.get_redis_connection(node).connection_pool
+        else:
+            name, pool = "", self.client.connection_pool
+        if name not in self.by_node:
+            self.by_node[name] = (pool, pool.get_connection())
+        return self.by_node[name][1]
+
+    def send(self, commands: list[tuple[int, list[Any], int]]) -> list[tuple[Any, list[int]]]:
+        """Send commands (bucket, chunks, rows); returns what to :meth:`read` for them later."""
+        chunks: dict[int, list[Any]] = {}
+        counts: dict[int, list[int]] = {}
+        conns = {}
+        for bucket, parts, rows in commands:
+            conn = self.of_bucket[bucket]
+            conns[id(conn)] = conn
+            chunks.setdefault(id(conn), []).extend(parts)
+            counts.setdefault(id(conn), []).append(rows)
+        for key, conn in conns.items():
+            conn.send_packed_command(chunks[key], check_health=False)
+        return [(conns[key], counts[key]) for key in conns]
+
+    @staticmethod
+    def read(sent: list[tuple[Any, list[int]]]) -> int:
+        """Read the replies of commands sent earlier; rows acknowledged (an error reply raises)."""
+        acked = 0
+        for conn, counts in sent:
+            for rows in counts:
+                conn.read_response()
+                acked += rows
+        return acked
+
+    def close(self) -> None:
+        for pool, conn in self.by_node.values():
+            pool.release(conn)
+        self.client.close()
+
+
+@dataclass(frozen=True)
+class PartitionWriter:
+    """The function ``mapInArrow`` runs per partition: one output row ``(rows, written)``:
+    rows received, and rows whose HSET Redis acknowledged."""
+
+    client: ClientSpec
+    view: FeatureView
+    prefix: str
+    version: int
+    batch_rows: int
+    ttl_s: int
+
+    def __call__(self, batches: Iterator[Any]) -> Iterator[Any]:
+        view = self.view
+        keys = [k.encode() for k in layout.bucket_keys(self.prefix, view, self.version)]
+        conns = _Connections(connect_spec(self.client), keys)
+        rows = acked = 0
+        touched: set[int] = set()
+        behind: list = []
+        try:
+            for batch in batches:
+                if batch.num_rows == 0:
+                    continue
+                ids = _ids(batch, view.entity.key)
+                records = layout.encode_records(
+                    view, _ids(batch, "as_of_ms"),
+                    {f: _numbers(batch.column(f)) for f in view.feature_names})
+                buckets = layout.bucket_of(view, ids)
+                commands = list(hset_commands(keys, buckets, ids, records, self.batch_rows))
+                touched.update(bucket for bucket, _, _ in commands)
+                sent = conns.send(commands)
+                acked += conns.read(behind)
+                behind, rows = sent, rows + batch.num_rows
+            acked += conns.read(behind)
+            # Every key gets its TTL: one EXPIRE per bucket this partition wrote.
+            expire = [(b, [_command(b"EXPIRE", keys[b], b"%d" % self.ttl_s)], 0) for b in sorted(touched)]
+            conns.read(conns.send(expire))
+        finally:
+            conns.close()
+        yield _counts(rows, acked)
+
+
+def _counts(rows: int, acked: int):
+    """The one output row, built from buffers (``pa.array`` would import pandas)."""
+    import pyarrow as pa
+
+    columns = [pa.Array.from_buffers(pa.int64(), 1, [None, pa.py_buffer(np.array([n], dtype=np.int64))])
+               for n in (rows, acked)]
+    return pa.RecordBatch.from_arrays(columns, names=["rows", "written"])
+
+
+def _command(*args: bytes) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+def _ids(batch, name: str) -> np.ndarray:
+    """Entity ids or as-of times: integers, never null."""
+    column = batch.column(name)
+    if column.null_count:
+        raise ValueError(f"{column.null_count} rows have no {name}")
+    return np.asarray(_numbers(column), dtype=np.int64)
+
+
+def _numbers(column) -> np.ndarray:
+    """A numeric Arrow array as numpy, nulls as NaN (the layout turns them into the default).
+
+    Reads the Arrow buffers directly: pyarrow's own ``to_numpy`` imports pandas, which would
+    cost every cold Spark worker about half a second.
+    """
+    try:
+        dtype = np.dtype(str(column.type))  # int8..int64, float ("float32"), double ("float64")
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in "iuf":
+        return column.to_numpy(zero_copy_only=False)  # anything else: pyarrow's general path
+    validity, data = column.buffers()[:2]
+    values = np.frombuffer(data, dtype=dtype, count=len(column) + column.offset)[column.offset:]
+    if not column.null_count:
+        return values
+    bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")
+    valid = bits[column.offset:column.offset + len(column)].astype(bool)
+    return np.where(valid, values, np.nan)

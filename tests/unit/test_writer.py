@@ -1,0 +1,74 @@
+"""The sync's RESP framing: the bytes the partition writer sends are exactly the HSET commands
+redis-py would send for the layout's fields and values."""
+
+from datetime import timedelta
+
+import numpy as np
+from redis.connection import Connection
+
+from features_online import layout, writer
+from features_online.definitions import Entity, Feature, FeatureView
+
+TINY = FeatureView(name="tiny", version=2, entity=Entity("user", "user_id"), ttl=timedelta(hours=1),
+                   features=(Feature("clicks", "long", 0), Feature("spend", "double", 1.5)), buckets=8)
+
+
+def parse_commands(blob: bytes) -> list[list[bytes]]:
+    """A strict RESP array-of-bulk-strings parser (what Redis accepts from a client)."""
+    commands, i = [], 0
+    while i < len(blob):
+        assert blob[i:i + 1] == b"*"
+        end = blob.index(b"\r\n", i)
+        count, i = int(blob[i + 1:end]), end + 2
+        args = []
+        for _ in range(count):
+            assert blob[i:i + 1] == b"$"
+            end = blob.index(b"\r\n", i)
+            size, i = int(blob[i + 1:end]), end + 2
+            args.append(blob[i:i + size])
+            assert blob[i + size:i + size + 2] == b"\r\n"
+            i += size + 2
+        commands.append(args)
+    return commands
+
+
+def frame(ids, batch_rows=1000):
+    ids = np.asarray(ids, dtype=np.int64)
+    columns = {"clicks": np.arange(len(ids)), "spend": np.arange(len(ids)) * 0.5}
+    records = layout.encode_records(TINY, 1_700_000_000_000 + np.arange(len(ids)), columns)
+    values = layout.encode(TINY, 1_700_000_000_000 + np.arange(len(ids)), columns)
+    keys = [k.encode() for k in layout.bucket_keys("p", TINY, 3)]
+    commands = list(writer.hset_commands(keys, layout.bucket_of(TINY, ids), ids, records, batch_rows))
+    return commands, values, keys
+
+
+def test_hset_commands_carry_every_row_once_as_the_layout_field_and_value():
+    ids = [0, 7, 8, 15, 9, 123_456, -3, 99, 100, 10**15 + 1, 42, 1_000_000]
+    commands, values, keys = frame(ids)
+    written = {}
+    for bucket, chunks, rows in commands:
+        [args] = parse_commands(b"".join(bytes(c) for c in chunks))
+        assert args[0] == b"HSET" and args[1] == keys[bucket] and len(args) == 2 + 2 * rows
+        for field, value in zip(args[2::2], args[3::2]):
+            assert field not in written
+            written[field] = (args[1], value)
+    expected_bucket = layout.bucket_of(TINY, np.array(ids))
+    assert written == {layout.field(i): (keys[b], v) for i, b, v in zip(ids, expected_bucket.tolist(), values)}
+
+
+def test_framing_is_byte_identical_to_redis_py_packing():
+    ids = np.arange(1, 40) * 8  # one bucket, ids of 1 to 3 digits
+    commands, values, keys = frame(ids)
+    ours = b"".join(b"".join(bytes(c) for c in chunks) for _, chunks, _ in commands)
+    by_digits = {}  # rows are framed in groups of equal id length, ascending within each
+    for i, v in zip(ids.tolist(), values):
+        by_digits.setdefault(len(str(i)), []).extend([layout.field(i), v])
+    theirs = b"".join(b"".join(Connection().pack_command("HSET", keys[0], *pairs))
+                      for _, pairs in sorted(by_digits.items()))
+    assert ours == theirs
+
+
+def test_no_command_has_more_than_batch_rows_fields():
+    commands, _, _ = frame(np.arange(1, 200), batch_rows=7)
+    assert max(rows for _, _, rows in commands) == 7
+    assert sum(rows for _, _, rows in commands) == 199
