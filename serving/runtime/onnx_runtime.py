@@ -66,6 +66,14 @@ class OnnxRuntime:
                 f"(graph: {[i.name for i in graph_inputs]}, signature: {names})")
         self._names = names
 
+    @property
+    def input_dtypes(self) -> dict[str, np.dtype]:
+        """The dtype the graph takes for each signature input. Arrays already of that dtype go
+        into the graph without a conversion (a batch scorer can cast before the data arrives)."""
+        if self._matrix_input is not None:
+            return {name: np.dtype(self._matrix_dtype) for name in self._names}
+        return {name: np.dtype(dtype) for name, dtype in self._column_inputs.items()}
+
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._matrix_input is not None:
             matrix = np.empty((len(inputs[self._names[0]]), len(self._names)), dtype=self._matrix_dtype)

@@ -97,3 +97,13 @@ def test_validate_refuses_a_model_without_example_or_raising():
     mismatched = make_spec(input_example=({"amount": 1.0},))
     with pytest.raises(ModelValidationError, match="does not match"):
         validate(ToyRuntime(replace(mismatched)))
+
+
+def test_input_dtypes_say_what_the_graph_takes_per_signature_input(trained):
+    _, path, x = trained
+    rt = OnnxRuntime(path, spec3(), OnnxSettings())  # one float32 [n, 3] tensor fed from three doubles
+    assert rt.input_dtypes == {"a": np.float32, "b": np.float32, "c": np.float32}
+    # Columns already of that dtype score exactly as the doubles they were rounded from.
+    doubles = {n: x[:, i].astype(np.float64) + 1e-9 for i, n in enumerate("abc")}
+    floats = {n: v.astype(rt.input_dtypes[n]) for n, v in doubles.items()}
+    np.testing.assert_array_equal(rt.predict(floats)["probability"], rt.predict(doubles)["probability"])
