@@ -36,13 +36,17 @@ def load(uri: str, cache_dir, name: str, **ref):
 
 @contextlib.contextmanager
 def tracking(uri: str):
-    """mlflow's global tracking URI set to ``uri`` for the block, then restored."""
-    before = mlflow.get_tracking_uri()
+    """mlflow's global tracking and registry URIs set to ``uri`` for the block, then restored.
+    Both: MLflow resolves ``models:/`` through the registry URI, which an earlier test module may
+    have pointed at its own store (with its own ``fraud-detector``)."""
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     try:
         yield MlflowClient(tracking_uri=uri, registry_uri=uri)
     finally:
-        mlflow.set_tracking_uri(before)
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
 
 
 def predict_rows(runtime, rows: pd.DataFrame) -> dict[str, np.ndarray]:
