@@ -96,7 +96,8 @@ def _with_replicas(deployment: dict[str, Any], replicas: int) -> dict[str, Any]:
     fixed = {**deployment, "num_replicas": replicas}
     fixed.pop("autoscaling_config", None)
     options = dict(fixed.get("ray_actor_options") or {})
-    options["num_cpus"] = min(float(options.get("num_cpus", 1)), 0.5) if replicas > 1 else options.get("num_cpus", 1)
+    if replicas > 1:
+        options["num_cpus"] = min(float(options.get("num_cpus", 1)), 0.5)
     fixed["ray_actor_options"] = options
     return fixed
 

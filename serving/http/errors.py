@@ -41,14 +41,18 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
                     headers=headers)
 
 
+def error_body(error: MlgateError, rid: str) -> bytes:
+    # Messages are written to be shown (InternalError's is fixed): never str() of a cause.
+    return orjson.dumps({"error": {"code": error.code, "message": error.message, "request_id": rid,
+                                   "retryable": error.retryable}})
+
+
 def error_response(error: MlgateError, rid: str, echo_request_id: bool = True) -> Response:
     headers = {REQUEST_ID_HEADER: rid} if echo_request_id else {}
     if error.retry_after_s is not None:
         headers["retry-after"] = str(error.retry_after_s)
-    # Messages are written to be shown (InternalError's is fixed): never str() of a cause.
-    body = {"error": {"code": error.code, "message": error.message, "request_id": rid,
-                      "retryable": error.retryable}}
-    return json_response(body, error.status, headers)
+    return Response(error_body(error, rid), status_code=error.status, media_type="application/json",
+                    headers=headers)
 
 
 def install_error_handlers(app: FastAPI, echo_request_id: bool = True) -> None:

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 
 from serving.errors import InternalError, InvalidRequest, MlgateError, PayloadTooLarge, UnsupportedMediaType
 from serving.http.admin import check_admin
-from serving.http.errors import REQUEST_ID_HEADER, SAFE_REQUEST_ID
+from serving.http.errors import REQUEST_ID_HEADER, SAFE_REQUEST_ID, error_body
 from serving.pipeline import Pipeline, RouteHints
 
 # Set by an authorised caller to force a variant (testing); always set on responses.
@@ -88,19 +88,21 @@ class PredictRoute:
                 self.pipeline.reject(name, exc, started)
                 raise
             result = await self.pipeline.predict(name, raw, rid, self._hints(name, headers, client_host))
-        except Exception as exc:
-            if not isinstance(exc, MlgateError):
-                if isinstance(exc, ClientGone):
-                    raise
-                log.exception("predict route failed", extra={"request_id": rid, "model": name})
-                exc = InternalError()
-            if exc.retry_after_s is not None:
-                extra.append((b"retry-after", str(exc.retry_after_s).encode()))
-            # Messages are written to be shown (InternalError's is fixed): never str() of a cause.
-            return exc.status, orjson.dumps({"error": {
-                "code": exc.code, "message": exc.message, "request_id": rid, "retryable": exc.retryable}}), extra
+        except ClientGone:
+            raise
+        except MlgateError as exc:
+            return self._error(exc, rid, extra)
+        except Exception:
+            log.exception("predict route failed", extra={"request_id": rid, "model": name})
+            return self._error(InternalError(), rid, extra)
         extra += [(b"x-model-version", result["version"].encode()), (VARIANT_HEADER.encode(), result["variant"].encode())]
         return 200, orjson.dumps(result), extra
+
+    @staticmethod
+    def _error(exc: MlgateError, rid: str, extra: Headers) -> tuple[int, bytes, Headers]:
+        if exc.retry_after_s is not None:
+            extra.append((b"retry-after", str(exc.retry_after_s).encode()))
+        return exc.status, error_body(exc, rid), extra
 
     def _hints(self, name: str, headers: Mapping[bytes, bytes], client_host: str | None) -> RouteHints:
         forced = headers.get(VARIANT_HEADER.encode(), b"").decode("latin-1")
