@@ -3,12 +3,22 @@
 Labels are model, version, variant, shadow, stage and outcome (``ok`` or a stable error code): never entity ids,
 raw paths or anything a caller controls. Unknown model names are counted as ``_unknown``.
 A :class:`GatewayMetrics` owns its registry, so tests and replicas never share global state.
+
+Several gateway replicas on one port (``http.ingress: reuseport`` or ``haproxy``) are several
+processes, and a scrape reaches any one of them. ``mlgate serve`` therefore starts them with
+``PROMETHEUS_MULTIPROC_DIR`` set (prometheus-client's multiprocess mode, read when the library is
+imported): every process writes its values to files there, and ``/metrics`` on any replica renders
+the node's totals. Each gauge says how replicas combine (``multiprocess_mode``; ignored otherwise).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Sub-millisecond resolution where the gateway lives, seconds where things go wrong.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
@@ -25,6 +35,8 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        if os.environ.get(MULTIPROC_ENV):  # another node of the cluster may not have it yet
+            os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
         self._children: dict[tuple[int, tuple[str, ...]], object] = {}
         r = self.registry
         self.requests = Counter(
@@ -44,16 +56,17 @@ class GatewayMetrics:
             ["model", "version"], buckets=BATCH_BUCKETS, registry=r)
         self.model_load_seconds = Gauge(
             "mlgate_model_load_seconds", "Seconds the loaded version took to resolve, download, "
-            "open and validate.", ["model", "version"], registry=r)
+            "open and validate.", ["model", "version"], multiprocess_mode="mostrecent", registry=r)
         self.model_ready = Gauge(
-            "mlgate_model_ready", "1 while the model has a validated version serving, else 0.",
-            ["model"], registry=r)
+            "mlgate_model_ready", "1 while the model has a validated version serving, else 0 "
+            "(several replicas: 1 only while every live one serves).",
+            ["model"], multiprocess_mode="livemin", registry=r)
         self.model_load_failures = Counter(
             "mlgate_model_load_failures", "Model versions refused at load or validation.",
             ["model", "variant"], registry=r)
         self.variant_version = Gauge(
             "mlgate_variant_version", "Registered version each variant serves (0: none yet).",
-            ["model", "variant"], registry=r)
+            ["model", "variant"], multiprocess_mode="livemostrecent", registry=r)
         self.model_swaps = Counter(
             "mlgate_model_swaps", "Versions swapped in while serving (an alias moved).",
             ["model", "variant"], registry=r)
@@ -62,13 +75,14 @@ class GatewayMetrics:
             "mlgate_variant_requests", "Predict requests by the variant that answered and outcome.",
             ["model", "variant", "outcome"], registry=r)
         self.canary_weight = Gauge(
-            "mlgate_canary_weight", "Percent of routing keys sent to the canary.", ["model"], registry=r)
+            "mlgate_canary_weight", "Percent of routing keys sent to the canary.", ["model"],
+            multiprocess_mode="livemostrecent", registry=r)
         self.shadow_share = Gauge(
             "mlgate_shadow_share", "Percent of requests mirrored to a shadow.", ["model", "shadow"],
-            registry=r)
+            multiprocess_mode="livemostrecent", registry=r)
         self.rollout_halted = Gauge(
             "mlgate_rollout_halted", "1 while an automatic rollback holds the canary at 0 %.",
-            ["model"], registry=r)
+            ["model"], multiprocess_mode="livemax", registry=r)
         self.canary_rollbacks = Counter(
             "mlgate_canary_rollbacks", "Automatic canary rollbacks by breached check.",
             ["model", "reason"], registry=r)
@@ -90,10 +104,11 @@ class GatewayMetrics:
             "missing).", ["view", "status"], registry=r)
         self.feature_age = Gauge(
             "mlgate_feature_view_age_seconds", "Seconds since the live version of the view was "
-            "computed (its latest sync's as-of time).", ["view"], registry=r)
+            "computed (its latest sync's as-of time).", ["view"],
+            multiprocess_mode="livemostrecent", registry=r)
         self.feature_version = Gauge(
             "mlgate_feature_view_version", "Live data version of the view in the online store.",
-            ["view"], registry=r)
+            ["view"], multiprocess_mode="livemostrecent", registry=r)
         self.fallback_rows = Counter(
             "mlgate_fallback_rows", "Rows answered with a precomputed batch score, by reason.",
             ["model", "reason"], registry=r)
@@ -140,4 +155,16 @@ class GatewayMetrics:
         self.rollout_halted.labels(model).set(1 if halted else 0)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition text: this process's metrics, or every live replica's on this node
+        in multiprocess mode."""
+        if not os.environ.get(MULTIPROC_ENV):
+            return generate_latest(self.registry)
+        node = CollectorRegistry()
+        multiprocess.MultiProcessCollector(node)
+        return generate_latest(node)
+
+    @staticmethod
+    def process_exiting() -> None:
+        """Drop this process's live gauges from the node's totals (multiprocess mode)."""
+        if os.environ.get(MULTIPROC_ENV):
+            multiprocess.mark_process_dead(os.getpid())
