@@ -4,8 +4,12 @@
 
 One machine, the same registered model and features, one system at a time, each stopped after:
 
-  mlgate     as shipped, started like `mlgate demo --detach` (runner.start_detached); entity-keyed
-             requests: the gateway reads the 12 stored features from Redis itself
+  mlgate     as shipped, started like `mlgate demo --detach` (runner.start_detached): reuseport
+             ingress, one gateway replica per CPU, each serving HTTP itself on the shared port;
+             entity-keyed requests: the gateway reads the 12 stored features from Redis itself
+  mlgate-1   the same with one replica (`--replicas 1`)
+  mlgate-direct   the same with `--ingress direct`: Ray Serve direct ingress, one replica (the
+             default until 2026-11-26)
   mlgate-haproxy  the same with `--ingress haproxy`: Ray Serve's HAProxy ingress in front of one
              gateway replica per CPU (in the default --systems when a haproxy binary is on PATH)
   floor      loadtests/floor_app.py: uvicorn + FastAPI (1 worker), one HMGET, one onnxruntime call
@@ -162,12 +166,15 @@ def process(cmd: list[str], log: Path, env: dict[str, str], port: int, probe: by
 
 
 @contextmanager
-def mlgate_system(state_dir: Path, port: int, ingress: str = "direct"):
+def mlgate_system(state_dir: Path, port: int, ingress: str | None = None, replicas: int | None = None):
+    """The gateway as `mlgate demo --detach` starts it; ``ingress``/``replicas``: not the defaults."""
     from serving.demo import runner
     from serving.settings import Settings
 
-    settings = Settings(state_dir=state_dir, http={"port": port, "ingress": ingress})
-    pid = runner.start_detached(settings, ["--port", str(port), "--ingress", ingress])
+    chosen = {"ingress": ingress} if ingress else {}
+    settings = Settings(state_dir=state_dir, http={"port": port, **chosen})
+    more = (["--ingress", ingress] if ingress else []) + (["--replicas", str(replicas)] if replicas else [])
+    pid = runner.start_detached(settings, ["--port", str(port), *more])
     try:
         yield [pid]
     finally:
@@ -208,6 +215,8 @@ def starters(state: Path, settings, redis_url: str, onnx_file: str, inputs, mode
     ray_probe = json.dumps(probe_row).encode()  # Ray's proxy answers /-/healthz before the app is up
     return {
         "mlgate": (PREDICT, "keyed", lambda port: mlgate_system(state, port)),
+        "mlgate-1": (PREDICT, "keyed", lambda port: mlgate_system(state, port, "reuseport", 1)),
+        "mlgate-direct": (PREDICT, "keyed", lambda port: mlgate_system(state, port, "direct")),
         "mlgate-haproxy": (PREDICT, "keyed", lambda port: mlgate_system(state, port, "haproxy")),
         "floor": (PREDICT, "keyed", lambda port: process(
             [sys.executable, "-m", "uvicorn", "loadtests.floor_app:app", "--host", "127.0.0.1", "--port",
@@ -229,8 +238,8 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--duration", type=float, default=15.0)
-    p.add_argument("--systems", default="mlgate,mlgate-haproxy,floor,mlflow,ray-naive" if shutil.which("haproxy")
-                   else "mlgate,floor,mlflow,ray-naive")
+    p.add_argument("--systems", default="mlgate,mlgate-1,mlgate-direct,floor,mlflow,ray-naive"
+                   + (",mlgate-haproxy" if shutil.which("haproxy") else ""))
     p.add_argument("--requests", type=int, default=5000, help="distinct request bodies, cycled through")
     args = p.parse_args()
     import uvloop
@@ -318,7 +327,7 @@ def report(results, levels, notes, began, ended, state: Path) -> None:
         return results[(a, c)][key] / results[(b, c)][key] if (a, c) in results and (b, c) in results else float("nan")
 
     print()
-    for ours in ("mlgate", "mlgate-haproxy"):
+    for ours in ("mlgate", "mlgate-1", "mlgate-direct", "mlgate-haproxy"):
         if not any(n == ours for n, _ in results):
             continue
         print(f"- {ours} p50 / floor p50 at c={lo}: {ratio(ours, 'floor', lo, 'p50'):.2f}x (target: at most 2x)")

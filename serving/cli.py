@@ -154,8 +154,8 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", default=None, help="Ray Serve config file (default: the bundled one)")
         sp.add_argument("--host")
         sp.add_argument("--port", type=int)
-        sp.add_argument("--ingress", choices=("direct", "haproxy", "proxy"))
-        sp.add_argument("--replicas", type=int, help="gateway replicas (haproxy ingress: one per CPU)")
+        sp.add_argument("--ingress", choices=("direct", "reuseport", "haproxy", "proxy"))
+        sp.add_argument("--replicas", type=int, help="gateway replicas (haproxy, reuseport ingress: one per CPU)")
         sp.add_argument("--address", help="join this Ray cluster instead of starting one")
 
     sp = sub.add_parser("data", help="generate the demo transactions (Parquet)")

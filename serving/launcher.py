@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import yaml
 
+from observability.metrics import MULTIPROC_ENV
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def ray_environment(settings: Settings) -> dict[str, str]:
     """Environment Ray must start with for the chosen ingress (read by Serve's controller)."""
     tuning = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1" if settings.ray.throughput_optimized else "0"}
     http = settings.http
-    if http.ingress == "proxy":
+    if http.ingress in ("proxy", "reuseport"):  # reuseport: the replicas serve HTTP themselves
         return {**tuning, "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
     first = http.port + 1 if http.ingress == "haproxy" else http.port  # HAProxy takes the public one
     direct = {
@@ -69,7 +70,7 @@ def gateway_replicas(settings: Settings) -> int | None:
     """Replicas of the gateway when settings decide them (None: the Serve config's own)."""
     if settings.http.replicas is not None:
         return settings.http.replicas
-    return (os.cpu_count() or 1) if settings.http.ingress == "haproxy" else None
+    return (os.cpu_count() or 1) if settings.http.ingress in ("haproxy", "reuseport") else None
 
 
 def resolved_config(config: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -78,16 +79,34 @@ def resolved_config(config: dict[str, Any], settings: Settings) -> dict[str, Any
     resolved = {**config, "http_options": dict(config.get("http_options") or {})}
     http = resolved["http_options"]
     http["host"] = settings.http.host
-    http["port"] = settings.http.proxy_port if settings.http.ingress == "direct" else settings.http.port
+    own_port = settings.http.ingress in ("direct", "reuseport")  # Ray's proxy goes elsewhere
+    http["port"] = settings.http.proxy_port if own_port else settings.http.port
     app = dict(config["applications"][0])
     app["name"] = settings.ray.app_name
     app["args"] = settings.model_dump(mode="json")
+    runtime_env = dict(app.get("runtime_env") or {})
+    runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}),
+                               MULTIPROC_ENV: str(metrics_dir(settings))}
+    app["runtime_env"] = runtime_env
     replicas = gateway_replicas(settings)
     if replicas is not None:
         app["deployments"] = [_with_replicas(d, replicas) if d.get("name") == GATEWAY else d
                               for d in app.get("deployments") or [{"name": GATEWAY}]]
     resolved["applications"] = [app]
     return resolved
+
+
+def metrics_dir(settings: Settings) -> Path:
+    """Where the replicas of this node keep their metric values (observability/metrics.py):
+    one scrape of any replica then shows all of them."""
+    return (settings.state_dir / "metrics" / settings.ray.app_name).resolve()
+
+
+def fresh_metrics_dir(settings: Settings) -> None:
+    """Empty the metrics folder: values of a previous run must not add to this one's."""
+    folder = metrics_dir(settings)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
 
 
 def _with_replicas(deployment: dict[str, Any], replicas: int) -> dict[str, Any]:
@@ -141,6 +160,7 @@ def serve_forever(settings: Settings, config: dict[str, Any], ready_timeout_s: f
         log.warning("joining Ray at %s: its nodes must run with %s", settings.ray.address,
                     " ".join(f"{k}={v}" for k, v in ray_environment(settings).items()))
     schema = ServeDeploySchema.model_validate(resolved_config(config, settings))
+    fresh_metrics_dir(settings)
     ray.init(address=settings.ray.address, num_cpus=settings.ray.num_cpus,
              namespace="serve", include_dashboard=False, log_to_driver=False)
     stop = threading.Event()

@@ -20,6 +20,7 @@ from features_online.reader import OnlineStore
 from observability.metrics import GatewayMetrics
 from serving import codec, fallback, features
 from serving.http.app import build_app
+from serving.http.server import ReplicaServer
 from serving.launcher import GATEWAY
 from serving.models import INLINE_MAX_ROWS, InProcessModel, ModelBackend, ModelTable
 from serving.pipeline import Pipeline
@@ -146,6 +147,11 @@ class Gateway:
         except TimeoutError:
             log.warning("champions not loaded after %.0fs: serving anyway (see /readyz)",
                         self._settings.ray.replica_ready_timeout_s)
+        self._server: ReplicaServer | None = None
+        http = self._settings.http
+        if http.ingress == "reuseport":
+            self._server = ReplicaServer(build_app(self._pipeline), http.host, http.port, http.drain_s)
+            await self._server.start()
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live routing: validate every model's new routing first, then apply them."""
@@ -161,8 +167,13 @@ class Gateway:
 
     async def check_health(self) -> None:
         """Replica liveness for Ray Serve. Readiness (models loaded) is /readyz."""
+        if self._server is not None and not self._server.alive:
+            raise RuntimeError("the replica's HTTP server stopped")
 
     async def __del__(self) -> None:
+        server = getattr(self, "_server", None)
+        if server is not None:
+            await server.stop()  # first: no new requests reach a replica that is closing down
         pipeline = getattr(self, "_pipeline", None)
         if pipeline is not None and pipeline.mirror is not None:
             pipeline.mirror.close()
@@ -171,6 +182,7 @@ class Gateway:
                 part.close()
         for store in {getattr(self, "_store", None), getattr(self, "_scores", None)} - {None}:
             await store.close()
+        GatewayMetrics.process_exiting()
 
 
 def routing_config(settings: Settings) -> dict[str, Any]:

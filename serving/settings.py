@@ -24,22 +24,28 @@ class HttpSettings(_Section):
     """Address the gateway listens on."""
     port: int = Field(8000, ge=1, le=65535)
     """Public HTTP port of the gateway."""
-    ingress: Literal["direct", "haproxy", "proxy"] = "direct"
-    """``direct``: the gateway replica serves HTTP itself on ``port`` (Ray Serve direct ingress):
-    the fewest hops, one replica per public port. ``haproxy``: Ray Serve's HAProxy ingress listens
-    on ``port`` and spreads requests over ``replicas`` gateway replicas (each on a direct-ingress
-    port above ``port``; needs the ``haproxy`` binary): more throughput on a multi-core node for
-    one more hop per request. ``proxy``: Ray Serve's Python HTTP proxy listens on ``port`` and
-    forwards to the replica (≈3 ms slower per call on a 2-core machine). Figures for all three in
-    loadtests/RESULTS.md."""
+    ingress: Literal["reuseport", "direct", "haproxy", "proxy"] = "reuseport"
+    """How HTTP reaches the gateway (figures for each in loadtests/RESULTS.md).
+
+    ``reuseport`` (default): every gateway replica runs its own HTTP server (uvicorn) on ``port``,
+    shared through ``SO_REUSEPORT`` so that the kernel spreads connections over the ``replicas``
+    replicas of a node; requests skip Ray Serve's per-request handling, which costs as much CPU
+    as the whole request (serving/http/server.py). ``direct``: Ray Serve direct ingress, the
+    replica serves HTTP through Ray's own request handling, one replica per public port.
+    ``haproxy``: Ray Serve's HAProxy ingress listens on ``port`` and spreads requests over
+    ``replicas`` direct-ingress replicas (ports above ``port``; needs the ``haproxy`` binary).
+    ``proxy``: Ray Serve's Python HTTP proxy listens on ``port`` and forwards to the replica
+    (≈3 ms slower per call on a 2-core machine)."""
     replicas: int | None = Field(None, ge=1)
-    """Gateway replicas. None: as the Serve config file says (one), or, with ``haproxy`` ingress,
-    one per CPU of this machine."""
+    """Gateway replicas. None: with ``reuseport`` or ``haproxy`` ingress, one per CPU of this
+    machine; with ``direct`` or ``proxy``, as the Serve config file says (one)."""
     proxy_port: int = Field(8100, ge=1, le=65535)
-    """Port of Ray Serve's own proxy in ``direct`` mode (it must listen somewhere)."""
+    """Port of Ray Serve's own proxy when the replicas take ``port`` (``reuseport``, ``direct``):
+    it must listen somewhere, and stays a slower second door to the same app."""
     drain_s: float = Field(2.0, ge=0)
-    """Direct ingress: how long a stopping replica keeps answering so that load balancers take it
-    out first (Ray's default is 30 s; use that behind a Kubernetes Service)."""
+    """How long a stopping replica lets requests in flight finish (``reuseport``), or keeps
+    answering so that load balancers take it out first (``direct``; Ray's default is 30 s, use
+    that behind a Kubernetes Service)."""
     max_body_bytes: int = Field(1_048_576, gt=0)
     """Requests with a larger body are refused with 413."""
 

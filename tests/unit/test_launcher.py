@@ -1,6 +1,6 @@
 from ray.serve.schema import ServeDeploySchema
 
-from serving.launcher import app_args, ray_environment, read_config, resolved_config
+from serving.launcher import app_args, metrics_dir, ray_environment, read_config, resolved_config
 from serving.settings import Settings
 
 
@@ -13,7 +13,7 @@ def test_bundled_config_is_a_valid_ray_serve_config():
 
 
 def test_direct_ingress_puts_the_gateway_on_the_public_port_and_the_proxy_aside(tmp_path):
-    settings = Settings(state_dir=tmp_path, http={"port": 9100, "proxy_port": 9200})
+    settings = Settings(state_dir=tmp_path, http={"port": 9100, "proxy_port": 9200, "ingress": "direct"})
     env = ray_environment(settings)
     assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
     assert env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == "9100"
@@ -51,5 +51,24 @@ def test_haproxy_ingress_takes_the_public_port_and_one_gateway_replica_per_cpu(t
 
 def test_direct_ingress_keeps_the_config_files_replicas_unless_told(tmp_path):
     config = read_config()
-    untouched = resolved_config(config, Settings(state_dir=tmp_path))
+    untouched = resolved_config(config, Settings(state_dir=tmp_path, http={"ingress": "direct"}))
     assert untouched["applications"][0]["deployments"] == config["applications"][0]["deployments"]
+
+
+def test_reuseport_ingress_keeps_ray_out_of_the_http_path(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    settings = Settings(state_dir=tmp_path, http={"port": 9100, "proxy_port": 9200, "ingress": "reuseport"})
+    assert ray_environment(settings)["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
+    resolved = resolved_config(read_config(), settings)
+    assert resolved["http_options"]["port"] == 9200  # the replicas' own servers take 9100
+    gateway = next(d for d in resolved["applications"][0]["deployments"] if d["name"] == "Gateway")
+    assert gateway["num_replicas"] == 2 and "autoscaling_config" not in gateway
+    ServeDeploySchema.model_validate(resolved)
+    assert Settings(state_dir=tmp_path).http.ingress == "reuseport"  # the default
+
+
+def test_every_replica_writes_metrics_where_any_replica_can_render_them(tmp_path):
+    settings = Settings(state_dir=tmp_path)
+    app = resolved_config(read_config(), settings)["applications"][0]
+    assert app["runtime_env"]["env_vars"]["PROMETHEUS_MULTIPROC_DIR"] == str(metrics_dir(settings))
+    assert metrics_dir(settings).is_relative_to(tmp_path.resolve())

@@ -6,7 +6,7 @@ from serving.settings import Settings
 
 def test_defaults_serve_the_demo_model_on_localhost_8000(tmp_path):
     s = Settings(state_dir=tmp_path)
-    assert (s.http.host, s.http.port, s.http.ingress) == ("127.0.0.1", 8000, "direct")
+    assert (s.http.host, s.http.port, s.http.ingress) == ("127.0.0.1", 8000, "reuseport")
     assert [m.uri for m in s.models] == ["models:/fraud-detector@champion"]
     assert s.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
 
