@@ -42,12 +42,15 @@ def admin_router(rollouts: Rollouts, admin: AdminSettings) -> APIRouter:
     async def list_rollouts(request: Request) -> Response:
         """Rollout state of every model: weights, halts, variants and the canary analysis."""
         authorize(request, admin)
+        await rollouts.refresh()  # the shared state, not this replica's copy of up to refresh_s ago
         return json_response({"rollouts": [rollouts.describe(m.name) for m in rollouts.settings.models]})
 
     @router.get("/rollouts/{model}")
     async def get_rollout(model: str, request: Request) -> Response:
         """Rollout state of one model."""
         authorize(request, admin)
+        rollouts.state(model)  # 404 for an unknown model
+        await rollouts.refresh()
         return json_response(rollouts.describe(model))
 
     @router.patch("/rollouts/{model}", openapi_extra={"requestBody": {"required": True, "content": {

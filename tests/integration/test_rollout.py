@@ -30,6 +30,8 @@ from tests.integration.conftest import DEMO_CUSTOMERS, gateway_env, run_cli
 pytestmark = pytest.mark.integration
 
 MODEL = "fraud-detector"
+REFRESH_S = 0.5  # rollout.refresh_s of the gateway under test
+SETTLE_S = 3 * REFRESH_S  # every replica has adopted a stored change by then
 
 
 def register_versions(settings: Settings, table: pd.DataFrame) -> None:
@@ -77,7 +79,7 @@ def stack(tmp_path_factory, redis_server, spark):
                            {"name": "failing", "version": "3", "share": 0}],
                "analysis": {"window_s": 30, "min_requests": 30}}
     env = gateway_env(state, redis_server.url, MLGATE_MODELS=json.dumps([{"name": MODEL, "routing": routing}]),
-                      MLGATE_REGISTRY__POLL_S="1", MLGATE_ROLLOUT__REFRESH_S="0.5",
+                      MLGATE_REGISTRY__POLL_S="1", MLGATE_ROLLOUT__REFRESH_S=str(REFRESH_S),
                       MLGATE_ROLLOUT__ANALYSIS_INTERVAL_S="1", MLGATE_FALLBACK__ENABLED="false",
                       MLGATE_REDIS__PREFIX="mlgro")
     for args in (["data", "--customers", str(DEMO_CUSTOMERS)], ["features", "build"], ["features", "sync"],
@@ -112,6 +114,8 @@ def stack(tmp_path_factory, redis_server, spark):
 def rollout(stack, *args: str) -> subprocess.CompletedProcess:
     done = run_cli(["rollout", *args, "--url", stack["base"]], stack["env"], timeout=60)
     assert done.returncode == 0, done.stderr
+    if args[0] == "set":  # one replica took the change; the others adopt it within refresh_s
+        time.sleep(SETTLE_S)
     return done
 
 

@@ -67,3 +67,28 @@ def test_replicas_share_changes_rollbacks_and_keep_them_across_restarts(redis_ur
         assert not any(r.state("toy").halted for r in (a, b, c))
 
     asyncio.run(main())
+
+
+def test_two_replicas_seeing_one_breach_make_one_rollback(redis_url):
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    routing = {"canary": {"alias": "challenger", "weight": 50}}
+    settings = Settings(models=[{"name": "toy", "routing": routing}], redis={"url": redis_url, "prefix": prefix})
+
+    def rollbacks(r: Rollouts) -> float:
+        return sum(s.value for m in r._metrics.canary_rollbacks.collect() for s in m.samples
+                   if s.name.endswith("_total"))
+
+    async def main():
+        recorded: list = []
+        a, b = replica(settings, redis_url, recorded), replica(settings, redis_url, recorded)
+        for r in (a, b):
+            await r.configure("toy", RoutingSettings(**routing))
+        breach = Breach("error_rate", "canary 40 % errors against 0 %")
+        await a.rollback("toy", breach)
+        await b.rollback("toy", breach)  # its own analysis saw it before its next refresh
+        assert a.state("toy").halted and b.state("toy").halted
+        assert b.state("toy").reason == a.state("toy").reason  # b adopted a's rollback
+        assert (rollbacks(a), rollbacks(b)) == (1, 0)
+        assert [(model, check) for model, _, check in recorded] == [("toy", "error_rate")]  # one registry note
+
+    asyncio.run(main())
