@@ -7,6 +7,7 @@ application args filled in from :class:`Settings`, and a wait for ``/readyz``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import signal
@@ -66,11 +67,24 @@ def ray_environment(settings: Settings) -> dict[str, str]:
     }
 
 
+def usable_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a container
+    limited to 2 CPUs on a 64-core host must not start 64 replicas)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
 def gateway_replicas(settings: Settings) -> int | None:
     """Replicas of the gateway when settings decide them (None: the Serve config's own)."""
     if settings.http.replicas is not None:
         return settings.http.replicas
-    return (os.cpu_count() or 1) if settings.http.ingress in ("haproxy", "reuseport") else None
+    return usable_cpus() if settings.http.ingress in ("haproxy", "reuseport") else None
 
 
 def resolved_config(config: dict[str, Any], settings: Settings) -> dict[str, Any]:

@@ -37,8 +37,9 @@ class HttpSettings(_Section):
     ``proxy``: Ray Serve's Python HTTP proxy listens on ``port`` and forwards to the replica
     (≈3 ms slower per call on a 2-core machine)."""
     replicas: int | None = Field(None, ge=1)
-    """Gateway replicas. None: with ``reuseport`` or ``haproxy`` ingress, one per CPU of this
-    machine; with ``direct`` or ``proxy``, as the Serve config file says (one)."""
+    """Gateway replicas. None: with ``reuseport`` or ``haproxy`` ingress, one per CPU this process
+    may use (its affinity, capped by a cgroup CPU quota); with ``direct`` or ``proxy``, as the
+    Serve config file says (one)."""
     proxy_port: int = Field(8100, ge=1, le=65535)
     """Port of Ray Serve's own proxy when the replicas take ``port`` (``reuseport``, ``direct``):
     it must listen somewhere, and stays a slower second door to the same app."""

@@ -1,6 +1,7 @@
 from ray.serve.schema import ServeDeploySchema
 
-from serving.launcher import app_args, metrics_dir, ray_environment, read_config, resolved_config
+from serving.launcher import (app_args, metrics_dir, ray_environment, read_config, resolved_config,
+                              usable_cpus)
 from serving.settings import Settings
 
 
@@ -31,7 +32,7 @@ def test_proxy_ingress_puts_rays_proxy_on_the_public_port(tmp_path):
 
 
 def test_haproxy_ingress_takes_the_public_port_and_one_gateway_replica_per_cpu(tmp_path, monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    monkeypatch.setattr("serving.launcher.usable_cpus", lambda: 3)
     settings = Settings(state_dir=tmp_path, http={"port": 9100, "ingress": "haproxy"})
     env = ray_environment(settings)
     assert (env["RAY_SERVE_ENABLE_HA_PROXY"], env["RAY_SERVE_ENABLE_DIRECT_INGRESS"]) == ("1", "1")
@@ -56,7 +57,7 @@ def test_direct_ingress_keeps_the_config_files_replicas_unless_told(tmp_path):
 
 
 def test_reuseport_ingress_keeps_ray_out_of_the_http_path(tmp_path, monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("serving.launcher.usable_cpus", lambda: 2)
     settings = Settings(state_dir=tmp_path, http={"port": 9100, "proxy_port": 9200, "ingress": "reuseport"})
     assert ray_environment(settings)["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
     resolved = resolved_config(read_config(), settings)
@@ -72,3 +73,13 @@ def test_every_replica_writes_metrics_where_any_replica_can_render_them(tmp_path
     app = resolved_config(read_config(), settings)["applications"][0]
     assert app["runtime_env"]["env_vars"]["PROMETHEUS_MULTIPROC_DIR"] == str(metrics_dir(settings))
     assert metrics_dir(settings).is_relative_to(tmp_path.resolve())
+
+
+def test_usable_cpus_honours_a_container_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")  # 1.5 CPUs
+    assert usable_cpus(cpu_max) == 2
+    cpu_max.write_text("max 100000\n")
+    assert usable_cpus(cpu_max) == 64
+    assert usable_cpus(tmp_path / "absent") == 64
