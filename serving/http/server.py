@@ -55,8 +55,11 @@ class ReplicaServer:
     def __init__(self, app: Any, host: str, port: int, drain_s: float,
                  keep_alive_s: float = 30.0) -> None:
         self.host, self.port = host, port
+        # proxy_headers off: the caller's address is the socket's (admin calls are checked
+        # against it), never an X-Forwarded-For header; it also drops one ASGI layer per request.
         config = uvicorn.Config(
             app, http="httptools", lifespan="off", access_log=False, log_config=None,
+            proxy_headers=False, server_header=False,
             timeout_keep_alive=keep_alive_s, timeout_graceful_shutdown=max(drain_s, 0.1))
         self._server = _EmbeddedServer(config)
         self._task: asyncio.Task | None = None

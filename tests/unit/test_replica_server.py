@@ -5,7 +5,7 @@ import socket
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from serving.http.server import ReplicaServer, shared_socket
 
@@ -91,3 +91,25 @@ async def _in_flight():
         await server.stop()
         response = await pending
     assert response.status_code == 200 and response.json() == {"server": "a", "slow": True}
+
+
+def test_the_callers_address_is_the_sockets_not_a_forwarded_header():
+    asyncio.run(_forwarded())
+
+
+async def _forwarded():
+    app = FastAPI()
+
+    @app.get("/client")
+    async def client(request: Request) -> dict:
+        return {"host": request.client.host}
+
+    port = free_port()
+    server = ReplicaServer(app, "127.0.0.1", port, drain_s=0.5)
+    await server.start()
+    try:
+        async with httpx.AsyncClient() as http:
+            answer = await http.get(f"http://127.0.0.1:{port}/client", headers={"x-forwarded-for": "203.0.113.9"})
+    finally:
+        await server.stop()
+    assert answer.json() == {"host": "127.0.0.1"}
