@@ -1,8 +1,10 @@
 """Spark batch scoring: a registered ONNX model over the offline feature table, in partitions.
 
-Each Python worker opens one onnxruntime session per model version (cached for the life of the
-process, not per row or per batch) from model bytes shipped with the task, so the job runs on a
-Spark cluster unchanged. Scores go to Parquet, then to the model's fallback keyspace in Redis
+Each Python worker opens one onnxruntime session per graph (``batch.worker``: cached for the
+life of the process, not per task, row or batch) from model bytes shipped with the task, so the
+job runs on a Spark cluster unchanged. The graph the workers run is the registered one
+specialised to the request-time values every row gets (``batch.specialise``), checked to give
+the same scores to the bit. Scores go to Parquet, then to the model's fallback keyspace in Redis
 through the same versioned, verified, atomic sync as features.
 
 What a per-entity score means: the model's request-time inputs (the transaction being scored)
@@ -13,30 +15,28 @@ online path cannot answer.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any, Iterator
 
 import numpy as np
 
 from batch.keyspace import SCORED_ENTITY, score_view
+from batch.specialise import probe, read_columns, specialise
+from batch.worker import SCORE_SCHEMA, ScoringPlan, score_batches
 from features_online import jobs
 from features_online.definitions import VIEWS
 from features_online.sync import FeatureSync, SyncResult
 from serving.errors import ModelValidationError
 from serving.features import bind
-from serving.runtime.base import ModelSpec
 from serving.runtime.loader import download, read_spec, resolve_version
-from serving.settings import ModelSettings, OnnxSettings, Settings
+from serving.settings import ModelSettings, Settings
 
 log = logging.getLogger(__name__)
-
-_RUNTIMES: dict[str, Any] = {}  # one onnxruntime session per model version per worker process
 
 
 @dataclass(frozen=True)
@@ -65,24 +65,24 @@ def parse_ref(ref: str) -> ModelSettings:
     raise ValueError(f"model reference {ref!r}: use name@alias or name/version")
 
 
-@dataclass(frozen=True)
-class ScoringPlan:
-    """Everything a worker needs, small and picklable."""
+def specialised(scoring: ScoringPlan) -> ScoringPlan:
+    """``scoring`` with the workers' graph specialised to the request-time values every row gets
+    (``batch.specialise``: same scores to the bit, fewer splits per row) and the stored inputs
+    that graph no longer reads left out of what is shipped."""
+    names = [f.name for f in scoring.spec.inputs]  # the runtime's column order for a matrix input
+    constants = {j: scoring.request_defaults[name] for j, name in enumerate(names) if name in scoring.request_defaults}
+    graph = specialise(scoring.model_bytes, constants)
+    if graph is scoring.model_bytes:
+        return scoring
+    if not _same_scores(scoring, graph, constants):
+        log.warning("the specialised graph of %s v%s disagrees with the original on probe rows: "
+                    "scoring with the original", scoring.spec.name, scoring.spec.version)
+        return scoring
+    read = read_columns(graph)
+    unread = frozenset() if read is None else frozenset(
+        name for j, name in enumerate(names) if name in scoring.stored and j not in read)
+    return replace(scoring, graph=graph, unread=unread)
 
-    model_bytes: bytes
-    spec: ModelSpec
-    onnx: OnnxSettings
-    stored: dict[str, str]  # model input -> offline table column
-    request_defaults: dict[str, float]
-    snapshot: str
-    feed_types: dict[str, str]  # model input -> the Spark type of the dtype the graph takes
-
-    @property
-    def digest(self) -> str:
-        return hashlib.sha256(self.model_bytes).hexdigest()
-
-
-SCORE_SCHEMA = "customer_id long, as_of_ms long, label long, probability double"
 
 # numpy dtype a graph takes -> the Spark type that arrives in Python as exactly that dtype.
 _SPARK_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double", np.dtype(np.int64): "bigint",
@@ -111,6 +111,18 @@ def arrow_for_scoring(spark):
         spark.conf.set(_MAX_BYTES, previous)
 
 
+def _same_scores(scoring: ScoringPlan, graph: bytes, constants: dict[int, float]) -> bool:
+    """Both graphs' outputs, bit for bit, on rows that exercise every split (``probe``)."""
+    from serving.runtime.onnx_runtime import OnnxRuntime
+
+    x = probe(scoring.model_bytes, len(scoring.spec.inputs), constants)
+    inputs = {f.name: x[:, j] for j, f in enumerate(scoring.spec.inputs)}
+    before = OnnxRuntime(scoring.model_bytes, scoring.spec, scoring.onnx).predict(inputs)
+    after = OnnxRuntime(graph, scoring.spec, scoring.onnx).predict(inputs)
+    return before.keys() == after.keys() and all(
+        np.array_equal(np.asarray(before[k]).view(np.uint8), np.asarray(after[k]).view(np.uint8)) for k in before)
+
+
 def model_columns(frame, scoring: ScoringPlan):
     """Only the columns the worker reads, stored inputs already of the dtype the graph takes: Spark
     casts (exactly as numpy would: IEEE round to nearest), so a float32 graph gets half the bytes
@@ -118,37 +130,13 @@ def model_columns(frame, scoring: ScoringPlan):
     from pyspark.sql import functions as F
 
     return frame.select("customer_id", "as_of_ms", *[
-        F.col(column).cast(scoring.feed_types[name]).alias(column) for name, column in scoring.stored.items()])
+        F.col(column).cast(scoring.feed_types[name]).alias(column) for name, column in scoring.shipped.items()])
 
 
 def score_partitions(plan: ScoringPlan):
-    """The function Spark runs per partition (mapInArrow): Arrow columns straight into the model,
-    numeric columns straight back; constant columns are added by Spark afterwards."""
-
-    def run(batches: Iterator[Any]) -> Iterator[Any]:
-        import pyarrow as pa
-
-        from serving.runtime.onnx_runtime import OnnxRuntime
-
-        runtime = _RUNTIMES.get(plan.digest)
-        if runtime is None:
-            runtime = _RUNTIMES[plan.digest] = OnnxRuntime(plan.model_bytes, plan.spec, plan.onnx)
-        dtypes = runtime.input_dtypes
-        for batch in batches:
-            n = batch.num_rows
-            if n == 0:
-                continue
-            inputs = {f.name: (batch.column(plan.stored[f.name]).to_numpy(zero_copy_only=False)
-                               if f.name in plan.stored
-                               else np.full(n, plan.request_defaults[f.name], dtype=dtypes[f.name]))
-                      for f in plan.spec.inputs}
-            out = runtime.predict(inputs)
-            yield pa.RecordBatch.from_arrays(
-                [batch.column("customer_id"), batch.column("as_of_ms"),
-                 pa.array(np.asarray(out["label"], np.int64)), pa.array(np.asarray(out["probability"], np.float64))],
-                names=["customer_id", "as_of_ms", "label", "probability"])
-
-    return run
+    """The function Spark runs per partition: ``batch.worker.score_batches`` for this plan,
+    shipped by reference so a worker keeps its session across tasks."""
+    return functools.partial(score_batches, plan)
 
 
 def typical_request(inputs, stats: dict) -> dict[str, float]:
@@ -195,11 +183,11 @@ def plan(settings: Settings, ref: ModelSettings) -> tuple[ScoringPlan, str]:
     dtypes = OnnxRuntime(model_bytes, spec, settings.onnx).input_dtypes  # opens once here, fails early
     if unknown := {str(d) for d in dtypes.values() if d not in _SPARK_TYPES}:
         raise ModelValidationError(f"batch scoring cannot feed graph inputs of type {sorted(unknown)}")
-    return ScoringPlan(
+    return specialised(ScoringPlan(
         model_bytes=model_bytes, spec=spec, onnx=settings.onnx,
         stored={view.qualified(f): f for f in binding.by_view["customer_activity"]},
         request_defaults=typical_request(binding.request_spec.inputs, stats),
-        snapshot=str(table), feed_types={name: _SPARK_TYPES[d] for name, d in dtypes.items()}), str(table)
+        snapshot=str(table), feed_types={name: _SPARK_TYPES[d] for name, d in dtypes.items()})), str(table)
 
 
 def score(settings: Settings, spark, ref: str, output: str, sync: bool = True) -> BatchResult:

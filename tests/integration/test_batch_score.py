@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from batch.score import arrow_for_scoring, model_columns, parse_ref, plan, scored
+from batch.specialise import read_columns
 from features_online.definitions import CUSTOMER_ACTIVITY as VIEW
 from serving import codec
 from serving.runtime.onnx_runtime import OnnxRuntime
@@ -58,6 +59,7 @@ def online(scoring, frame: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def test_batch_scores_are_the_online_runtimes_bit_for_bit(spark, scoring):
+    assert scoring.graph is not None  # the workers run the specialised graph
     table = offline_like(3_000)
     with arrow_for_scoring(spark):
         got = scored(spark.createDataFrame(table).repartition(3), scoring).toPandas().sort_values("customer_id")
@@ -71,10 +73,13 @@ def test_batch_scores_are_the_online_runtimes_bit_for_bit(spark, scoring):
     assert set(got["feature_snapshot"]) == {scoring.snapshot} and got["scored_at_ms"].nunique() == 1
 
 
-def test_only_the_model_inputs_cross_to_python_already_as_the_graph_takes_them(spark, scoring):
+def test_only_the_inputs_the_graph_reads_cross_to_python_already_as_the_graph_takes_them(spark, scoring):
     table = offline_like(10).assign(unused=1.5)
     frame = model_columns(spark.createDataFrame(table), scoring)
-    assert frame.columns == ["customer_id", "as_of_ms", *scoring.stored.values()]
+    read = read_columns(scoring.worker_graph)
+    names = [f.name for f in scoring.spec.inputs]
+    assert frame.columns == ["customer_id", "as_of_ms", *scoring.shipped.values()]
+    assert set(scoring.shipped) == {names[j] for j in read} and set(scoring.shipped) <= set(scoring.stored)
     assert {t for c, t in frame.dtypes if c in scoring.stored.values()} == {"float"}  # a float32 graph
     assert set(scoring.feed_types.values()) == {"float"}
 
