@@ -132,8 +132,10 @@ class _Connections:
 
 @dataclass(frozen=True)
 class PartitionWriter:
-    """The function ``mapInArrow`` runs per partition: one output row ``(rows, written)``:
-    rows received, and rows whose HSET Redis acknowledged."""
+    """What each partition of a sync runs: through ``mapInArrow`` (called with the partition's
+    Arrow batches, one output row ``(rows, written)``) or through ``mapPartitions`` over a
+    Parquet table's row groups (:meth:`write_pieces`). ``rows``: rows received; ``written``:
+    rows whose HSET Redis acknowledged."""
 
     client: ClientSpec
     view: FeatureView
@@ -143,6 +145,19 @@ class PartitionWriter:
     ttl_s: int
 
     def __call__(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """``mapInArrow``: the partition's Arrow batches in, one counts row out."""
+        yield _counts(*self.write(batches))
+
+    def write_pieces(self, shares: Iterator[list[Any]]) -> Iterator[tuple[int, int]]:
+        """``mapPartitions`` over a :class:`~features_online.parquet_pieces.ParquetTable`: this
+        partition's row groups, decoded here; yields ``(rows, written)`` once."""
+        from features_online import parquet_pieces
+
+        columns = [self.view.entity.key, "as_of_ms", *self.view.feature_names]
+        yield self.write(parquet_pieces.read(shares, columns))
+
+    def write(self, batches: Iterator[Any]) -> tuple[int, int]:
+        """Write every row of the Arrow batches; returns (rows received, rows acknowledged)."""
         view = self.view
         keys = [k.encode() for k in layout.bucket_keys(self.prefix, view, self.version)]
         conns = _Connections(connect_spec(self.client), keys)
@@ -169,7 +184,7 @@ class PartitionWriter:
             conns.read(conns.send(expire))
         finally:
             conns.close()
-        yield _counts(rows, acked)
+        return rows, acked
 
 
 def _counts(rows: int, acked: int):

@@ -253,3 +253,40 @@ def test_writer_partitions_merge_without_a_shuffle_and_spread_only_when_needed(s
     assert merged.rdd.getNumPartitions() == 2 and exchanges(merged) == exchanges(many)  # no new shuffle
     assert sorted(r.id for r in merged.collect()) == list(range(100))
     assert writer_partitions(spark.range(100).coalesce(1), 2).rdd.getNumPartitions() == 2
+
+
+def test_full_sync_of_a_parquet_table_read_by_the_writers(spark, redis_settings, tmp_path):
+    """What `mlgate features sync` runs: the writers read the table's row groups themselves."""
+    from pyspark.sql import functions as F
+
+    from features_online.parquet_pieces import ParquetTable
+
+    at = now()
+    table = (frame(spark, at).withColumn("seconds_since_last_txn", F.when(F.col("customer_id") % 2 == 0, None)
+                                         .otherwise(F.col("seconds_since_last_txn")))
+             .withColumn("unrelated", F.lit("x")))
+    table.repartition(3).write.option("parquet.block.size", 4096).parquet(str(tmp_path / "t"))
+    sync = syncer(redis_settings)
+    result = sync.full(ParquetTable(spark, str(tmp_path / "t"), 2), at, "table")
+    assert (result.version, result.rows) == (1, N)
+    got = read_values(redis_settings, [6, 7, N, N + 1])
+    default = next(f.default for f in VIEW.features if f.name == "seconds_since_last_txn")
+    assert got.present.tolist() == [True, True, True, False]
+    assert got.records["seconds_since_last_txn"][:2].tolist() == [default, 7.0]
+    assert got.records["txn_count_7d"][:3].tolist() == [6, 7, N]
+    assert sync.meta()["rows"] == str(N)
+
+
+def test_a_parquet_table_a_writer_cannot_read_fails_the_sync_and_nothing_flips(spark, redis_settings, tmp_path):
+    from features_online.parquet_pieces import ParquetTable
+
+    sync = syncer(redis_settings)
+    sync.full(frame(spark, NOW), NOW, "good")
+    frame(spark, NOW, scale=2.0).coalesce(1).write.parquet(str(tmp_path / "t"))
+    # a second part file without one of the view's features: its writer's task fails
+    frame(spark, NOW, ids=[N + 1, N + 2]).drop("amount_max_30d").coalesce(1).write.mode("append").parquet(
+        str(tmp_path / "t"))
+    with pytest.raises(SyncError, match="failed"):
+        sync.full(ParquetTable(spark, str(tmp_path / "t"), 2), NOW, "broken")
+    assert sync.meta()["version"] == "1"
+    assert read_values(redis_settings, [5]).records["txn_count_7d"].tolist() == [5]
