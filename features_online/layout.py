@@ -60,7 +60,12 @@ def bucket_keys(prefix: str, view: FeatureView, data_version: int) -> list[str]:
 
 
 def field(entity_id: int) -> bytes:
-    return str(int(entity_id)).encode()
+    return b"%d" % int(entity_id)
+
+
+def fields(entity_ids: np.ndarray) -> list[bytes]:
+    """:func:`field` of each id."""
+    return [b"%d" % i for i in np.asarray(entity_ids, dtype=np.int64).tolist()]
 
 
 def encode_records(view: FeatureView, as_of_ms: np.ndarray | int,
