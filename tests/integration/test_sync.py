@@ -290,3 +290,47 @@ def test_a_parquet_table_a_writer_cannot_read_fails_the_sync_and_nothing_flips(s
         sync.full(ParquetTable(spark, str(tmp_path / "t"), 2), NOW, "broken")
     assert sync.meta()["version"] == "1"
     assert read_values(redis_settings, [5]).records["txn_count_7d"].tolist() == [5]
+
+
+@pytest.mark.parametrize("in_url", [True, False])
+def test_writers_authenticate_and_select_the_db_of_the_url(tmp_path, in_url):
+    """The writers' bare connection: password from the URL or the settings, database from the URL."""
+    import subprocess
+    import time
+
+    import pyarrow as pa
+
+    from features_online.redis_client import client_spec
+    from features_online.writer import PartitionWriter
+    from tests.integration.conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--requirepass", "s3cret", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port, password="s3cret", db=3)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        settings = (RedisSettings(url=f"redis://:s3cret@127.0.0.1:{port}/3", prefix="auth") if in_url else
+                    RedisSettings(url=f"redis://127.0.0.1:{port}/3", password="s3cret", prefix="auth"))
+        writer = PartitionWriter(client_spec(settings), VIEW, "auth", 1, 1000, 600)
+        ids = np.arange(1, 101, dtype=np.int64)
+        batch = pa.RecordBatch.from_pydict({"customer_id": ids, "as_of_ms": np.full(100, 5, dtype=np.int64),
+                                            **{f: ids.astype(np.int64 if t == "long" else np.float64)
+                                               for f, t in ((f.name, f.dtype) for f in VIEW.features)}})
+        assert writer.write(iter([batch])) == (100, 100)
+        key = layout.bucket_key("auth", VIEW, 1, 7)
+        [value] = client.hmget(key, b"7")
+        records, present = layout.decode(VIEW, [value])
+        assert present.all() and records["txn_count_7d"].tolist() == [7] and 0 < client.ttl(key) <= 600
+        wrong = RedisSettings(url=f"redis://:nope@127.0.0.1:{port}/3", prefix="auth")
+        with pytest.raises(Exception, match="WRONGPASS|invalid"):
+            PartitionWriter(client_spec(wrong), VIEW, "auth", 1, 1000, 600).write(iter([batch]))
+    finally:
+        proc.terminate()
+        proc.wait(10)
