@@ -132,9 +132,8 @@ def sync_ours(redis_settings, parquet: Path, as_of: datetime, runs: int) -> list
     from features_online.sync import FeatureSync
     from serving.settings import FeatureSettings, SparkSettings
 
-    spark = spark_job.spark_session()
-    spark.sparkContext.setLogLevel("ERROR")
-    spark.range(1).count()  # the session's lazy state (catalog, analyzer) is set up by a first query
+    spark = spark_job.spark_session()  # what `mlgate features sync` has before it syncs, and no more:
+    spark.sparkContext.setLogLevel("ERROR")  # no warm-up query (its first job pays the JVM's cold paths)
     partitions = SparkSettings().sync_partitions
     try:
         sync = FeatureSync(redis_settings, FeatureSettings(), VIEW)
@@ -269,8 +268,8 @@ def main() -> None:
           "writers decode their row groups with pyarrow, encode + HSET, then stored-count check, flip, "
           "retire the previous version). "
           "The first run is the session's first Python job, so it includes starting Spark's Python workers; "
-          "later runs reuse them. Not timed: starting the Spark session (JVM) and one `spark.range(1).count()` "
-          "that sets up its lazy state (no Parquet, no Python workers). "
+          "later runs reuse them. Not timed: starting the Spark session (JVM); no query runs before the "
+          "first sync, so it also pays the JVM's first job. "
           "Feast timing = FeatureStore.materialize (includes its Parquet read; apply, imports and "
           f"FeatureStore construction not timed). The Parquet file is written in {ROW_GROUP:,}-row groups.")
     print(f"Reads: {args.calls} timed calls per case after {args.warmup} warm-up calls, random ids uniform "
