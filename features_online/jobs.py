@@ -9,6 +9,7 @@ from pathlib import Path
 
 from features_online import spark_job
 from features_online.definitions import CUSTOMER_ACTIVITY, FeatureView
+from features_online.parquet_pieces import ParquetTable
 from features_online.sync import FeatureSync, SyncResult
 from serving.settings import Settings
 
@@ -47,18 +48,17 @@ def sync(settings: Settings, spark, mode: str = "full", view: FeatureView = CUST
     """Push the latest offline table to Redis: all of it, or only entities with new events."""
     path, as_of = latest_table(settings, view)
     syncer = FeatureSync(settings.redis, settings.features, view)
-    frame = spark.read.parquet(str(path))
     if mode == "incremental":
         watermark = syncer.meta().get("watermark_ms")
         if watermark is None:
             raise RuntimeError(f"{view.name} was never synced: run a full sync first")
         since = datetime.fromtimestamp(int(watermark) / 1000, spark_job.timezone.utc)
         changed = spark_job.changed_since(spark, _tx(settings), since, as_of, view.entity.key)
-        frame = frame.join(changed, view.entity.key, "left_semi")
+        frame = spark.read.parquet(str(path)).join(changed, view.entity.key, "left_semi")
         frame = spark_job.writer_partitions(frame, settings.spark.sync_partitions)
         result = syncer.incremental(frame, as_of, str(path))
-    else:
-        result = syncer.full(spark_job.writer_partitions(frame, settings.spark.sync_partitions), as_of, str(path))
+    else:  # the whole table as written: the writers read its row groups themselves
+        result = syncer.full(ParquetTable(spark, str(path), settings.spark.sync_partitions), as_of, str(path))
     log.info("%s sync of %s: %d rows in %.1fs (%.0f rows/s)", result.mode, view.name, result.rows,
              result.seconds, result.rows_per_s)
     return result

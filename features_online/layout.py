@@ -7,9 +7,9 @@ Keys (``P`` = configured prefix, default ``mlg``)::
 
 One data version of a view is ``view.buckets`` hashes (bucket = entity id mod buckets). Measured
 on the 2-core dev machine in a bare client loop (no Spark): HSET of 1,000 fields per command wrote
-870k rows/s against 310k for SET ... EX per key (even inside Lua); a whole sync through Spark,
-Parquet read included, does 270k rows/s warm and 110k on a session's first sync, 400k warm from
-a cached frame, measured on a slow evening (loadtests/RESULTS.md). Every key gets its TTL with
+870k rows/s against 310k for SET ... EX per key (even inside Lua); a whole sync of 1M rows
+through Spark, Parquet read included, does about 700k rows/s on a session's first sync and 1.3M
+on the next (loadtests/RESULTS.md, 2026-11-26). Every key gets its TTL with
 one EXPIRE per bucket, a whole version retires with ``buckets`` EXPIREs instead of a SCAN over millions of keys, and 100 entities
 still read in one round trip (p99 1.6 ms through the gateway's reader). The ``{...}`` part is
 the Redis Cluster hash tag: a version spreads over ``buckets`` slots. A version is immutable once the meta hash points at it, except that an
@@ -60,7 +60,12 @@ def bucket_keys(prefix: str, view: FeatureView, data_version: int) -> list[str]:
 
 
 def field(entity_id: int) -> bytes:
-    return str(int(entity_id)).encode()
+    return b"%d" % int(entity_id)
+
+
+def fields(entity_ids: np.ndarray) -> list[bytes]:
+    """:func:`field` of each id."""
+    return [b"%d" % i for i in np.asarray(entity_ids, dtype=np.int64).tolist()]
 
 
 def encode_records(view: FeatureView, as_of_ms: np.ndarray | int,

@@ -36,7 +36,6 @@ end
 return values
 """
 GET_MANY_SHA = hashlib.sha1(GET_MANY.encode()).hexdigest()
-ONE_ROW = np.zeros(1, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -47,8 +46,8 @@ class LiveVersion:
     rows: int
     extra: Mapping[str, str] = field(default_factory=dict)
     """Facts the writer attached (meta fields ``x_*``), e.g. the model version of batch scores."""
-    keys: tuple[str, ...] = ()
-    """The version's bucket keys, by bucket (built once per version, not per request)."""
+    keys: tuple[bytes, ...] = ()
+    """The version's bucket keys, by bucket, encoded (built once per version, not per request)."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +135,7 @@ class OnlineStore:
             self._mismatched.discard(name)
             version, previous = int(meta["version"]), self._live.get(name)
             keys = (previous.keys if previous is not None and previous.version == version
-                    else tuple(layout.bucket_keys(self._redis_settings.prefix, view, version)))
+                    else tuple(k.encode() for k in layout.bucket_keys(self._redis_settings.prefix, view, version)))
             live = LiveVersion(version, int(meta["as_of_ms"]), int(meta.get("watermark_ms", meta["as_of_ms"])),
                                int(meta.get("rows", 0)), {k[2:]: v for k, v in meta.items() if k.startswith("x_")},
                                keys)
@@ -153,7 +152,7 @@ class OnlineStore:
         against 1.5 ms measured). A single bucket (one entity) is one plain HMGET, cheaper than a
         script; on a Redis Cluster, whose scripts cannot span slots, one HMGET per bucket.
         """
-        plan = []  # (view name, row positions, command args) per command
+        plan = []  # (view name, row positions or None for all rows, command args) per command
         live = {name: self._live.get(name) for name in ids_by_view}
         for name, ids in ids_by_view.items():
             version = live[name]
@@ -162,18 +161,18 @@ class OnlineStore:
             view, keys = self._views[name], version.keys
             if len(ids) == 1:  # the common call: one HMGET, no bucket bookkeeping
                 entity = int(ids[0])
-                plan.append((name, ONE_ROW, ("HMGET", keys[entity % view.buckets], layout.field(entity))))
+                plan.append((name, None, ("HMGET", keys[entity % view.buckets], layout.field(entity))))
                 continue
             buckets = layout.bucket_of(view, ids)
             distinct = np.unique(buckets).tolist()
             if not self._redis_settings.cluster and len(distinct) > 1:
-                plan.append((name, np.arange(len(ids)),
-                             ("EVALSHA", GET_MANY_SHA, len(ids), *(keys[b] for b in buckets.tolist()),
-                              *(layout.field(i) for i in ids.tolist()))))
+                # keys are bytes, fields bytes: redis-py sends them as they are
+                plan.append((name, None, ("EVALSHA", GET_MANY_SHA, len(ids), *[keys[b] for b in buckets.tolist()],
+                                          *layout.fields(ids))))
                 continue
             for bucket in distinct:
                 rows = np.flatnonzero(buckets == bucket)
-                plan.append((name, rows, ("HMGET", keys[bucket], *(layout.field(i) for i in ids[rows].tolist()))))
+                plan.append((name, rows, ("HMGET", keys[bucket], *layout.fields(ids[rows]))))
         replies = []
         if plan:
             try:
@@ -185,11 +184,16 @@ class OnlineStore:
                 raise DependencyUnavailable(
                     "online feature store did not answer in time" if reason == "timeout"
                     else f"online feature store unreachable ({type(exc).__name__})") from None
-        values: dict[str, list] = {name: [None] * len(ids) for name, ids in ids_by_view.items()}
+        values: dict[str, list] = {}
         for (name, rows, _), reply in zip(plan, replies):
-            slots = values[name]
+            if rows is None:  # one command for the whole view, row-aligned
+                values[name] = reply
+                continue
+            slots = values.setdefault(name, [None] * len(ids_by_view[name]))
             for row, value in zip(rows.tolist(), reply):
                 slots[row] = value
+        for name, ids in ids_by_view.items():  # views with no live version
+            values.setdefault(name, [None] * len(ids))
         now_ms = time.time() * 1000
         result = {}
         for name, slots in values.items():
@@ -200,16 +204,17 @@ class OnlineStore:
         return result
 
     async def _execute(self, commands: list[tuple]) -> list:
-        """One pipeline, one round trip. The read script is called by its SHA (a script object
-        in a pipeline would ask SCRIPT EXISTS first: a second round trip); if Redis does not
-        know it (first use, restart), it is loaded and the pipeline sent again, once."""
-        if len(commands) == 1 and commands[0][0] != "EVALSHA":
-            return [await self.client.execute_command(*commands[0])]
+        """One round trip: the command alone, or several in one pipeline. The read script is
+        called by its SHA (a script object would ask SCRIPT EXISTS first: a second round trip);
+        if Redis does not know it (first use, restart), it is loaded and the commands sent
+        again, once."""
         for attempt in (0, 1):
-            pipe = self.client.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
             try:
+                if len(commands) == 1:  # no pipeline object for the usual single command
+                    return [await self.client.execute_command(*commands[0])]
+                pipe = self.client.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
                 return await pipe.execute()
             except NoScriptError:
                 if attempt:

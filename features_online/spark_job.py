@@ -25,7 +25,9 @@ def spark_session(master: str = "local[*]", app: str = "mlgate-features", shuffl
         # cluster the image decides.
         # PySpark reads this one from the environment when the context starts.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        builder = builder.config("spark.pyspark.python", sys.executable)
+        builder = (builder.config("spark.pyspark.python", sys.executable)
+                   # its pyspark from site-packages (bytecode cached), not from Spark's zip
+                   .config("spark.python.daemon.module", "features_online.spark_daemon"))
     return (builder
             .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
             .config("spark.sql.session.timeZone", "UTC")

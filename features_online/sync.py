@@ -1,4 +1,5 @@
-"""Offline feature table (a Spark DataFrame) -> Redis, written from inside Spark's partitions.
+"""Offline feature table (a Spark DataFrame, or a Parquet table the writers read) -> Redis,
+written from inside Spark's partitions.
 
 A full sync writes a new data version beside the live one, checks that Redis acknowledged every
 row, then flips the view's pointer in one MULTI/EXEC: readers see the old version or the new one,
@@ -19,6 +20,7 @@ from typing import Literal
 
 from features_online import layout
 from features_online.definitions import FeatureView
+from features_online.parquet_pieces import ParquetTable
 from features_online.redis_client import client_spec, connect
 from features_online.writer import PartitionWriter
 from serving.settings import FeatureSettings, RedisSettings
@@ -83,16 +85,22 @@ class FeatureSync:
     def _write(self, frame, version: int) -> int:
         """Write every row of ``frame`` into ``version`` in one Spark job; returns the row count.
 
-        The frame is read once: each partition counts the rows it received and the rows Redis
-        acknowledged (no separate ``count()`` pass over the input)."""
+        ``frame`` is a Spark DataFrame (each partition's rows reach the writer through
+        ``mapInArrow``) or a :class:`ParquetTable` (each writer decodes its own row groups).
+        The input is read once: each partition counts the rows it received and the rows Redis
+        acknowledged (no separate ``count()`` pass)."""
         writer = PartitionWriter(client_spec(self.redis, socket_timeout_s=30), self.view, self.redis.prefix,
                                  version, self.settings.sync_batch_rows, key_ttl_s(self.view))
         try:
-            columns = frame.select(self.view.entity.key, "as_of_ms", *self.view.feature_names)
-            counts = columns.mapInArrow(writer, schema="rows long, written long").collect()
+            if isinstance(frame, ParquetTable):
+                counts = frame.map_partitions(writer.write_pieces)
+            else:
+                columns = frame.select(self.view.entity.key, "as_of_ms", *self.view.feature_names)
+                counts = [(c["rows"], c["written"])
+                          for c in columns.mapInArrow(writer, schema="rows long, written long").collect()]
         except Exception as exc:  # a failed Spark job: nothing flips
             raise SyncError(f"writing {self.view.name} v{version} failed: {exc}") from exc
-        rows, written = sum(c["rows"] for c in counts), sum(c["written"] for c in counts)
+        rows, written = sum(c[0] for c in counts), sum(c[1] for c in counts)
         if written != rows:
             raise SyncError(f"{self.view.name} v{version}: Redis acknowledged {written} of {rows} rows")
         return rows

@@ -1,8 +1,10 @@
 """What Spark runs in each partition of a sync: Arrow batches in, HSET commands out, counts back.
 
 This code runs in Spark's Python workers, where every import is paid again by each cold worker:
-it needs numpy, pyarrow (already loaded by the worker), redis and the layout, and nothing that
-pulls in pydantic or pandas. Connection details arrive as a plain :class:`ClientSpec`.
+it needs numpy, pyarrow and the layout, and nothing that pulls in pydantic or pandas; redis-py
+only for a cluster (:mod:`features_online.resp` talks to a single Redis). Connection details
+arrive as a plain :class:`ClientSpec`. The Arrow batches come from ``mapInArrow`` or from the
+writer's own share of a Parquet table's row groups (:mod:`features_online.parquet_pieces`).
 
 Per Arrow batch, the rows are grouped by bucket and written as ``HSET <bucket key> <id> <value>
 ...`` commands of at most ``batch_rows`` fields. The commands are framed as RESP here, with numpy,
@@ -21,7 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from features_online import layout
+from features_online import layout, resp
 from features_online.definitions import FeatureView
 from features_online.redis_client import ClientSpec, connect_spec
 
@@ -82,12 +84,21 @@ def hset_commands(keys: list[bytes], buckets: np.ndarray, ids: np.ndarray, recor
 
 
 class _Connections:
-    """One raw connection per Redis node that owns a bucket; replies read in order, later."""
+    """One connection per Redis node that owns a bucket; replies read in order, later.
 
-    def __init__(self, client, keys: list[bytes]) -> None:
-        self.client = client
-        self.cluster = hasattr(client, "get_node_from_key")
-        self.by_node: dict[str, tuple[Any, Any]] = {}  # node name -> (pool, connection)
+    A bare socket (:mod:`features_online.resp`) for a plain Redis URL; redis-py connections for
+    a cluster (node of each bucket from its slot) or a URL with options."""
+
+    def __init__(self, spec: ClientSpec, keys: list[bytes]) -> None:
+        if resp.supports(spec):
+            self.client = None
+            raw = resp.Connection(spec)
+            self.by_node: dict[str, tuple[Any, Any]] = {"": (None, raw)}  # node name -> (pool, connection)
+            self.of_bucket = [raw] * len(keys)
+            return
+        self.client = connect_spec(spec)
+        self.cluster = hasattr(self.client, "get_node_from_key")
+        self.by_node = {}
         self.of_bucket = [self._connection(key) for key in keys]
 
     def _connection(self, key: bytes):
@@ -97,7 +108,7 @@ class _Connections:
         else:
             name, pool = "", self.client.connection_pool
         if name not in self.by_node:
-            self.by_node[name] = (pool, pool.get_connection())
+            self.by_node[name] = (pool, _RedisPy(pool.get_connection()))
         return self.by_node[name][1]
 
     def send(self, commands: list[tuple[int, list[Any], int]]) -> list[tuple[Any, list[int]]]:
@@ -111,7 +122,7 @@ class _Connections:
             chunks.setdefault(id(conn), []).extend(parts)
             counts.setdefault(id(conn), []).append(rows)
         for key, conn in conns.items():
-            conn.send_packed_command(chunks[key], check_health=False)
+            conn.send(chunks[key])
         return [(conns[key], counts[key]) for key in conns]
 
     @staticmethod
@@ -120,20 +131,39 @@ class _Connections:
         acked = 0
         for conn, counts in sent:
             for rows in counts:
-                conn.read_response()
+                conn.read_reply()
                 acked += rows
         return acked
 
     def close(self) -> None:
         for pool, conn in self.by_node.values():
-            pool.release(conn)
-        self.client.close()
+            if pool is None:
+                conn.close()
+            else:
+                pool.release(conn.conn)
+        if self.client is not None:
+            self.client.close()
+
+
+@dataclass(frozen=True)
+class _RedisPy:
+    """A redis-py connection with the two calls the writer makes of a :class:`resp.Connection`."""
+
+    conn: Any
+
+    def send(self, chunks: list[Any]) -> None:
+        self.conn.send_packed_command(chunks, check_health=False)
+
+    def read_reply(self) -> Any:
+        return self.conn.read_response()
 
 
 @dataclass(frozen=True)
 class PartitionWriter:
-    """The function ``mapInArrow`` runs per partition: one output row ``(rows, written)``:
-    rows received, and rows whose HSET Redis acknowledged."""
+    """What each partition of a sync runs: through ``mapInArrow`` (called with the partition's
+    Arrow batches, one output row ``(rows, written)``) or through ``mapPartitions`` over a
+    Parquet table's row groups (:meth:`write_pieces`). ``rows``: rows received; ``written``:
+    rows whose HSET Redis acknowledged."""
 
     client: ClientSpec
     view: FeatureView
@@ -143,9 +173,22 @@ class PartitionWriter:
     ttl_s: int
 
     def __call__(self, batches: Iterator[Any]) -> Iterator[Any]:
+        """``mapInArrow``: the partition's Arrow batches in, one counts row out."""
+        yield _counts(*self.write(batches))
+
+    def write_pieces(self, shares: Iterator[list[Any]]) -> Iterator[tuple[int, int]]:
+        """``mapPartitions`` over a :class:`~features_online.parquet_pieces.ParquetTable`: this
+        partition's row groups, decoded here; yields ``(rows, written)`` once."""
+        from features_online import parquet_pieces
+
+        columns = [self.view.entity.key, "as_of_ms", *self.view.feature_names]
+        yield self.write(parquet_pieces.read(shares, columns))
+
+    def write(self, batches: Iterator[Any]) -> tuple[int, int]:
+        """Write every row of the Arrow batches; returns (rows received, rows acknowledged)."""
         view = self.view
         keys = [k.encode() for k in layout.bucket_keys(self.prefix, view, self.version)]
-        conns = _Connections(connect_spec(self.client), keys)
+        conns = _Connections(self.client, keys)
         rows = acked = 0
         touched: set[int] = set()
         behind: list = []
@@ -169,7 +212,7 @@ class PartitionWriter:
             conns.read(conns.send(expire))
         finally:
             conns.close()
-        yield _counts(rows, acked)
+        return rows, acked
 
 
 def _counts(rows: int, acked: int):

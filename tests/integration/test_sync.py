@@ -253,3 +253,84 @@ def test_writer_partitions_merge_without_a_shuffle_and_spread_only_when_needed(s
     assert merged.rdd.getNumPartitions() == 2 and exchanges(merged) == exchanges(many)  # no new shuffle
     assert sorted(r.id for r in merged.collect()) == list(range(100))
     assert writer_partitions(spark.range(100).coalesce(1), 2).rdd.getNumPartitions() == 2
+
+
+def test_full_sync_of_a_parquet_table_read_by_the_writers(spark, redis_settings, tmp_path):
+    """What `mlgate features sync` runs: the writers read the table's row groups themselves."""
+    from pyspark.sql import functions as F
+
+    from features_online.parquet_pieces import ParquetTable
+
+    at = now()
+    table = (frame(spark, at).withColumn("seconds_since_last_txn", F.when(F.col("customer_id") % 2 == 0, None)
+                                         .otherwise(F.col("seconds_since_last_txn")))
+             .withColumn("unrelated", F.lit("x")))
+    table.repartition(3).write.option("parquet.block.size", 4096).parquet(str(tmp_path / "t"))
+    sync = syncer(redis_settings)
+    result = sync.full(ParquetTable(spark, str(tmp_path / "t"), 2), at, "table")
+    assert (result.version, result.rows) == (1, N)
+    got = read_values(redis_settings, [6, 7, N, N + 1])
+    default = next(f.default for f in VIEW.features if f.name == "seconds_since_last_txn")
+    assert got.present.tolist() == [True, True, True, False]
+    assert got.records["seconds_since_last_txn"][:2].tolist() == [default, 7.0]
+    assert got.records["txn_count_7d"][:3].tolist() == [6, 7, N]
+    assert sync.meta()["rows"] == str(N)
+
+
+def test_a_parquet_table_a_writer_cannot_read_fails_the_sync_and_nothing_flips(spark, redis_settings, tmp_path):
+    from features_online.parquet_pieces import ParquetTable
+
+    sync = syncer(redis_settings)
+    sync.full(frame(spark, NOW), NOW, "good")
+    frame(spark, NOW, scale=2.0).coalesce(1).write.parquet(str(tmp_path / "t"))
+    # a second part file without one of the view's features: its writer's task fails
+    frame(spark, NOW, ids=[N + 1, N + 2]).drop("amount_max_30d").coalesce(1).write.mode("append").parquet(
+        str(tmp_path / "t"))
+    with pytest.raises(SyncError, match="failed"):
+        sync.full(ParquetTable(spark, str(tmp_path / "t"), 2), NOW, "broken")
+    assert sync.meta()["version"] == "1"
+    assert read_values(redis_settings, [5]).records["txn_count_7d"].tolist() == [5]
+
+
+@pytest.mark.parametrize("in_url", [True, False])
+def test_writers_authenticate_and_select_the_db_of_the_url(tmp_path, in_url):
+    """The writers' bare connection: password from the URL or the settings, database from the URL."""
+    import subprocess
+    import time
+
+    import pyarrow as pa
+
+    from features_online.redis_client import client_spec
+    from features_online.writer import PartitionWriter
+    from tests.integration.conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--requirepass", "s3cret", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port, password="s3cret", db=3)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        settings = (RedisSettings(url=f"redis://:s3cret@127.0.0.1:{port}/3", prefix="auth") if in_url else
+                    RedisSettings(url=f"redis://127.0.0.1:{port}/3", password="s3cret", prefix="auth"))
+        writer = PartitionWriter(client_spec(settings), VIEW, "auth", 1, 1000, 600)
+        ids = np.arange(1, 101, dtype=np.int64)
+        batch = pa.RecordBatch.from_pydict({"customer_id": ids, "as_of_ms": np.full(100, 5, dtype=np.int64),
+                                            **{f: ids.astype(np.int64 if t == "long" else np.float64)
+                                               for f, t in ((f.name, f.dtype) for f in VIEW.features)}})
+        assert writer.write(iter([batch])) == (100, 100)
+        key = layout.bucket_key("auth", VIEW, 1, 7)
+        [value] = client.hmget(key, b"7")
+        records, present = layout.decode(VIEW, [value])
+        assert present.all() and records["txn_count_7d"].tolist() == [7] and 0 < client.ttl(key) <= 600
+        wrong = RedisSettings(url=f"redis://:nope@127.0.0.1:{port}/3", prefix="auth")
+        with pytest.raises(Exception, match="WRONGPASS|invalid"):
+            PartitionWriter(client_spec(wrong), VIEW, "auth", 1, 1000, 600).write(iter([batch]))
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -23,7 +23,8 @@ def test_golden_keys():
     assert layout.bucket_key("mlg", TINY, 5, 3) == "mlg:fv:{tiny:2:5:b003}"
     assert layout.meta_key("mlg", TINY) == "mlg:fv:tiny:2:meta"
     assert layout.bucket_of(TINY, np.array([0, 7, 8, 1_000_000_011])).tolist() == [0, 7, 0, 3]
-    assert layout.field(42) == b"42"
+    assert layout.field(42) == b"42" and layout.field(np.int64(-7)) == b"-7"
+    assert layout.fields(np.array([42, -7, 10**15])) == [b"42", b"-7", b"1000000000000000"]
     assert len(layout.bucket_keys("p", TINY, 1)) == 8
 
 
