@@ -37,7 +37,9 @@ def build(settings: Settings, spark, as_of: datetime | None = None,
 
 
 def latest_table(settings: Settings, view: FeatureView = CUSTOMER_ACTIVITY) -> tuple[Path, datetime]:
-    tables = sorted((settings.offline_dir / view.name / f"v{view.version}").glob("as_of=*"))
+    # complete tables only: Spark writes _SUCCESS once every part file is in place
+    tables = sorted(t for t in (settings.offline_dir / view.name / f"v{view.version}").glob("as_of=*")
+                    if (t / "_SUCCESS").exists())
     if not tables:
         raise FileNotFoundError(f"no offline table for {view.name}: run `mlgate features build`")
     stamp = tables[-1].name.split("=", 1)[1]

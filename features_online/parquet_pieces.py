@@ -40,11 +40,17 @@ class ParquetTable:
             return [self.path]
         if not os.path.isdir(self.path):
             raise FileNotFoundError(f"no Parquet table at {self.path}")
+        if not os.path.exists(os.path.join(self.path, "_SUCCESS")):  # Spark writes it last
+            raise FileNotFoundError(f"{self.path} has no _SUCCESS marker: its write is still running "
+                                    "or failed")
         names = sorted(os.listdir(self.path))
         if any(os.path.isdir(os.path.join(self.path, n)) for n in names if not n.startswith(("_", "."))):
             raise ValueError(f"{self.path} is partitioned into folders: sync it as a DataFrame")
         # Spark writes part-*.parquet beside _SUCCESS and .crc files
-        return [os.path.join(self.path, n) for n in names if n.endswith(".parquet") and not n.startswith(("_", "."))]
+        files = [os.path.join(self.path, n) for n in names if n.endswith(".parquet") and not n.startswith(("_", "."))]
+        if not files:
+            raise FileNotFoundError(f"{self.path} holds no Parquet part files")
+        return files
 
     def pieces(self) -> list[list[Piece]]:
         """Row groups in file order, cut into up to ``partitions`` shares of about equal rows."""
@@ -67,7 +73,8 @@ class ParquetTable:
     def map_partitions(self, function: Callable[[Iterator[list[Piece]]], Iterable[Any]]) -> list[Any]:
         """Run ``function`` in one Spark task per share of row groups; what it yields, collected.
 
-        An empty table is one empty share: the function still runs, once, and reports zero rows."""
+        A table without rows is one empty share: the function still runs, once, and reports zero
+        rows (which :meth:`FeatureSync.full` refuses to make live)."""
         shares = self.pieces() or [[]]
         return self.spark.sparkContext.parallelize(shares, len(shares)).mapPartitions(function).collect()
 

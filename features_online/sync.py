@@ -116,6 +116,9 @@ class FeatureSync:
             version = int(self.client.hincrby(self.meta_key, "next_version", 1))
             self.client.hset(self.meta_key, "writing", version)
             expected = self._write(frame, version)
+            if expected == 0:  # a table still being written, or an empty one: never make it live
+                raise SyncError(f"{self.view.name} v{version}: the source holds no rows; the live "
+                                "version stays")
             stored = self._stored(version)
             if stored != expected:  # duplicates in the input, or writes lost on the way
                 raise SyncError(f"{self.view.name} v{version}: {stored} entities stored for {expected} rows")

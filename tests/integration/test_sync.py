@@ -292,6 +292,15 @@ def test_a_parquet_table_a_writer_cannot_read_fails_the_sync_and_nothing_flips(s
     assert read_values(redis_settings, [5]).records["txn_count_7d"].tolist() == [5]
 
 
+def test_a_source_without_rows_is_refused_and_the_live_version_stays(spark, redis_settings):
+    sync = syncer(redis_settings)
+    sync.full(frame(spark, NOW), NOW, "good")
+    with pytest.raises(SyncError, match="no rows"):
+        sync.full(frame(spark, NOW).limit(0), NOW, "empty")
+    assert sync.meta()["version"] == "1"
+    assert read_values(redis_settings, [5]).records["txn_count_7d"].tolist() == [5]
+
+
 @pytest.mark.parametrize("in_url", [True, False])
 def test_writers_authenticate_and_select_the_db_of_the_url(tmp_path, in_url):
     """The writers' bare connection: password from the URL or the settings, database from the URL."""

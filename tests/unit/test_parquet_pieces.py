@@ -55,6 +55,7 @@ def test_a_single_file_is_a_table_and_missing_or_partitioned_paths_are_refused(t
         ParquetTable(None, str(tmp_path / "absent"), 2).pieces()
     (tmp_path / "p" / "day=1").mkdir(parents=True)
     write(tmp_path / "p" / "day=1" / "part-0.parquet", range(3), 3)
+    (tmp_path / "p" / "_SUCCESS").write_bytes(b"")
     with pytest.raises(ValueError, match="partitioned"):
         ParquetTable(None, str(tmp_path / "p"), 2).pieces()
 
@@ -68,3 +69,12 @@ def test_spark_daemon_puts_installed_pyspark_before_sparks_zips(tmp_path):
     assert spark_daemon.installed_first(path) == ["/work/app", str(site), *zips]
     # pyspark only from the zips (a cluster image with SPARK_HOME): the path stays as it is
     assert spark_daemon.installed_first([*zips, "/work/app"]) == [*zips, "/work/app"]
+
+
+def test_a_table_still_being_written_is_refused(tmp_path):
+    (tmp_path / "t" / "_temporary" / "0").mkdir(parents=True)  # what Spark holds before its commit
+    with pytest.raises(FileNotFoundError, match="_SUCCESS"):
+        ParquetTable(None, str(tmp_path / "t"), 2).pieces()
+    (tmp_path / "t" / "_SUCCESS").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="no Parquet part files"):
+        ParquetTable(None, str(tmp_path / "t"), 2).pieces()
