@@ -17,17 +17,22 @@ from serving.rollout import Rollouts
 from serving.settings import AdminSettings
 
 LOOPBACK = frozenset({"127.0.0.1", "::1"})
+# A loopback peer that sends one of these is a proxy relaying someone else's call.
+FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 
 def authorize(request: Request, admin: AdminSettings) -> None:
-    check_admin(request.headers.get("authorization", ""), request.client.host if request.client else None, admin)
+    check_admin(request.headers.get("authorization", ""), request.client.host if request.client else None,
+                admin, relayed=any(h in request.headers for h in FORWARDING_HEADERS))
 
 
-def check_admin(authorization: str, client_host: str | None, admin: AdminSettings) -> None:
-    """Bearer ``admin.token`` when one is set; without one, loopback callers only (local demo)."""
+def check_admin(authorization: str, client_host: str | None, admin: AdminSettings,
+                relayed: bool = False) -> None:
+    """Bearer ``admin.token`` when one is set; without one, loopback callers only (local demo),
+    and not calls a local proxy relays for someone else (``relayed``: forwarding headers)."""
     if admin.token is None:
-        if client_host not in LOOPBACK:
-            raise Forbidden("admin calls need admin.token on the gateway, or a loopback caller")
+        if client_host not in LOOPBACK or relayed:
+            raise Forbidden("admin calls need admin.token on the gateway, or a direct loopback caller")
         return
     scheme, _, given = authorization.partition(" ")
     expected = admin.token.get_secret_value().encode()

@@ -19,7 +19,7 @@ import orjson
 from fastapi import FastAPI
 
 from serving.errors import InternalError, InvalidRequest, MlgateError, PayloadTooLarge, UnsupportedMediaType
-from serving.http.admin import check_admin
+from serving.http.admin import FORWARDING_HEADERS, check_admin
 from serving.http.errors import REQUEST_ID_HEADER, SAFE_REQUEST_ID, error_body
 from serving.pipeline import Pipeline, RouteHints
 
@@ -107,7 +107,8 @@ class PredictRoute:
     def _hints(self, name: str, headers: Mapping[bytes, bytes], client_host: str | None) -> RouteHints:
         forced = headers.get(VARIANT_HEADER.encode(), b"").decode("latin-1")
         if forced:
-            check_admin(headers.get(b"authorization", b"").decode("latin-1"), client_host, self.admin)
+            check_admin(headers.get(b"authorization", b"").decode("latin-1"), client_host, self.admin,
+                        relayed=any(h.encode() in headers for h in FORWARDING_HEADERS))
         key = headers.get(self.pipeline.rollouts.key_header(name).lower().encode())
         return RouteHints(key.decode("latin-1") if key is not None else None, forced or None)
 

@@ -55,8 +55,9 @@ class ReplicaServer:
     def __init__(self, app: Any, host: str, port: int, drain_s: float,
                  keep_alive_s: float = 30.0) -> None:
         self.host, self.port = host, port
-        # proxy_headers off: the caller's address is the socket's (admin calls are checked
-        # against it), never an X-Forwarded-For header; it also drops one ASGI layer per request.
+        # proxy_headers off: the caller's address is the socket's, never an X-Forwarded-For
+        # header (it also drops one ASGI layer per request). Admin calls from loopback that carry
+        # forwarding headers are refused (serving/http/admin.py): a local proxy relays others.
         config = uvicorn.Config(
             app, http="httptools", lifespan="off", access_log=False, log_config=None,
             proxy_headers=False, server_header=False,
@@ -74,9 +75,16 @@ class ReplicaServer:
                 self._task.result()  # raises what stopped it
                 raise RuntimeError("the HTTP server stopped before it started")
             if asyncio.get_running_loop().time() > deadline:
+                self._task.cancel()
+                sock.close()
                 raise TimeoutError(f"HTTP server on {self.host}:{self.port} not started after {timeout_s}s")
             await asyncio.sleep(0.01)
         log.info("serving HTTP on %s:%d (shared port)", self.host, self.port)
+
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` was called (whether or not the server still runs)."""
+        return self._task is not None
 
     @property
     def alive(self) -> bool:

@@ -144,6 +144,16 @@ def test_admin_and_forced_variant_need_the_token_or_loopback():
 
     run(remote, client_host="10.1.2.3")
 
+    async def relayed(client, rollouts, pipeline, metrics):  # loopback, but a local proxy's relay
+        assert (await client.get("/v1/admin/rollouts")).status_code == 200
+        for header in ("x-forwarded-for", "forwarded", "x-real-ip"):
+            r = await client.get("/v1/admin/rollouts", headers={header: "203.0.113.9"})
+            assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden")
+        r = await post(client, headers={"x-mlgate-variant": "canary", "x-forwarded-for": "203.0.113.9"})
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden")
+
+    run(relayed, client_host="127.0.0.1")
+
 
 def test_a_failing_canary_costs_no_answer_and_is_rolled_back_by_the_analysis():
     async def scenario(client, rollouts, pipeline, metrics):
