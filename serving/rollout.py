@@ -186,11 +186,12 @@ class Rollouts:
         version = version.spec.version if version is not None else "?"
         reason = f"{breach.check}: {breach.detail} (canary v{version})"
 
-        already: list[bool] = []
+        adopted = False  # decided by the compare-and-set attempt that succeeds, the last one
 
         def halt(base: RolloutState, stored: bool) -> RolloutState:
-            if stored and base.halted:  # another replica saw the same breach first
-                already.append(True)
+            nonlocal adopted
+            adopted = stored and base.halted  # another replica saw the same breach first
+            if adopted:
                 return base
             return replace(base, canary_weight=0.0, halted=True, reason=reason,
                            updated_at=self._clock(), updated_by="rollback")
@@ -198,7 +199,7 @@ class Rollouts:
         if await self._update(model, halt) is None:  # Redis away: halt here, share it later
             self._adopt(model, halt(self._states[model], False))
             self._unsaved.add(model)
-        elif already:
+        elif adopted:
             return  # one rollback, counted and recorded once, by the replica that made it
         log.error("rollout %s: canary rolled back: %s", model, reason)
         self._metrics.canary_rollbacks.labels(model, breach.check).inc()
