@@ -159,6 +159,7 @@ class GatewayMetrics:
         in multiprocess mode."""
         if not os.environ.get(MULTIPROC_ENV):
             return generate_latest(self.registry)
+        forget_dead_processes(os.environ[MULTIPROC_ENV])
         node = CollectorRegistry()
         multiprocess.MultiProcessCollector(node)
         return generate_latest(node)
@@ -168,3 +169,18 @@ class GatewayMetrics:
         """Drop this process's live gauges from the node's totals (multiprocess mode)."""
         if os.environ.get(MULTIPROC_ENV):
             multiprocess.mark_process_dead(os.getpid())
+
+
+def forget_dead_processes(folder: str) -> None:
+    """Drop the live gauges of replicas that died without saying so (killed, out of memory):
+    a dead replica's ``model_ready`` 0 or ``rollout_halted`` 1 must not hold alerts forever."""
+    for name in os.listdir(folder):
+        if not name.startswith("gauge_live") or not name.endswith(".db"):
+            continue
+        pid = int(name[:-3].rsplit("_", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, folder)
+        except PermissionError:
+            pass  # alive, another user's

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = Path(__file__).parent / "config" / "serve.yaml"
 GATEWAY = "Gateway"  # the ingress deployment's name (serving/ray_app.py)
+# Ingress modes in which several replicas answer on one public port.
+SHARED_PORT = ("reuseport", "haproxy")
 # Direct-ingress replicas take consecutive ports from the public one, one per replica on a node.
 DIRECT_INGRESS_PORTS = 16
 
@@ -84,7 +86,7 @@ def gateway_replicas(settings: Settings) -> int | None:
     """Replicas of the gateway when settings decide them (None: the Serve config's own)."""
     if settings.http.replicas is not None:
         return settings.http.replicas
-    return usable_cpus() if settings.http.ingress in ("haproxy", "reuseport") else None
+    return usable_cpus() if settings.http.ingress in SHARED_PORT else None
 
 
 def resolved_config(config: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -98,10 +100,11 @@ def resolved_config(config: dict[str, Any], settings: Settings) -> dict[str, Any
     app = dict(config["applications"][0])
     app["name"] = settings.ray.app_name
     app["args"] = settings.model_dump(mode="json")
-    runtime_env = dict(app.get("runtime_env") or {})
-    runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}),
-                               MULTIPROC_ENV: str(metrics_dir(settings))}
-    app["runtime_env"] = runtime_env
+    if settings.http.ingress in SHARED_PORT:  # a scrape reaches any replica: each renders all
+        runtime_env = dict(app.get("runtime_env") or {})
+        runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}),
+                                   MULTIPROC_ENV: str(metrics_dir(settings))}
+        app["runtime_env"] = runtime_env
     replicas = gateway_replicas(settings)
     if replicas is not None:
         app["deployments"] = [_with_replicas(d, replicas) if d.get("name") == GATEWAY else d

@@ -149,9 +149,8 @@ class Gateway:
                         self._settings.ray.replica_ready_timeout_s)
         self._server: ReplicaServer | None = None
         http = self._settings.http
-        if http.ingress == "reuseport":
+        if http.ingress == "reuseport":  # listens once Ray has passed the live routing: _serve_http
             self._server = ReplicaServer(build_app(self._pipeline), http.host, http.port, http.drain_s)
-            await self._server.start()
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live routing: validate every model's new routing first, then apply them."""
@@ -161,12 +160,20 @@ class Gateway:
             raise ValueError(f"user_config routing names models not served here: {sorted(unknown)}")
         for name, value in routing.items():
             await self._rollouts.configure(name, value)
+        await self._serve_http()
+
+    async def _serve_http(self) -> None:
+        """Start this replica's own HTTP server (``reuseport``) if it has not started: after the
+        first ``reconfigure``, so that no request is routed with routing Ray has not passed yet."""
+        if self._server is not None and not self._server.started:
+            await self._server.start()
 
     def __serve_build_asgi_app__(self):
         return build_app(self._pipeline, echo_request_id=False)  # Ray's middleware sets it
 
     async def check_health(self) -> None:
         """Replica liveness for Ray Serve. Readiness (models loaded) is /readyz."""
+        await self._serve_http()  # a deployment whose user_config Ray never passes
         if self._server is not None and not self._server.alive:
             raise RuntimeError("the replica's HTTP server stopped")
 
@@ -180,9 +187,11 @@ class Gateway:
         for part in (getattr(self, "_rollouts", None), getattr(self, "_models", None)):
             if part is not None:
                 part.close()
-        for store in {getattr(self, "_store", None), getattr(self, "_scores", None)} - {None}:
-            await store.close()
-        GatewayMetrics.process_exiting()
+        try:
+            for store in {getattr(self, "_store", None), getattr(self, "_scores", None)} - {None}:
+                await store.close()
+        finally:
+            GatewayMetrics.process_exiting()
 
 
 def routing_config(settings: Settings) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def build_app(pipeline: Pipeline, echo_request_id: bool = True) -> FastAPI:
 
     @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
     async def metrics() -> Response:
-        """Prometheus metrics of this gateway process."""
+        """Prometheus metrics: of every replica on this node when they share a port, else of this one."""
         return Response(pipeline.metrics.render(), media_type=pipeline.metrics.content_type)
 
     app.include_router(admin_router(pipeline.rollouts, settings.admin))

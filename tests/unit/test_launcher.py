@@ -73,6 +73,8 @@ def test_every_replica_writes_metrics_where_any_replica_can_render_them(tmp_path
     app = resolved_config(read_config(), settings)["applications"][0]
     assert app["runtime_env"]["env_vars"]["PROMETHEUS_MULTIPROC_DIR"] == str(metrics_dir(settings))
     assert metrics_dir(settings).is_relative_to(tmp_path.resolve())
+    direct = Settings(state_dir=tmp_path, http={"ingress": "direct"})  # one replica per port
+    assert "runtime_env" not in resolved_config(read_config(), direct)["applications"][0]
 
 
 def test_usable_cpus_honours_a_container_quota(tmp_path, monkeypatch):
