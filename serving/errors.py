@@ -109,6 +109,11 @@ class FallbackUnavailable(MlgateError):
     status, code, retryable, retry_after_s = 503, "fallback_unavailable", True, 2
 
 
+class Overloaded(MlgateError):
+    status, code, retryable, retry_after_s = 503, "overloaded", True, 1
+    default_message = "this gateway replica is at its limit of requests in flight; retry shortly"
+
+
 class DeadlineExceeded(MlgateError):
     status, code, retryable = 504, "deadline_exceeded", True
     default_message = "the request did not finish within its deadline"

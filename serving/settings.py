@@ -49,6 +49,10 @@ class HttpSettings(_Section):
     that behind a Kubernetes Service)."""
     max_body_bytes: int = Field(1_048_576, gt=0)
     """Requests with a larger body are refused with 413."""
+    max_in_flight: int = Field(256, gt=0)
+    """Most predict requests one replica works on at once; more are refused at once with 503
+    ``overloaded`` and ``Retry-After`` instead of queueing (with ``reuseport`` Ray Serve's
+    ``max_ongoing_requests`` does not see them)."""
 
 
 class LimitSettings(_Section):

@@ -18,7 +18,8 @@ from typing import Any, Awaitable, Callable, Mapping
 import orjson
 from fastapi import FastAPI
 
-from serving.errors import InternalError, InvalidRequest, MlgateError, PayloadTooLarge, UnsupportedMediaType
+from serving.errors import (InternalError, InvalidRequest, MlgateError, Overloaded, PayloadTooLarge,
+                            UnsupportedMediaType)
 from serving.http.admin import FORWARDING_HEADERS, check_admin
 from serving.http.errors import REQUEST_ID_HEADER, SAFE_REQUEST_ID, error_body
 from serving.pipeline import Pipeline, RouteHints
@@ -41,6 +42,8 @@ class PredictRoute:
     def __init__(self, pipeline: Pipeline, echo_request_id: bool = True) -> None:
         self.pipeline = pipeline
         self.limit = pipeline.settings.http.max_body_bytes
+        self.max_in_flight = pipeline.settings.http.max_in_flight
+        self.in_flight = 0
         self.admin = pipeline.settings.admin
         self.echo_request_id = echo_request_id
 
@@ -81,6 +84,19 @@ class PredictRoute:
         given = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
         rid = given if SAFE_REQUEST_ID.match(given) else uuid.uuid4().hex
         extra: Headers = [(REQUEST_ID_HEADER.encode(), rid.encode())] if self.echo_request_id else []
+        if self.in_flight >= self.max_in_flight:
+            refused = Overloaded()
+            self.pipeline.reject(name, refused, started)
+            return self._error(refused, rid, extra)
+        self.in_flight += 1
+        try:
+            return await self._respond(name, headers, body, client_host, started, rid, extra)
+        finally:
+            self.in_flight -= 1
+
+    async def _respond(self, name: str, headers: Mapping[bytes, bytes], body: Callable[[], Awaitable[bytes]],
+                       client_host: str | None, started: float, rid: str, extra: Headers
+                       ) -> tuple[int, bytes, Headers]:
         try:
             try:
                 raw = await body()

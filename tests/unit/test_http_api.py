@@ -254,3 +254,24 @@ def test_the_fastapi_predict_route_answers_like_the_fast_path():
         assert slow.headers["x-model-version"] == fast.headers["x-model-version"]
         assert (bad.status_code, bad.json()["error"]["code"]) == (400, "malformed_json")
     run(scenario)
+
+
+def test_past_its_limit_in_flight_a_replica_answers_503_overloaded_at_once():
+    async def scenario(client, metrics):
+        slow = [asyncio.create_task(post(client, {"instances": [ROW]})) for _ in range(2)]
+        await asyncio.sleep(0.2)  # both are inside the slow model now
+        started = asyncio.get_running_loop().time()
+        r = await post(client, {"instances": [ROW]})
+        assert asyncio.get_running_loop().time() - started < 0.5
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "overloaded")
+        assert r.headers["retry-after"] == "1" and r.json()["error"]["retryable"] is True
+        assert [s.status_code for s in await asyncio.gather(*slow)] == [200, 200]
+        assert (await post(client, {"instances": [ROW]})).status_code == 200  # room again
+        assert sample(metrics, "mlgate_requests_total", model="toy", version="", outcome="overloaded") == 1
+
+    class Slowish(InProcessModel):
+        async def predict(self, columns):
+            await asyncio.sleep(0.5)
+            return await super().predict(columns)
+
+    run(scenario, factory=lambda m: Slowish(ToyRuntime(), GatewayMetrics()), http={"max_in_flight": 2})
