@@ -46,19 +46,21 @@ def _is_free(port: int) -> bool:
 class RedisServer:
     """A private redis-server on a free port; tests may stop and restart it (same port)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, password: str | None = None) -> None:
         self.port = free_port()
         self.folder = folder
+        self.password = password
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         import redis
 
+        auth = ["--requirepass", self.password] if self.password else []
         self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no", "--dir", str(self.folder)],
+                                      "--save", "", "--appendonly", "no", "--dir", str(self.folder), *auth],
                                      stdout=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(port=self.port, password=self.password)
         for _ in range(200):
             try:
                 client.ping()

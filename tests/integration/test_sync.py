@@ -304,27 +304,17 @@ def test_a_source_without_rows_is_refused_and_the_live_version_stays(spark, redi
 @pytest.mark.parametrize("in_url", [True, False])
 def test_writers_authenticate_and_select_the_db_of_the_url(tmp_path, in_url):
     """The writers' bare connection: password from the URL or the settings, database from the URL."""
-    import subprocess
-    import time
-
     import pyarrow as pa
 
     from features_online.redis_client import client_spec
     from features_online.writer import PartitionWriter
-    from tests.integration.conftest import free_port
+    from tests.integration.conftest import RedisServer
 
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--requirepass", "s3cret", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL)
+    server = RedisServer(tmp_path, password="s3cret")
+    server.start()
+    port = server.port
     try:
         client = redis.Redis(port=port, password="s3cret", db=3)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
         settings = (RedisSettings(url=f"redis://:s3cret@127.0.0.1:{port}/3", prefix="auth") if in_url else
                     RedisSettings(url=f"redis://127.0.0.1:{port}/3", password="s3cret", prefix="auth"))
         writer = PartitionWriter(client_spec(settings), VIEW, "auth", 1, 1000, 600)
@@ -341,5 +331,4 @@ def test_writers_authenticate_and_select_the_db_of_the_url(tmp_path, in_url):
         with pytest.raises(Exception, match="WRONGPASS|invalid"):
             PartitionWriter(client_spec(wrong), VIEW, "auth", 1, 1000, 600).write(iter([batch]))
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
