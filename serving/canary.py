@@ -11,10 +11,19 @@ variants have at least ``min_requests`` in the window:
 - score shift: the two-sample Kolmogorov-Smirnov distance between the variants' scores. Sticky
   hashing splits customers at random, so both variants see the same population and a healthy
   challenger scores it alike.
+
+Each check must also be significant: chance alone must explain what the window shows less often
+than ``significance``. Without that, small windows are judged on noise: the p99 of 30 requests is
+their slowest one, so one request that met a GC pause or a busy core would roll a healthy canary
+back, and so would one failed request in 30 (3.3 % > 2 %), or the KS distance of two samples of 30
+drawn from one distribution (over 0.3 about one time in ten). The tests are one-sided binomial
+tails (how many canary requests failed, or were slower than the latency threshold, against the
+share the policy allows) and the asymptotic KS critical value.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -26,6 +35,7 @@ from serving.routing import CANARY, CHAMPION
 from serving.settings import AnalysisSettings
 
 MAX_SAMPLES = 50_000  # per variant: bounds memory at very high rates (the newest are kept)
+P99 = 0.99
 
 
 @dataclass(frozen=True)
@@ -37,13 +47,45 @@ class Breach:
 @dataclass(frozen=True)
 class VariantStats:
     requests: int
-    error_rate: float
+    errors: int
     p99_ms: float
+    latencies_ms: np.ndarray
     scores: np.ndarray
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"requests": self.requests, "error_rate": round(self.error_rate, 4),
                 "p99_ms": round(self.p99_ms, 3)}
+
+
+def improbable(k: int, n: int, p: float, significance: float) -> bool:
+    """Whether P(X >= k) < ``significance`` for X ~ Binomial(n, p): would k or more of n events
+    that each happen with probability p be that rare by chance? Sums the tail upward from k and
+    stops as soon as it reaches ``significance`` (``significance`` < 1/2)."""
+    if k <= n * p:
+        return False  # at or below the mean: the tail is at least about 1/2
+    if k > n or p <= 0:
+        return True  # impossible events, observed
+    term = math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+                    + k * math.log(p) + (n - k) * math.log1p(-p))
+    odds, tail = p / (1 - p), 0.0
+    for j in range(k, n + 1):  # past the mean the terms shrink geometrically
+        tail += term
+        if tail >= significance:
+            return False
+        if term <= tail * 1e-12:
+            break
+        term *= (n - j) / (j + 1) * odds
+    return True
+
+
+def ks_critical(n: int, m: int, significance: float) -> float:
+    """The KS distance two samples of sizes n and m from one distribution exceed with probability
+    ``significance`` (the asymptotic formula)."""
+    return math.sqrt(-math.log(significance / 2) / 2) * math.sqrt((n + m) / (n * m))
 
 
 def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -78,12 +120,14 @@ class CanaryAnalysis:
         while samples and samples[0][0] < horizon:
             samples.popleft()
         if not samples:
-            return VariantStats(0, 0.0, 0.0, np.empty(0))
+            return VariantStats(0, 0, 0.0, np.empty(0), np.empty(0))
         _, ok, seconds, scores = zip(*samples)
+        latencies_ms = np.array(seconds, dtype=np.float64) * 1000
         return VariantStats(
             requests=len(samples),
-            error_rate=1 - sum(ok) / len(ok),
-            p99_ms=float(np.percentile(seconds, 99)) * 1000,
+            errors=len(ok) - sum(ok),
+            p99_ms=float(np.percentile(latencies_ms, P99 * 100)),
+            latencies_ms=latencies_ms,
             scores=np.array([s for s in scores if s is not None], dtype=np.float64))
 
     def verdict(self) -> Breach | None:
@@ -92,18 +136,24 @@ class CanaryAnalysis:
         champion, canary = self.stats(CHAMPION), self.stats(CANARY)
         if min(champion.requests, canary.requests) < s.min_requests:
             return None
-        if canary.error_rate - champion.error_rate > s.max_error_rate_delta:
+        allowed = min(champion.error_rate + s.max_error_rate_delta, 1.0)
+        if (canary.error_rate > allowed
+                and improbable(canary.errors, canary.requests, allowed, s.significance)):
             return Breach("error_rate", f"canary error rate {canary.error_rate:.1%} against "
                                         f"{champion.error_rate:.1%} for the champion")
-        if (canary.p99_ms > champion.p99_ms * s.max_p99_ratio
-                and canary.p99_ms - champion.p99_ms > s.min_p99_delta_ms):
+        threshold_ms = max(champion.p99_ms * s.max_p99_ratio, champion.p99_ms + s.min_p99_delta_ms)
+        slow = int(np.count_nonzero(canary.latencies_ms > threshold_ms))
+        if canary.p99_ms > threshold_ms and improbable(slow, canary.requests, 1 - P99, s.significance):
             return Breach("latency", f"canary p99 {canary.p99_ms:.1f} ms against "
-                                     f"{champion.p99_ms:.1f} ms for the champion")
-        if min(len(champion.scores), len(canary.scores)) >= s.min_requests:
+                                     f"{champion.p99_ms:.1f} ms for the champion ({slow} of "
+                                     f"{canary.requests} canary requests over {threshold_ms:.1f} ms)")
+        n, m = len(champion.scores), len(canary.scores)
+        if min(n, m) >= s.min_requests:
             distance = ks_distance(champion.scores, canary.scores)
-            if distance > s.max_score_shift:
+            limit = max(s.max_score_shift, ks_critical(n, m, s.significance))
+            if distance > limit:
                 return Breach("score_shift", f"score distributions differ (KS distance "
-                                             f"{distance:.2f} > {s.max_score_shift})")
+                                             f"{distance:.2f} > {limit:.2f})")
         return None
 
     def summary(self) -> dict[str, Any]:

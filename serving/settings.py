@@ -131,6 +131,10 @@ class AnalysisSettings(_Section):
     max_score_shift: float = Field(0.3, gt=0, le=1)
     """Roll back when the two-sample Kolmogorov-Smirnov distance between canary and champion
     scores exceeds this (both variants see random halves of the same population)."""
+    significance: float = Field(0.001, gt=0, le=0.05)
+    """Each check breaches only when chance alone would show what the window shows less often than
+    this: a handful of slow or failed requests, or a small sample's KS distance, is noise, not a
+    breach. The checks run every few seconds for the length of a rollout, so keep it small."""
 
 
 class RoutingSettings(_Section):

@@ -1,8 +1,9 @@
 """Canary analysis over a sliding window, on a controlled clock."""
 
 import numpy as np
+import pytest
 
-from serving.canary import CanaryAnalysis, ks_distance
+from serving.canary import CanaryAnalysis, improbable, ks_critical, ks_distance
 from serving.settings import AnalysisSettings
 
 
@@ -74,3 +75,56 @@ def test_ks_distance():
     x = np.linspace(0, 1, 500)
     assert ks_distance(x, x) == 0
     assert ks_distance(x, x + 2) == 1
+
+
+def binomial_tail(k, n, p):
+    from scipy.stats import binom  # the reference; the gateway itself does without scipy
+
+    return float(binom.sf(k - 1, n, p))
+
+
+@pytest.mark.parametrize("n,p", [(30, 0.02), (30, 0.01), (385, 0.01), (2000, 0.05), (50_000, 0.01)])
+def test_improbable_agrees_with_the_exact_binomial_tail(n, p):
+    for significance in (0.05, 0.001):
+        for k in range(0, min(n, int(n * p) + 40) + 1):
+            assert improbable(k, n, p, significance) == (binomial_tail(k, n, p) < significance), (k, n, p)
+
+
+def test_improbable_edges():
+    assert not improbable(0, 10, 0.0, 0.01)
+    assert improbable(1, 10, 0.0, 0.01)  # an event that cannot happen, observed
+    assert improbable(11, 10, 0.5, 0.01)
+    assert not improbable(10, 10, 1.0, 0.01)
+
+
+def test_one_slow_request_in_a_small_window_is_noise():
+    """The p99 of 30 requests is their slowest: one GC pause must not roll a healthy canary back."""
+    a, _ = analysis()
+    fill(a, "champion", 90, ms=1.0)
+    fill(a, "canary", 29, ms=1.0)
+    fill(a, "canary", 1, ms=60.0)
+    assert a.stats("canary").p99_ms > 2 * a.stats("champion").p99_ms + 5  # the old rule's breach
+    assert a.verdict() is None
+    fill(a, "canary", 4, ms=60.0)  # 5 of 34 over the threshold: no longer chance
+    assert a.verdict().check == "latency"
+
+
+def test_one_failed_request_in_a_small_window_is_noise():
+    a, _ = analysis()
+    fill(a, "champion", 100)
+    fill(a, "canary", 29)
+    fill(a, "canary", 1, ok=False)  # 3.3 % against 0 %: over the 2 % delta, but one request
+    assert a.verdict() is None
+    fill(a, "canary", 4, ok=False)  # 5 of 34
+    assert a.verdict().check == "error_rate"
+
+
+def test_a_small_samples_ks_distance_is_not_a_score_shift():
+    rng = np.random.default_rng(10)
+    champion, canary = rng.uniform(size=25), rng.uniform(size=25)  # one distribution
+    assert ks_distance(champion, canary) > 0.3  # the old rule's breach
+    assert ks_distance(champion, canary) < ks_critical(25, 25, 0.001)
+    a, _ = analysis()
+    fill(a, "champion", 25, scores=list(champion))
+    fill(a, "canary", 25, scores=list(canary))
+    assert a.verdict() is None
