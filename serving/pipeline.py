@@ -41,13 +41,13 @@ from serving.errors import (
 from serving.models import ModelBackend, ModelTable
 from serving.rollout import Rollouts
 from serving.routing import CANARY, CHAMPION, routing_key
+from serving.schemas import MAX_TIMEOUT_MS
 from serving.runtime.base import ModelSpec
 from serving.settings import Settings
 from serving.shadow import Mirror, ShadowMirror
 
 log = logging.getLogger(__name__)
 
-MAX_TIMEOUT_MS = 60_000
 # Fallback reasons that are the answering variant's fault (canary analysis counts them as errors).
 MODEL_FAILURES = frozenset({"model_error", "deadline_exceeded"})
 # A canary gets this share of the request's deadline; if it fails, the champion has the rest.

@@ -11,6 +11,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FeatureValue = float | int | bool | None
+MAX_TIMEOUT_MS = 60_000
+FallbackReason = Literal["model_not_ready", "model_error", "deadline_exceeded", "feature_store_unavailable",
+                         "features_missing", "features_stale"]
 
 
 class _Strict(BaseModel):
@@ -34,6 +37,11 @@ class PredictRequest(_Strict):
     features: dict[str, FeatureValue] | list[dict[str, FeatureValue]] | None = Field(
         None, description="With 'entities': the request-time features, one object for every "
                           "entity or a list with one object per entity.")
+    timeout_ms: int | None = Field(
+        None, ge=1, le=MAX_TIMEOUT_MS,
+        description="This request's deadline in milliseconds (default: the gateway's "
+                    "limits.deadline_ms). Entity-keyed rows the online path cannot answer in time "
+                    "are answered from batch scores; otherwise 504.")
 
 
 class FeatureOrigin(BaseModel):
@@ -47,6 +55,14 @@ class Prediction(BaseModel):
     label: int | None = Field(None, description="Predicted class (classifiers).")
     probability: float | None = Field(None, description="Probability of the positive class "
                                                         "(binary classifiers).")
+    source: Literal["online", "batch_fallback"] = Field(
+        description="online: the model answered now; batch_fallback: the entity's precomputed "
+                    "batch score (see fallback_reason).")
+    model_version: str | None = Field(description="Registered model version that produced this row.")
+    fallback_reason: FallbackReason | None = Field(
+        None, description="batch_fallback rows: why the online path could not answer this row.")
+    score_age_s: float | None = Field(None, description="batch_fallback rows: age of the batch score, "
+                                                        "seconds.")
     features: dict[str, FeatureOrigin] | None = Field(
         None, description="Entity-keyed requests: per feature view, where this row's stored "
                           "features came from and how old they were.")

@@ -1,5 +1,5 @@
-"""The gateway end to end: the real CLI starts real Ray Serve (direct ingress) over a real MLflow
-registry; every check goes over real HTTP."""
+"""The gateway end to end: the real CLI starts real Ray Serve (the default reuseport ingress) over a
+real MLflow registry; every check goes over real HTTP."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from serving.errors import ModelValidationError
 from serving.http.app import build_app
 from serving.models import InProcessModel, ModelTable
 from serving.pipeline import Pipeline
+from serving.schemas import PredictResponse
 from serving.settings import Settings
 from tests.unit.conftest import ToyRuntime
 
@@ -59,6 +60,7 @@ def test_predict_returns_one_prediction_per_instance_with_version_and_request_id
                        headers={"x-request-id": "abc-123"})
         assert r.status_code == 200
         body = r.json()
+        PredictResponse.model_validate(body)  # the OpenAPI schema describes what is sent
         assert [p["label"] for p in body["predictions"]] == [1, 0]
         assert body["predictions"][0]["probability"] == pytest.approx(0.924, abs=1e-3)
         assert (body["model"], body["version"], body["alias"], body["request_id"]) == \
@@ -187,7 +189,9 @@ def test_openapi_documents_request_response_and_errors():
         op = schema["paths"]["/v1/models/{name}/predict"]["post"]
         ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         request_schema = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
-        assert set(request_schema["properties"]) == {"instances", "entities", "features"}
+        assert set(request_schema["properties"]) == {"instances", "entities", "features", "timeout_ms"}
+        prediction = schema["components"]["schemas"]["Prediction"]["properties"]
+        assert {"source", "model_version", "fallback_reason", "score_age_s", "features"} <= set(prediction)
         assert set(op["responses"]) >= {"200", "400", "404", "413", "415", "422", "503", "504"}
         assert "PredictResponse" in json.dumps(op["responses"]["200"])
         for path in ("/v1/models", "/v1/models/{name}", "/healthz", "/readyz", "/metrics"):
