@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-unit install bench stop clean
+.PHONY: demo test test-unit install system system-test bench stop clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,12 +14,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+## What pip cannot install: redis-server and Java (Spark); for the tests also a running PostgreSQL.
+system:
+	@.ci/system-deps
+
+system-test:
+	@.ci/system-deps --postgres
+
 ## Data, model, Redis, gateway on 127.0.0.1:8000 in the foreground (Ctrl-C stops it).
-demo: $(STAMP)
+demo: system $(STAMP)
 	$(VENV)/bin/mlgate demo
 
 ## The whole suite: unit tests, then integration tests on real MLflow, Ray Serve and HTTP.
-test: $(STAMP)
+test: system-test $(STAMP)
 	$(PY) -m pytest tests
 
 test-unit: $(STAMP)
