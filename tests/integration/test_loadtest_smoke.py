@@ -3,12 +3,11 @@ and every request, valid or invalid by design, gets the answer it should."""
 
 from __future__ import annotations
 
-import argparse
+import csv
 import json
 
 import pytest
 
-from loadtests import loadtest
 from tests.integration.conftest import DEMO_CUSTOMERS, gateway_env, run_cli
 
 pytestmark = pytest.mark.integration
@@ -32,17 +31,18 @@ def gateway(tmp_path_factory, redis_url):
     run_cli(["stop"], env, timeout=120)
 
 
-def test_a_short_smoke_load_passes_its_slo_gates(gateway, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    loadtest.add_arguments(parser)
+def loadtest(gateway: str, out, *flags: str):
+    """`mlgate loadtest` as an operator runs it: the real command, its exit status and its output."""
+    return run_cli(["loadtest", "--host", gateway, "--customers", str(DEMO_CUSTOMERS), "--out", str(out),
+                    *flags], {}, timeout=180)
+
+
+def test_a_short_smoke_load_passes_its_slo_gates(gateway, tmp_path):
     out = tmp_path / "report"
-    args = parser.parse_args(["--host", gateway, "--duration", "10s", "--users", "8",
-                              "--customers", str(DEMO_CUSTOMERS), "--out", str(out)])
+    done = loadtest(gateway, out, "--duration", "10s", "--users", "8")
 
-    code = loadtest.run(args)
-
-    printed = capsys.readouterr().out
-    assert code == 0, printed[-4000:]
+    printed = done.stdout
+    assert done.returncode == 0, (printed[-4000:], done.stderr[-4000:])
     report = json.loads((out / "summary.json").read_text())
     s = report["summary"]
     assert report["failed_gates"] == []
@@ -53,3 +53,17 @@ def test_a_short_smoke_load_passes_its_slo_gates(gateway, tmp_path, capsys):
     assert s["p99_ms"] is not None and s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"]
     assert "SLO gates: passed" in printed and "unexpected failures 0 " in printed
     assert (out / "report.html").stat().st_size > 10_000 and (out / "locust_stats.csv").exists()
+
+
+def test_a_spike_runs_its_shape_and_a_failed_gate_fails_the_command(gateway, tmp_path):
+    out = tmp_path / "spike"
+    done = loadtest(gateway, out, "--duration", "10s", "--users", "8", "--shape", "spike",
+                    "--slo-p99-ms", "0.01")  # no gateway answers in 10 microseconds
+
+    assert done.returncode == 1, (done.stdout[-4000:], done.stderr[-4000:])
+    report = json.loads((out / "summary.json").read_text())
+    assert [g.split()[0] for g in report["failed_gates"]] == ["p99"], report["failed_gates"]
+    assert report["summary"]["failures"] == 0  # the gate failed, not the gateway
+    with open(out / "locust_stats_history.csv", newline="") as f:
+        users = {int(row["User Count"]) for row in csv.DictReader(f)}
+    assert {2, 8} <= users, users  # a quarter of the users, all of them, a quarter again
