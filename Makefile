@@ -32,7 +32,7 @@ test: system-test $(STAMP)
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit
 
-## Sequential latency, direct ingress vs Ray's HTTP proxy (needs a trained demo model).
+## Sequential latency of one predict call through each ingress (needs a trained demo model).
 bench: $(STAMP)
 	$(PY) loadtests/bench_predict.py --compare-ingress --calls 1000
 

@@ -1,10 +1,12 @@
 """Sequential predict latency of a running gateway: p50/p90/p99 over N calls, one connection.
 
     python loadtests/bench_predict.py --url http://127.0.0.1:8000 --calls 1000
-    python loadtests/bench_predict.py --compare-ingress   # starts the demo gateway twice
+    python loadtests/bench_predict.py --compare-ingress   # starts the demo gateway three times
 
-``--compare-ingress`` measures the same model and request through Ray Serve direct ingress and
-through Ray's default HTTP proxy, in one run, and prints them side by side.
+``--compare-ingress`` measures the same model and request, in one run, through each ingress of
+``mlgate serve``: ``reuseport`` (the default: uvicorn inside each replica on one shared port),
+``direct`` (Ray Serve direct ingress, what the Helm chart runs) and ``proxy`` (Ray's default HTTP
+proxy), and prints them side by side.
 """
 
 from __future__ import annotations
@@ -48,13 +50,17 @@ HEADER = ("| path                         | calls | p50 ms  | p90 ms  | p99 ms  
           "|------------------------------|-------|---------|---------|---------|---------|")
 
 
+INGRESSES = {"reuseport": "mlgate reuseport (default)", "direct": "Ray Serve direct ingress",
+             "proxy": "Ray Serve HTTP proxy"}
+
+
 def compare_ingress(calls: int, port: int) -> None:
     """Start the demo gateway with each ingress in turn (same state dir, same model)."""
     from serving.demo import runner
     from serving.settings import Settings
 
     results = {}
-    for ingress in ("direct", "proxy"):
+    for ingress in INGRESSES:
         settings = Settings(http={"port": port, "ingress": ingress})
         runner.start_detached(settings, ["--port", str(port), "--ingress", ingress])
         try:
@@ -62,9 +68,11 @@ def compare_ingress(calls: int, port: int) -> None:
         finally:
             runner.stop(settings)
     print(HEADER)
-    print(row("Ray Serve direct ingress", results["direct"]))
-    print(row("Ray Serve HTTP proxy", results["proxy"]))
-    print(f"\nproxy / direct p50: {results['proxy']['p50'] / results['direct']['p50']:.1f}x")
+    for ingress, name in INGRESSES.items():
+        print(row(name, results[ingress]))
+    base = results["reuseport"]["p50"]
+    print("\np50 against the default: " + ", ".join(
+        f"{ingress} {results[ingress]['p50'] / base:.2f}x" for ingress in INGRESSES))
 
 
 def main() -> None:

@@ -264,6 +264,9 @@ def test_redis_paused_or_down_gives_503_fast_and_the_gateway_recovers(gateway, r
     assert "feature_store_unavailable" in r.json()["error"]["message"]
     assert r.json()["error"]["retryable"] is True and r.headers["retry-after"]
     time.sleep(3)
+    r = post(gateway["base"], body)  # the pause is over: served again, nobody did anything
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["features"]["customer_activity"]["source"] == "online_store"
 
     redis_server.stop()
     started = time.monotonic()
