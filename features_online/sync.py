@@ -6,31 +6,29 @@ row, then flips the view's pointer in one MULTI/EXEC: readers see the old versio
 never a mix. The replaced version (and any version a dead sync left behind) is then expired after
 a grace period. An incremental sync rewrites only the given entities, in place, in the live
 version (one atomic HSET field each). Sync facts live in the view's meta hash (see layout.py).
+
+A sync holds a short lease on its view (lease.py), so that a killed sync blocks the next one for
+one lease at most.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Iterator, Literal
 
 from features_online import layout
 from features_online.definitions import FeatureView
+from features_online.lease import Lease, LeaseHeld
 from features_online.parquet_pieces import ParquetTable
 from features_online.redis_client import client_spec, connect
 from features_online.writer import PartitionWriter
 from serving.settings import FeatureSettings, RedisSettings
 
 log = logging.getLogger(__name__)
-
-RELEASE_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class SyncError(RuntimeError):
@@ -73,14 +71,23 @@ class FeatureSync:
         return int(value) if value else None
 
     @contextmanager
-    def _lock(self, ttl_s: int = 6 * 3600):
-        key, token = layout.lock_key(self.redis.prefix, self.view), uuid.uuid4().hex
-        if not self.client.set(key, token, nx=True, ex=ttl_s):
-            raise SyncError(f"another sync of {self.view.name} is running (lock {key})")
+    def _lease(self) -> Iterator[Lease]:
+        """The view's sync lease for the length of the block, renewed in the background."""
+        lease_s = self.settings.sync_lease_s
+        # A client of its own that gives up within a renewal interval: the sync's client waits
+        # 30 s for an answer, the length of a whole lease.
+        client = connect(self.redis, socket_timeout_s=lease_s / 3)
+        lease = Lease(client, layout.lock_key(self.redis.prefix, self.view), lease_s)
         try:
-            yield
-        finally:  # compare-and-delete in one step: never another sync's lock after ours expired
-            self.client.eval(RELEASE_LOCK, 1, key, token)
+            lease.acquire()
+        except LeaseHeld as exc:
+            client.close()
+            raise SyncError(f"another sync of {self.view.name} is running: {exc}") from exc
+        try:
+            yield lease
+        finally:
+            lease.release()
+            client.close()
 
     def _write(self, frame, version: int) -> int:
         """Write every row of ``frame`` into ``version`` in one Spark job; returns the row count.
@@ -109,7 +116,7 @@ class FeatureSync:
         """Write every row of ``frame`` as a new data version, verify, flip, retire the old one.
         ``extra`` facts (e.g. the model version of batch scores) go into the meta hash with it."""
         started = time.perf_counter()
-        with self._lock():
+        with self._lease():
             meta = self.meta()
             previous = int(meta["version"]) if meta.get("version") else None
             abandoned = int(meta["writing"]) if meta.get("writing") else None
@@ -131,7 +138,7 @@ class FeatureSync:
     def incremental(self, frame, as_of: datetime, source: str) -> SyncResult:
         """Rewrite the rows of ``frame`` (changed entities) in the live version, in place."""
         started = time.perf_counter()
-        with self._lock():
+        with self._lease():
             meta = self.meta()
             if not meta.get("version"):
                 raise SyncError(f"{self.view.name} has no live version: run a full sync first")
