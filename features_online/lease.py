@@ -4,6 +4,11 @@ A sync holds its view's lease from start to end. A lock with a long TTL outlives
 SIGKILLed, OOM-killed or loses its node, and refuses every later sync of the view for hours; a
 short lease (``features.sync_lease_s``, 30 s) that a daemon thread renews every third of its
 length is free again at most one lease after its holder died.
+
+The price of a short lease: a holder that cannot renew for a whole lease (a stopped process, a
+network partition) loses it while it still runs, and another sync may start. So a write that
+must happen only under the lease (the version flip) goes through :meth:`Lease.hset_if_held`,
+which compares the token and writes in one script: of two syncs, at most one can flip.
 """
 
 from __future__ import annotations
@@ -11,10 +16,11 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from typing import Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
-# Each script compares the holder's token first: never renew or free another's lease.
+# Each script compares the holder's token first: never renew, free or write under another's lease.
 RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -22,6 +28,13 @@ return 0
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+HSET_IF_HELD = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local drop = tonumber(ARGV[2])
+if drop > 0 then redis.call('HDEL', KEYS[2], unpack(ARGV, 3, 2 + drop)) end
+redis.call('HSET', KEYS[2], unpack(ARGV, 3 + drop))
+return 1
 """
 
 
@@ -40,6 +53,10 @@ class LeaseHeld(LeaseError):
         else:  # PTTL -1: set by hand, or an old lock without a TTL
             when = "it has no expiry: delete it once you know no sync runs"
         super().__init__(f"{key} is a lease held by another sync; {when}")
+
+
+class LeaseLost(LeaseError):
+    """Our lease ran out or was taken over while we held it."""
 
 
 class Lease:
@@ -84,6 +101,18 @@ class Lease:
         except Exception as exc:  # not worth masking the caller's own error: the lease runs out
             log.warning("releasing the lease %s failed (%s); it runs out within %.1f s", self.key, exc,
                         self.lease_ms / 1000)
+
+    def hset_if_held(self, key: str, mapping: Mapping[str, object], drop: Sequence[str] = ()) -> None:
+        """Delete the fields ``drop`` of hash ``key`` and set ``mapping`` in it, in one step with
+        the check that the lease is ours; raise :class:`LeaseLost` (nothing written) if not.
+        ``key`` must share the lease key's cluster slot."""
+        if not mapping:
+            raise ValueError("hset_if_held needs at least one field to set")
+        pairs = [part for item in mapping.items() for part in item]
+        if not self.client.eval(HSET_IF_HELD, 2, self.key, key, self.token, len(drop), *drop, *pairs):
+            self._lost.set()
+            raise LeaseLost(f"the lease {self.key} ran out or was taken over (a renewal reached "
+                            f"Redis too late or not at all); nothing was written")
 
     def _renew_until_released(self) -> None:
         interval_s = self.lease_ms / 3000

@@ -245,6 +245,49 @@ def test_a_long_sync_renews_its_lease_and_keeps_other_syncs_out(spark, redis_set
     assert not redis.Redis.from_url(redis_settings.url).exists(layout.lock_key(redis_settings.prefix, VIEW))
 
 
+@pytest.mark.parametrize("loss", ["taken over", "ran out"])
+def test_a_sync_that_lost_its_lease_does_not_flip(spark, redis_settings, loss):
+    sync = syncer(redis_settings, retire_grace_s=30)
+    sync.full(frame(spark, NOW), NOW, "good")
+    client, key = redis.Redis.from_url(redis_settings.url), layout.lock_key(redis_settings.prefix, VIEW)
+    write = sync._write
+
+    def write_then_lose(source, version):  # as if no renewal reached Redis for a whole lease
+        rows = write(source, version)
+        if loss == "taken over":
+            client.set(key, "another sync", px=60_000)
+        else:
+            client.delete(key)
+        return rows
+
+    sync._write = write_then_lose
+    with pytest.raises(SyncError, match="lease .* ran out or was taken over.*v2 was not made live"):
+        sync.full(frame(spark, NOW, scale=2.0), NOW, "lost")
+    meta = sync.meta()
+    assert meta["version"] == "1" and meta["source"] == "good"
+    assert read_values(redis_settings, [3]).records["txn_count_7d"].tolist() == [3]
+    assert all(0 < client.ttl(k) <= 30 for k in layout.bucket_keys(redis_settings.prefix, VIEW, 2))  # retired
+    assert client.get(key) == (b"another sync" if loss == "taken over" else None)  # not freed by the loser
+
+
+def test_an_incremental_sync_that_lost_its_lease_leaves_the_watermark(spark, redis_settings):
+    sync, at = syncer(redis_settings), now()
+    sync.full(frame(spark, at - timedelta(hours=2)), at - timedelta(hours=2), "full")
+    watermark = sync.meta()["watermark_ms"]
+    client = redis.Redis.from_url(redis_settings.url)
+    write = sync._write
+
+    def write_then_lose(source, version):
+        rows = write(source, version)
+        client.set(layout.lock_key(redis_settings.prefix, VIEW), "another sync", px=60_000)
+        return rows
+
+    sync._write = write_then_lose
+    with pytest.raises(SyncError, match="the watermark stays"):
+        sync.incremental(frame(spark, at, scale=10.0, ids=[5]), at, "delta")
+    assert sync.meta()["watermark_ms"] == watermark and "incremental_source" not in sync.meta()
+
+
 def test_the_renewal_notices_a_lost_lease_and_leaves_the_new_holder_alone(redis_settings):
     client, key = redis.Redis.from_url(redis_settings.url), layout.lock_key(redis_settings.prefix, VIEW)
     sync = syncer(redis_settings, sync_lease_s=0.3)
@@ -316,7 +359,7 @@ def test_sync_and_read_on_a_redis_cluster(spark, redis_cluster):
     settings = RedisSettings(url=redis_cluster, cluster=True, prefix="cl")
     sync = syncer(settings)
     sync.full(frame(spark, NOW), NOW, "first")
-    result = sync.full(frame(spark, NOW, scale=2.0), NOW, "second")  # flip in MULTI/EXEC on a cluster
+    result = sync.full(frame(spark, NOW, scale=2.0), NOW, "second")  # the flip script: lease and meta in one slot
     assert (result.version, result.retired) == (2, (1,))
     got = read_values(settings, [1, 33, 1_500, N + 1])  # entities in buckets on different nodes
     assert got.present.tolist() == [True, True, True, False]
