@@ -4,6 +4,7 @@ Keys (``P`` = configured prefix, default ``mlg``)::
 
     P:fv:{<view>:<schema version>:<data version>:b<bucket>}   hash: entity id -> value
     P:fv:<view>:<schema version>:meta                         hash: live version, sync facts
+    P:fv:<view>:<schema version>:sync-lock:{<the meta key>}   string: the running sync's lease
 
 One data version of a view is ``view.buckets`` hashes (bucket = entity id mod buckets). Measured
 on the 2-core dev machine in a bare client loop (no Spark): HSET of 1,000 fields per command wrote
@@ -44,7 +45,9 @@ def meta_key(prefix: str, view: FeatureView) -> str:
 
 
 def lock_key(prefix: str, view: FeatureView) -> str:
-    return f"{prefix}:fv:{view.name}:{view.version}:sync-lock"
+    """The sync lease of the view. Its hash tag is the whole meta key, so on a Redis Cluster both
+    live in one slot: the flip checks the lease and writes the meta hash in one script."""
+    return f"{prefix}:fv:{view.name}:{view.version}:sync-lock:{{{meta_key(prefix, view)}}}"
 
 
 def bucket_of(view: FeatureView, entity_ids: np.ndarray) -> np.ndarray:

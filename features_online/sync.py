@@ -2,35 +2,34 @@
 written from inside Spark's partitions.
 
 A full sync writes a new data version beside the live one, checks that Redis acknowledged every
-row, then flips the view's pointer in one MULTI/EXEC: readers see the old version or the new one,
+row, then flips the view's pointer in one script: readers see the old version or the new one,
 never a mix. The replaced version (and any version a dead sync left behind) is then expired after
 a grace period. An incremental sync rewrites only the given entities, in place, in the live
 version (one atomic HSET field each). Sync facts live in the view's meta hash (see layout.py).
+
+A sync holds a short lease on its view (lease.py), so that a killed sync blocks the next one for
+one lease at most. The flip, like every write of the meta hash, checks in the same script that
+the lease is still the sync's own: a sync that lost it never flips.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Iterator, Literal
 
 from features_online import layout
 from features_online.definitions import FeatureView
+from features_online.lease import Lease, LeaseHeld, LeaseLost
 from features_online.parquet_pieces import ParquetTable
 from features_online.redis_client import client_spec, connect
 from features_online.writer import PartitionWriter
 from serving.settings import FeatureSettings, RedisSettings
 
 log = logging.getLogger(__name__)
-
-RELEASE_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class SyncError(RuntimeError):
@@ -73,14 +72,23 @@ class FeatureSync:
         return int(value) if value else None
 
     @contextmanager
-    def _lock(self, ttl_s: int = 6 * 3600):
-        key, token = layout.lock_key(self.redis.prefix, self.view), uuid.uuid4().hex
-        if not self.client.set(key, token, nx=True, ex=ttl_s):
-            raise SyncError(f"another sync of {self.view.name} is running (lock {key})")
+    def _lease(self) -> Iterator[Lease]:
+        """The view's sync lease for the length of the block, renewed in the background."""
+        lease_s = self.settings.sync_lease_s
+        # A client of its own that gives up within a renewal interval: the sync's client waits
+        # 30 s for an answer, the length of a whole lease.
+        client = connect(self.redis, socket_timeout_s=lease_s / 3)
+        lease = Lease(client, layout.lock_key(self.redis.prefix, self.view), lease_s)
         try:
-            yield
-        finally:  # compare-and-delete in one step: never another sync's lock after ours expired
-            self.client.eval(RELEASE_LOCK, 1, key, token)
+            lease.acquire()
+        except LeaseHeld as exc:
+            client.close()
+            raise SyncError(f"another sync of {self.view.name} is running: {exc}") from exc
+        try:
+            yield lease
+        finally:
+            lease.release()
+            client.close()
 
     def _write(self, frame, version: int) -> int:
         """Write every row of ``frame`` into ``version`` in one Spark job; returns the row count.
@@ -109,12 +117,12 @@ class FeatureSync:
         """Write every row of ``frame`` as a new data version, verify, flip, retire the old one.
         ``extra`` facts (e.g. the model version of batch scores) go into the meta hash with it."""
         started = time.perf_counter()
-        with self._lock():
+        with self._lease() as lease:
             meta = self.meta()
             previous = int(meta["version"]) if meta.get("version") else None
             abandoned = int(meta["writing"]) if meta.get("writing") else None
             version = int(self.client.hincrby(self.meta_key, "next_version", 1))
-            self.client.hset(self.meta_key, "writing", version)
+            self._hset(lease, f"v{version} was not started", {"writing": version})
             expected = self._write(frame, version)
             if expected == 0:  # a table still being written, or an empty one: never make it live
                 raise SyncError(f"{self.view.name} v{version}: the source holds no rows; the live "
@@ -122,7 +130,11 @@ class FeatureSync:
             stored = self._stored(version)
             if stored != expected:  # duplicates in the input, or writes lost on the way
                 raise SyncError(f"{self.view.name} v{version}: {stored} entities stored for {expected} rows")
-            self._flip(version, expected, as_of, source, extra or {})
+            try:
+                self._flip(lease, version, expected, as_of, source, extra or {})
+            except SyncError:  # lease lost: a sync that took over no longer knows of this version
+                self.retire(version)
+                raise
             retired = tuple(v for v in (previous, abandoned) if v is not None and v != version)
             for old in retired:
                 self.retire(old)
@@ -131,7 +143,7 @@ class FeatureSync:
     def incremental(self, frame, as_of: datetime, source: str) -> SyncResult:
         """Rewrite the rows of ``frame`` (changed entities) in the live version, in place."""
         started = time.perf_counter()
-        with self._lock():
+        with self._lease() as lease:
             meta = self.meta()
             if not meta.get("version"):
                 raise SyncError(f"{self.view.name} has no live version: run a full sync first")
@@ -139,7 +151,7 @@ class FeatureSync:
                 raise SyncError(f"{self.view.name}: the live version has another schema; run a full sync")
             version = int(meta["version"])
             expected = self._write(frame, version)
-            self.client.hset(self.meta_key, mapping={
+            self._hset(lease, "the watermark stays: the next incremental sync writes these rows again", {
                 "watermark_ms": int(as_of.timestamp() * 1000), "incremental_rows": expected,
                 "incremental_source": source, "finished_at_ms": int(time.time() * 1000)})
         return SyncResult(self.view.name, "incremental", version, expected, time.perf_counter() - started)
@@ -150,16 +162,25 @@ class FeatureSync:
             pipe.hlen(key)
         return sum(pipe.execute())
 
-    def _flip(self, version: int, rows: int, as_of: datetime, source: str, extra: dict[str, str]) -> None:
+    def _hset(self, lease: Lease, consequence: str, mapping: dict, drop: tuple[str, ...] = ()) -> None:
+        """Write the meta hash only if ``lease`` is still ours (checked in the same script): a
+        sync that lost it may run beside the one that took over, and must not touch the view."""
+        try:
+            lease.hset_if_held(self.meta_key, mapping, drop)
+        except LeaseLost as exc:
+            raise SyncError(f"{self.view.name}: {exc}; {consequence}") from exc
+
+    def _flip(self, lease: Lease, version: int, rows: int, as_of: datetime, source: str,
+              extra: dict[str, str]) -> None:
+        """Point the view at ``version`` in one script, which also checks that the lease is ours:
+        of two syncs that both believe they hold it, at most one flips."""
         as_of_ms = int(as_of.timestamp() * 1000)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self.meta_key, mapping={
+        self._hset(lease, f"v{version} was not made live", {
             **{f"x_{k}": v for k, v in extra.items()},
             "version": version, "rows": rows, "as_of_ms": as_of_ms, "watermark_ms": as_of_ms,
             "source": source, "fingerprint": self.view.fingerprint,
-            "finished_at_ms": int(time.time() * 1000)})
-        pipe.hdel(self.meta_key, "writing", "incremental_rows", "incremental_source")
-        pipe.execute()
+            "finished_at_ms": int(time.time() * 1000)},
+            drop=("writing", "incremental_rows", "incremental_source"))
         log.info("%s: v%d live (%d rows, as of %s)", self.view.name, version, rows,
                  datetime.fromtimestamp(as_of_ms / 1000, timezone.utc).isoformat())
 

@@ -229,6 +229,11 @@ class FeatureSettings(_Section):
     """A replaced data version lives this long after a flip, so in-flight readers finish."""
     sync_batch_rows: int = Field(1000, gt=0)
     """Rows per Redis command in a sync."""
+    sync_lease_s: float = Field(30.0, gt=0)
+    """Length of the lease a sync holds on its view (so two syncs never run at once); the sync
+    renews it every third of that. A sync killed without freeing it (SIGKILL, OOM, node loss)
+    blocks the next one for at most this long; a sync that cannot renew it for this long (a
+    stalled process, Redis out of reach) loses it and does not flip."""
 
 
 class AdminSettings(_Section):

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,7 +20,7 @@ import redis
 from features_online import layout
 from features_online.definitions import CUSTOMER_ACTIVITY as VIEW
 from features_online.reader import OnlineStore
-from features_online.sync import FeatureSync, SyncError, key_ttl_s
+from features_online.sync import FeatureSync, SyncError, SyncResult, key_ttl_s
 from observability.metrics import GatewayMetrics
 from serving.settings import FeatureSettings, RedisSettings
 
@@ -152,6 +157,151 @@ def test_duplicate_entities_or_a_running_sync_refuse_to_flip(spark, redis_settin
         sync.full(frame(spark, NOW), NOW, "x")
 
 
+# A sync in a process of its own, taking the lease through the real code path, whose source never
+# finishes: it holds the lease (renewing it) until it is killed.
+ENDLESS_SYNC = """
+import sys, time
+from datetime import datetime, timezone
+from features_online.definitions import CUSTOMER_ACTIVITY
+from features_online.sync import FeatureSync
+from serving.settings import FeatureSettings, RedisSettings
+
+class Endless:
+    def select(self, *columns):
+        time.sleep(3600)
+
+url, prefix, lease_s = sys.argv[1:]
+FeatureSync(RedisSettings(url=url, prefix=prefix), FeatureSettings(sync_lease_s=float(lease_s)),
+            CUSTOMER_ACTIVITY).full(Endless(), datetime.now(timezone.utc), "endless")
+"""
+
+
+def test_a_killed_sync_blocks_the_next_one_only_until_its_lease_runs_out(spark, redis_settings):
+    lease_s = 2.0
+    sync = syncer(redis_settings, sync_lease_s=lease_s, retire_grace_s=30)
+    sync.full(frame(spark, NOW), NOW, "good")
+    later = frame(spark, NOW, scale=2.0)
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-c", ENDLESS_SYNC, redis_settings.url, redis_settings.prefix,
+                             str(lease_s)], env=env, cwd=root)
+    try:
+        deadline = time.monotonic() + 60
+        while sync.meta().get("writing") != "2":  # it holds the lease and writes v2
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.5 * lease_s)  # renewed by the running sync: still held
+        with pytest.raises(SyncError, match=r"another sync .* is a lease .* expires in \d"):
+            sync.full(later, NOW, "while it runs")
+    finally:
+        proc.kill()  # SIGKILL: no finally, no release
+        proc.wait(10)
+    killed_at = time.monotonic()
+    with pytest.raises(SyncError, match="expires in"):  # its last renewal still holds
+        sync.full(later, NOW, "too soon")
+    assert sync.meta()["version"] == "1"
+    assert read_values(redis_settings, [3]).records["txn_count_7d"].tolist() == [3]  # v1 serves
+    client = redis.Redis.from_url(redis_settings.url)
+    while client.exists(layout.lock_key(redis_settings.prefix, VIEW)):
+        assert time.monotonic() - killed_at < lease_s + 1
+        time.sleep(0.05)
+    result = sync.full(later, NOW, "after")
+    assert result.version == 3 and set(result.retired) == {1, 2}  # v2: the dead sync's
+    assert read_values(redis_settings, [3]).records["txn_count_7d"].tolist() == [6]
+
+
+def test_a_long_sync_renews_its_lease_and_keeps_other_syncs_out(spark, redis_settings):
+    lease_s = 0.6
+    sync = syncer(redis_settings, sync_lease_s=lease_s)
+    write, writing, outcome = sync._write, threading.Event(), []
+
+    def slow_write(source, version):  # writers that take four leases
+        writing.set()
+        time.sleep(4 * lease_s)
+        return write(source, version)
+
+    def run():
+        try:
+            outcome.append(sync.full(source, NOW, "long"))
+        except Exception as exc:
+            outcome.append(exc)
+
+    sync._write = slow_write
+    source, other = frame(spark, NOW), frame(spark, NOW, scale=2.0)
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        assert writing.wait(30)
+        time.sleep(2 * lease_s)
+        pttl = redis.Redis.from_url(redis_settings.url).pttl(layout.lock_key(redis_settings.prefix, VIEW))
+        assert 0 < pttl <= lease_s * 1000
+        with pytest.raises(SyncError, match="another sync .* expires in"):
+            syncer(redis_settings, sync_lease_s=lease_s).full(other, NOW, "second")
+    finally:
+        runner.join(60)
+    [result] = outcome
+    assert isinstance(result, SyncResult) and result.version == 1  # it still held the lease to flip
+    assert sync.meta()["source"] == "long"
+    assert not redis.Redis.from_url(redis_settings.url).exists(layout.lock_key(redis_settings.prefix, VIEW))
+
+
+@pytest.mark.parametrize("loss", ["taken over", "ran out"])
+def test_a_sync_that_lost_its_lease_does_not_flip(spark, redis_settings, loss):
+    sync = syncer(redis_settings, retire_grace_s=30)
+    sync.full(frame(spark, NOW), NOW, "good")
+    client, key = redis.Redis.from_url(redis_settings.url), layout.lock_key(redis_settings.prefix, VIEW)
+    write = sync._write
+
+    def write_then_lose(source, version):  # as if no renewal reached Redis for a whole lease
+        rows = write(source, version)
+        if loss == "taken over":
+            client.set(key, "another sync", px=60_000)
+        else:
+            client.delete(key)
+        return rows
+
+    sync._write = write_then_lose
+    with pytest.raises(SyncError, match="lease .* ran out or was taken over.*v2 was not made live"):
+        sync.full(frame(spark, NOW, scale=2.0), NOW, "lost")
+    meta = sync.meta()
+    assert meta["version"] == "1" and meta["source"] == "good"
+    assert read_values(redis_settings, [3]).records["txn_count_7d"].tolist() == [3]
+    assert all(0 < client.ttl(k) <= 30 for k in layout.bucket_keys(redis_settings.prefix, VIEW, 2))  # retired
+    assert client.get(key) == (b"another sync" if loss == "taken over" else None)  # not freed by the loser
+
+
+def test_an_incremental_sync_that_lost_its_lease_leaves_the_watermark(spark, redis_settings):
+    sync, at = syncer(redis_settings), now()
+    sync.full(frame(spark, at - timedelta(hours=2)), at - timedelta(hours=2), "full")
+    watermark = sync.meta()["watermark_ms"]
+    client = redis.Redis.from_url(redis_settings.url)
+    write = sync._write
+
+    def write_then_lose(source, version):
+        rows = write(source, version)
+        client.set(layout.lock_key(redis_settings.prefix, VIEW), "another sync", px=60_000)
+        return rows
+
+    sync._write = write_then_lose
+    with pytest.raises(SyncError, match="the watermark stays"):
+        sync.incremental(frame(spark, at, scale=10.0, ids=[5]), at, "delta")
+    assert sync.meta()["watermark_ms"] == watermark and "incremental_source" not in sync.meta()
+
+
+def test_the_renewal_notices_a_lost_lease_and_leaves_the_new_holder_alone(redis_settings):
+    client, key = redis.Redis.from_url(redis_settings.url), layout.lock_key(redis_settings.prefix, VIEW)
+    sync = syncer(redis_settings, sync_lease_s=0.3)
+    with sync._lease() as lease:
+        assert 0 < client.pttl(key) <= 300
+        client.set(key, "another sync", px=60_000)
+        deadline = time.monotonic() + 2
+        while not lease.lost:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert client.pttl(key) > 50_000  # never renewed to our lease length
+    assert client.get(key) == b"another sync"  # and not freed by our release
+
+
 def test_incremental_sync_rewrites_only_changed_entities_in_place(spark, redis_settings):
     sync, at = syncer(redis_settings), now()
     sync.full(frame(spark, at - timedelta(hours=2)), at - timedelta(hours=2), "full")
@@ -209,7 +359,7 @@ def test_sync_and_read_on_a_redis_cluster(spark, redis_cluster):
     settings = RedisSettings(url=redis_cluster, cluster=True, prefix="cl")
     sync = syncer(settings)
     sync.full(frame(spark, NOW), NOW, "first")
-    result = sync.full(frame(spark, NOW, scale=2.0), NOW, "second")  # flip in MULTI/EXEC on a cluster
+    result = sync.full(frame(spark, NOW, scale=2.0), NOW, "second")  # the flip script: lease and meta in one slot
     assert (result.version, result.retired) == (2, (1,))
     got = read_values(settings, [1, 33, 1_500, N + 1])  # entities in buckets on different nodes
     assert got.present.tolist() == [True, True, True, False]

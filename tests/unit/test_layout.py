@@ -26,6 +26,14 @@ def test_golden_keys():
     assert layout.field(42) == b"42" and layout.field(np.int64(-7)) == b"-7"
     assert layout.fields(np.array([42, -7, 10**15])) == [b"42", b"-7", b"1000000000000000"]
     assert len(layout.bucket_keys("p", TINY, 1)) == 8
+    assert layout.lock_key("mlg", TINY) == "mlg:fv:tiny:2:sync-lock:{mlg:fv:tiny:2:meta}"
+
+
+def test_the_sync_lease_and_the_meta_hash_share_a_cluster_slot():
+    from redis.crc import key_slot
+
+    for view in (TINY, CUSTOMER_ACTIVITY):
+        assert key_slot(layout.lock_key("mlg", view).encode()) == key_slot(layout.meta_key("mlg", view).encode())
 
 
 def test_decode_round_trip_and_defaults_for_nan():
