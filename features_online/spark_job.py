@@ -14,6 +14,7 @@ from pathlib import Path
 from features_online.definitions import CUSTOMER_ACTIVITY, FeatureView
 
 DAY_S = 86_400
+US = 1_000_000  # event ages are exact integers of microseconds
 
 
 def spark_session(master: str = "local[*]", app: str = "mlgate-features", shuffle_partitions: int = 8):
@@ -59,6 +60,8 @@ def features_at(spark, transactions_path: str, spine, view: FeatureView = CUSTOM
     at the same ``ref_s``) and the training table (one row per labelled transaction, at its own
     time) both come from here, so training and serving compute features the same way.
     Returns ``row_id``, the entity key, ``as_of_ms`` and the view's features (defaults filled).
+    Event times keep their microseconds: ``seconds_since_last_txn`` of an event at ``ref_s - 0.5``
+    is 0.5, not the 1.0 a whole-second event time would give.
     """
     from pyspark.sql import functions as F
 
@@ -66,14 +69,14 @@ def features_at(spark, transactions_path: str, spine, view: FeatureView = CUSTOM
         raise ValueError(f"no Spark definition for view {view.name!r}")
     key = view.entity.key
     tx = spark.read.parquet(transactions_path).select(
-        F.col(key).cast("long").alias(key), F.unix_timestamp("ts").alias("ts_s"), "amount",
-        "merchant_id", "is_foreign", "is_online")
+        F.col(key).cast("long").alias(key), F.unix_micros(F.col("ts").cast("timestamp")).alias("ts_us"),
+        "amount", "merchant_id", "is_foreign", "is_online")
     joined = (spine.join(tx, key)
-              .withColumn("age_s", F.col("ref_s") - F.col("ts_s"))
-              .where((F.col("age_s") > 0) & (F.col("age_s") <= 30 * DAY_S)))
+              .withColumn("age_us", F.col("ref_s") * US - F.col("ts_us"))
+              .where((F.col("age_us") > 0) & (F.col("age_us") <= 30 * DAY_S * US)))
 
     def within(days: int, value):
-        return F.when(F.col("age_s") <= days * DAY_S, value)
+        return F.when(F.col("age_us") <= days * DAY_S * US, value)
 
     aggregates = []
     for d in (1, 7, 30):
@@ -85,7 +88,7 @@ def features_at(spark, transactions_path: str, spine, view: FeatureView = CUSTOM
         F.countDistinct("merchant_id").alias("distinct_merchants_30d"),
         F.avg(F.col("is_foreign").cast("double")).alias("foreign_share_30d"),
         F.avg(F.col("is_online").cast("double")).alias("online_share_30d"),
-        F.min("age_s").cast("double").alias("seconds_since_last_txn"),
+        (F.min("age_us") / US).alias("seconds_since_last_txn"),
     ]
     activity = joined.groupBy("row_id").agg(*aggregates)
     columns = [F.col("row_id"), F.col(key).cast("long").alias(key),
