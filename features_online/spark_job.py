@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from features_online.definitions import CUSTOMER_ACTIVITY, FeatureView
 
 DAY_S = 86_400
-US = 1_000_000  # event ages are exact integers of microseconds
+US = 1_000_000  # event times and ages are exact integers of microseconds
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def spark_session(master: str = "local[*]", app: str = "mlgate-features", shuffle_partitions: int = 8):
@@ -139,13 +140,17 @@ def writer_partitions(frame, n: int):
 
 def changed_since(spark, transactions_path: str, since: datetime, until: datetime,
                   key: str = CUSTOMER_ACTIVITY.entity.key):
-    """Entity keys with events in (since, until]: what an incremental sync refreshes."""
+    """Entity keys with events in [since, until): what an incremental sync refreshes.
+
+    A table as of ``since`` holds the events before ``since`` (:func:`features_at`), one as of
+    ``until`` those before ``until``: the events it adds are exactly these, one exactly at
+    ``until`` included in the next refresh, never in this one."""
     from pyspark.sql import functions as F
 
-    since_s, until_s = int(since.timestamp()), int(until.timestamp())
-    ts = F.unix_timestamp("ts")
+    since_us, until_us = ((t - EPOCH) // timedelta(microseconds=1) for t in (since, until))
+    ts = F.unix_micros(F.col("ts").cast("timestamp"))
     return (spark.read.parquet(transactions_path)
-            .where((ts > F.lit(since_s)) & (ts <= F.lit(until_s)))
+            .where((ts >= F.lit(since_us)) & (ts < F.lit(until_us)))
             .select(F.col(key).cast("long").alias(key)).distinct())
 
 
