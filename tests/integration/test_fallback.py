@@ -229,6 +229,19 @@ def test_rows_whose_features_are_older_than_the_view_ttl_fall_back_and_are_count
     assert sample(stack, **counted) == before + 1
 
 
+def test_metrics_give_the_age_of_each_live_feature_view(stack):
+    """mlgate_feature_view_age_seconds across the replicas: the time since the live version's
+    as-of time (watermark), as of the replicas' last pointer refresh (every second)."""
+    meta = redis.Redis.from_url(stack["redis"].url).hgetall(layout.meta_key("mlg", CUSTOMER_ACTIVITY))
+    watermark_s = int(meta[b"watermark_ms"]) / 1000
+    before = time.time()
+    age = sample(stack, "mlgate_feature_view_age_seconds", view=CUSTOMER_ACTIVITY.name)
+    after = time.time()
+    slack_s = 5 * FeatureSettings().pointer_refresh_s  # a refresh may run late on a busy machine
+    assert before - watermark_s - slack_s <= age <= after - watermark_s
+    assert 0 < age < CUSTOMER_ACTIVITY.ttl.total_seconds()  # the stack's features are fresh
+
+
 def test_too_old_or_absent_batch_scores_are_not_served(stack):
     r = predict(stack, "fraud-absent", body(stack, [2]))  # its score is older than the max age
     assert (r.status_code, r.json()["error"]["code"]) == (503, "fallback_unavailable")
