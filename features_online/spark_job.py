@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from features_online.definitions import CUSTOMER_ACTIVITY, FeatureView
 
 DAY_S = 86_400
+US = 1_000_000  # event times and ages are exact integers of microseconds
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def spark_session(master: str = "local[*]", app: str = "mlgate-features", shuffle_partitions: int = 8):
@@ -59,6 +61,8 @@ def features_at(spark, transactions_path: str, spine, view: FeatureView = CUSTOM
     at the same ``ref_s``) and the training table (one row per labelled transaction, at its own
     time) both come from here, so training and serving compute features the same way.
     Returns ``row_id``, the entity key, ``as_of_ms`` and the view's features (defaults filled).
+    Event times keep their microseconds: ``seconds_since_last_txn`` of an event at ``ref_s - 0.5``
+    is 0.5, not the 1.0 a whole-second event time would give.
     """
     from pyspark.sql import functions as F
 
@@ -66,14 +70,14 @@ def features_at(spark, transactions_path: str, spine, view: FeatureView = CUSTOM
         raise ValueError(f"no Spark definition for view {view.name!r}")
     key = view.entity.key
     tx = spark.read.parquet(transactions_path).select(
-        F.col(key).cast("long").alias(key), F.unix_timestamp("ts").alias("ts_s"), "amount",
-        "merchant_id", "is_foreign", "is_online")
+        F.col(key).cast("long").alias(key), F.unix_micros(F.col("ts").cast("timestamp")).alias("ts_us"),
+        "amount", "merchant_id", "is_foreign", "is_online")
     joined = (spine.join(tx, key)
-              .withColumn("age_s", F.col("ref_s") - F.col("ts_s"))
-              .where((F.col("age_s") > 0) & (F.col("age_s") <= 30 * DAY_S)))
+              .withColumn("age_us", F.col("ref_s") * US - F.col("ts_us"))
+              .where((F.col("age_us") > 0) & (F.col("age_us") <= 30 * DAY_S * US)))
 
     def within(days: int, value):
-        return F.when(F.col("age_s") <= days * DAY_S, value)
+        return F.when(F.col("age_us") <= days * DAY_S * US, value)
 
     aggregates = []
     for d in (1, 7, 30):
@@ -85,7 +89,7 @@ def features_at(spark, transactions_path: str, spine, view: FeatureView = CUSTOM
         F.countDistinct("merchant_id").alias("distinct_merchants_30d"),
         F.avg(F.col("is_foreign").cast("double")).alias("foreign_share_30d"),
         F.avg(F.col("is_online").cast("double")).alias("online_share_30d"),
-        F.min("age_s").cast("double").alias("seconds_since_last_txn"),
+        (F.min("age_us") / US).alias("seconds_since_last_txn"),
     ]
     activity = joined.groupBy("row_id").agg(*aggregates)
     columns = [F.col("row_id"), F.col(key).cast("long").alias(key),
@@ -136,13 +140,17 @@ def writer_partitions(frame, n: int):
 
 def changed_since(spark, transactions_path: str, since: datetime, until: datetime,
                   key: str = CUSTOMER_ACTIVITY.entity.key):
-    """Entity keys with events in (since, until]: what an incremental sync refreshes."""
+    """Entity keys with events in [since, until): what an incremental sync refreshes.
+
+    A table as of ``since`` holds the events before ``since`` (:func:`features_at`), one as of
+    ``until`` those before ``until``: the events it adds are exactly these, one exactly at
+    ``until`` included in the next refresh, never in this one."""
     from pyspark.sql import functions as F
 
-    since_s, until_s = int(since.timestamp()), int(until.timestamp())
-    ts = F.unix_timestamp("ts")
+    since_us, until_us = ((t - EPOCH) // timedelta(microseconds=1) for t in (since, until))
+    ts = F.unix_micros(F.col("ts").cast("timestamp"))
     return (spark.read.parquet(transactions_path)
-            .where((ts > F.lit(since_s)) & (ts <= F.lit(until_s)))
+            .where((ts >= F.lit(since_us)) & (ts < F.lit(until_us)))
             .select(F.col(key).cast("long").alias(key)).distinct())
 
 

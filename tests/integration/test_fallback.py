@@ -87,6 +87,7 @@ def stack(tmp_path_factory, redis_server, spark):
               {"name": "fraud-broken", "placement": "deployment"}, {"name": "fraud-absent"}]
     env = gateway_env(state, redis_server.url, MLGATE_FALLBACK__REDIS=json.dumps({"url": scores_redis.url}),
                       MLGATE_FALLBACK__MAX_AGE_S=str(MAX_AGE_S), MLGATE_FEATURES__ON_MISSING="fallback",
+                      MLGATE_FEATURES__ON_STALE="fallback",
                       MLGATE_MODELS=json.dumps(models), MLGATE_LIMITS__DEADLINE_MS="1000",
                       # fraud-absent never loads: the replica must not wait for it to take traffic
                       MLGATE_RAY__REPLICA_READY_TIMEOUT_S="0")
@@ -135,6 +136,17 @@ def body(stack, ids, **extra):
 
 def predict(stack, model, payload):
     return httpx.post(f"{stack['base']}/v1/models/{model}/predict", json=payload, timeout=30)
+
+
+def sample(stack, name: str, **labels: str) -> float:
+    """A sample of the gateway's /metrics (0 when the series does not exist yet)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(httpx.get(f"{stack['base']}/metrics").text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return 0.0
 
 
 def assert_fallback(stack, response, ids, reason):
@@ -188,6 +200,46 @@ def test_rows_whose_features_are_missing_fall_back_alone(stack):
     assert online["source"] == "online" and online["features"]["customer_activity"]["status"] == "fresh"
     assert (fallen_back["source"], fallen_back["fallback_reason"]) == ("batch_fallback", "features_missing")
     assert fallen_back["features"]["customer_activity"]["status"] == "missing"
+
+
+def test_rows_whose_features_are_older_than_the_view_ttl_fall_back_and_are_counted(stack):
+    """on_stale=fallback: entity 14's stored record is made older than the view's TTL (its
+    as-of time rewritten in place); 15 stays fresh in the same request."""
+    view, client = CUSTOMER_ACTIVITY, redis.Redis.from_url(stack["redis"].url)
+    version = int(client.hget(layout.meta_key("mlg", view), "version"))
+    key = layout.bucket_key("mlg", view, version, 14 % view.buckets)
+    fresh = client.hget(key, b"14")
+    records, present = layout.decode(view, [fresh])
+    assert present.all()
+    old = records.copy()
+    old["as_of_ms"] = int((time.time() - view.ttl.total_seconds() - 3600) * 1000)
+    counted = {"name": "mlgate_fallback_rows_total", "model": "fraud-detector", "reason": "features_stale"}
+    before = sample(stack, **counted)
+    client.hset(key, b"14", old.tobytes())
+    try:
+        r = predict(stack, "fraud-detector", body(stack, [14, 15]))
+    finally:
+        client.hset(key, b"14", fresh)
+    assert r.status_code == 200, r.text
+    stale, online = r.json()["predictions"]
+    assert_fallback(stack, r, [14], "features_stale")
+    assert stale["features"]["customer_activity"]["status"] == "stale"
+    assert stale["features"]["customer_activity"]["age_s"] > view.ttl.total_seconds()
+    assert online["source"] == "online" and online["features"]["customer_activity"]["status"] == "fresh"
+    assert sample(stack, **counted) == before + 1
+
+
+def test_metrics_give_the_age_of_each_live_feature_view(stack):
+    """mlgate_feature_view_age_seconds across the replicas: the time since the live version's
+    as-of time (watermark), as of the replicas' last pointer refresh (every second)."""
+    meta = redis.Redis.from_url(stack["redis"].url).hgetall(layout.meta_key("mlg", CUSTOMER_ACTIVITY))
+    watermark_s = int(meta[b"watermark_ms"]) / 1000
+    before = time.time()
+    age = sample(stack, "mlgate_feature_view_age_seconds", view=CUSTOMER_ACTIVITY.name)
+    after = time.time()
+    slack_s = 5 * FeatureSettings().pointer_refresh_s  # a refresh may run late on a busy machine
+    assert before - watermark_s - slack_s <= age <= after - watermark_s
+    assert 0 < age < CUSTOMER_ACTIVITY.ttl.total_seconds()  # the stack's features are fresh
 
 
 def test_too_old_or_absent_batch_scores_are_not_served(stack):

@@ -321,6 +321,44 @@ def test_values_older_than_the_view_ttl_read_as_stale(spark, redis_settings):
     assert got.present.all() and got.stale.all()
 
 
+
+def test_the_freshness_gauge_is_the_age_of_the_live_versions_data(spark, redis_settings):
+    """``mlgate_feature_view_age_seconds``: set at each pointer refresh to the time since the
+    live version's as-of time (an incremental sync moves it), not since the sync finished."""
+    metrics = GatewayMetrics()
+
+    def gauge(name: str) -> float | None:
+        return metrics.registry.get_sample_value(name, {"view": VIEW.name})
+
+    async def start_and_read():
+        store = OnlineStore(redis_settings, FeatureSettings(), {VIEW.name: VIEW}, metrics)
+        await store.start()  # the first refresh
+        try:
+            assert (await store.read({VIEW.name: np.array([5])}, 1.0))[VIEW.name].present.all()
+        finally:
+            await store.close()
+
+    sync, started = syncer(redis_settings), time.time()
+    hour_old = now() - timedelta(hours=1)
+    sync.full(frame(spark, hour_old), hour_old, "hour-old")
+    finished = int(sync.meta()["finished_at_ms"]) / 1000
+    before = time.time()
+    asyncio.run(start_and_read())
+    after = time.time()
+    age = gauge("mlgate_feature_view_age_seconds")
+    assert started <= finished <= before  # the sync finished seconds ago; its data is an hour old
+    assert before - hour_old.timestamp() <= age <= after - hour_old.timestamp()
+    assert gauge("mlgate_feature_view_version") == 1
+
+    started = time.time()
+    at = now()  # the incremental sync brings the as-of (watermark) to the present
+    sync.incremental(frame(spark, at, ids=[5, 6]), at, "delta")
+    asyncio.run(start_and_read())
+    after = time.time()
+    age = gauge("mlgate_feature_view_age_seconds")
+    assert 0 <= age <= after - started + 1  # ``at`` is ``started`` to the whole second
+
+
 @pytest.fixture(scope="module")
 def redis_cluster(tmp_path_factory):
     """A private three-node Redis Cluster (no replicas) on free ports."""
