@@ -22,6 +22,7 @@ from features_online.definitions import CUSTOMER_ACTIVITY
 from features_online.sync import FeatureSync
 from serving.demo.runner import training_data
 from serving.demo.train import FEATURE_NAMES, REQUEST_FEATURES, REQUEST_NAMES
+from serving.schemas import PredictResponse
 from serving.settings import FeatureSettings, Settings
 from tests.integration.conftest import DEMO_CUSTOMERS, RedisServer, gateway_env, run_cli
 
@@ -151,6 +152,7 @@ def sample(stack, name: str, **labels: str) -> float:
 
 def assert_fallback(stack, response, ids, reason):
     assert response.status_code == 200, response.text
+    PredictResponse.model_validate(response.json())  # the OpenAPI schema describes fallback rows too
     for i, row in zip(ids, response.json()["predictions"]):
         assert (row["source"], row["fallback_reason"]) == ("batch_fallback", reason)
         assert row["probability"] == pytest.approx(stack["scores"].loc[i, "probability"], abs=1e-9)
@@ -249,6 +251,26 @@ def test_too_old_or_absent_batch_scores_are_not_served(stack):
     r = predict(stack, "fraud-absent", body(stack, [10**9]))
     assert (r.status_code, r.json()["error"]["code"]) == (503, "fallback_unavailable")
     assert "missing" in r.json()["error"]["message"]
+
+
+def test_feature_reads_that_time_out_fall_back_within_the_deadline(stack):
+    """The feature store hangs (paused, not down): its reads time out, the rows are answered from
+    the batch scores' own Redis, inside the 1 s request deadline."""
+    pause_ms = 2500
+    redis.Redis(port=stack["redis"].port).execute_command("CLIENT", "PAUSE", str(pause_ms), "ALL")
+    paused = time.monotonic()
+    before = sample(stack, "mlgate_fallback_rows_total", model="fraud-detector",
+                    reason="feature_store_unavailable")
+    started = time.monotonic()
+    r = predict(stack, "fraud-detector", body(stack, [21, 22]))
+    took = time.monotonic() - started
+    assert took < 1.2, took  # the deadline (1 s) plus the HTTP round trip, not the 2.5 s pause
+    assert_fallback(stack, r, [21, 22], "feature_store_unavailable")
+    time.sleep(max(0.0, pause_ms / 1000 - (time.monotonic() - paused)) + 0.2)
+    r = predict(stack, "fraud-detector", body(stack, [21, 22]))  # the pause is over: online again
+    assert [p["source"] for p in r.json()["predictions"]] == ["online", "online"], r.text
+    assert sample(stack, "mlgate_fallback_rows_total", model="fraud-detector",
+                  reason="feature_store_unavailable") >= before + 2
 
 
 def test_feature_store_down_falls_back_and_metrics_say_why(stack):
