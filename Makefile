@@ -19,7 +19,7 @@ system:
 	@.ci/system-deps
 
 system-test:
-	@.ci/system-deps --postgres
+	@.ci/system-deps --tests
 
 ## Data, model, Redis, gateway on 127.0.0.1:8000 in the foreground (Ctrl-C stops it).
 demo: system $(STAMP)
