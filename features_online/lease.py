@@ -62,8 +62,9 @@ class LeaseLost(LeaseError):
 class Lease:
     """The lease on ``key`` for ``lease_s`` seconds, renewed in the background until released.
 
-    ``client`` should answer within a third of the lease (its socket timeout): a renewal stuck
-    for longer lets the lease run out."""
+    ``client`` should give up well within a third of the lease (a socket timeout of about a sixth,
+    no automatic resends): a renewal that fails is tried again a quarter interval later, and one
+    stuck for longer than the lease lets it run out."""
 
     def __init__(self, client, key: str, lease_s: float) -> None:
         self.client, self.key = client, key
@@ -80,8 +81,14 @@ class Lease:
 
     def acquire(self) -> None:
         """Take the lease and start renewing it, or raise :class:`LeaseHeld`."""
+        from redis.exceptions import ConnectionError, TimeoutError
+
         for _ in range(2):  # a second try when the holder's lease ended between SET and PTTL
-            if self.client.set(self.key, self.token, nx=True, px=self.lease_ms):
+            try:
+                taken = self.client.set(self.key, self.token, nx=True, px=self.lease_ms)
+            except (ConnectionError, TimeoutError):
+                taken = False  # the SET may still have reached Redis: the GET below tells
+            if taken or self.client.get(self.key) == self.token.encode():
                 self._renewer = threading.Thread(target=self._renew_until_released, daemon=True,
                                                  name=f"lease {self.key}")
                 self._renewer.start()
@@ -116,12 +123,15 @@ class Lease:
 
     def _renew_until_released(self) -> None:
         interval_s = self.lease_ms / 3000
-        while not self._stop.wait(interval_s):
+        wait_s = interval_s
+        while not self._stop.wait(wait_s):
             try:
                 renewed = self.client.eval(RENEW, 1, self.key, self.token, self.lease_ms)
-            except Exception as exc:  # Redis slow or away: the lease may still hold; try again
-                log.warning("renewing the lease %s failed (%s); retrying in %.1f s", self.key, exc, interval_s)
+            except Exception as exc:  # Redis slow or away: the lease may still hold; try again soon,
+                wait_s = interval_s / 4  # not a whole interval later, when it may have run out
+                log.warning("renewing the lease %s failed (%s); retrying in %.2f s", self.key, exc, wait_s)
                 continue
+            wait_s = interval_s
             if not renewed:
                 self._lost.set()
                 log.error("lost the lease %s: it ran out or another holder took it", self.key)

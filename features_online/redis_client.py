@@ -52,9 +52,17 @@ def connect_spec(spec: ClientSpec):
     return redis.Redis.from_url(spec.url, **spec.options)
 
 
-def connect(settings: RedisSettings, *, socket_timeout_s: float | None = None):
-    """A blocking client (``redis.Redis`` or ``redis.RedisCluster``)."""
-    return connect_spec(client_spec(settings, socket_timeout_s=socket_timeout_s))
+def connect(settings: RedisSettings, *, socket_timeout_s: float | None = None, retries: int | None = None):
+    """A blocking client (``redis.Redis`` or ``redis.RedisCluster``). ``retries``: how often a
+    command that timed out or lost its connection is sent again (None: redis-py's default, which
+    can hold one call for many socket timeouts)."""
+    spec = client_spec(settings, socket_timeout_s=socket_timeout_s)
+    if retries is not None:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        spec = ClientSpec(spec.url, spec.cluster, {**spec.options, "retry": Retry(NoBackoff(), retries)})
+    return connect_spec(spec)
 
 
 def connect_async(settings: RedisSettings):

@@ -75,9 +75,10 @@ class FeatureSync:
     def _lease(self) -> Iterator[Lease]:
         """The view's sync lease for the length of the block, renewed in the background."""
         lease_s = self.settings.sync_lease_s
-        # A client of its own that gives up within a renewal interval: the sync's client waits
-        # 30 s for an answer, the length of a whole lease.
-        client = connect(self.redis, socket_timeout_s=lease_s / 3)
+        # A client of its own that gives up well within a renewal interval and never resends on
+        # its own (the sync's client waits 30 s for an answer, and redis-py's default retries
+        # would hold one renewal for several socket timeouts): the lease retries by itself.
+        client = connect(self.redis, socket_timeout_s=lease_s / 6, retries=0)
         lease = Lease(client, layout.lock_key(self.redis.prefix, self.view), lease_s)
         try:
             lease.acquire()
@@ -150,8 +151,15 @@ class FeatureSync:
             if meta.get("fingerprint") != self.view.fingerprint:
                 raise SyncError(f"{self.view.name}: the live version has another schema; run a full sync")
             version = int(meta["version"])
+            if lease.lost:
+                raise SyncError(f"{self.view.name}: lost the sync lease before writing; nothing was written")
             expected = self._write(frame, version)
-            self._hset(lease, "the watermark stays: the next incremental sync writes these rows again", {
+            if lease.lost:  # another sync may have run meanwhile: its newer rows may be overwritten
+                raise SyncError(f"{self.view.name}: lost the sync lease while rewriting v{version} in "
+                                "place; another sync may have run meanwhile and some of its rows may "
+                                "now hold older values: run a full sync")
+            self._hset(lease, "the watermark stays; another sync may have run meanwhile and some of "
+                              "its rows may now hold older values: run a full sync", {
                 "watermark_ms": int(as_of.timestamp() * 1000), "incremental_rows": expected,
                 "incremental_source": source, "finished_at_ms": int(time.time() * 1000)})
         return SyncResult(self.view.name, "incremental", version, expected, time.perf_counter() - started)

@@ -211,7 +211,7 @@ def test_a_killed_sync_blocks_the_next_one_only_until_its_lease_runs_out(spark, 
 
 
 def test_a_long_sync_renews_its_lease_and_keeps_other_syncs_out(spark, redis_settings):
-    lease_s = 0.6
+    lease_s = 1.5  # renewals every 0.5 s, each given 0.25 s: room for a busy 2-core machine
     sync = syncer(redis_settings, sync_lease_s=lease_s)
     write, writing, outcome = sync._write, threading.Event(), []
 
