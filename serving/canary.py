@@ -18,7 +18,9 @@ their slowest one, so one request that met a GC pause or a busy core would roll 
 back, and so would one failed request in 30 (3.3 % > 2 %), or the KS distance of two samples of 30
 drawn from one distribution (over 0.3 about one time in ten). The tests are one-sided binomial
 tails (how many canary requests failed, or were slower than the latency threshold, against the
-share the policy allows) and the asymptotic KS critical value.
+share the policy allows) and the asymptotic KS critical value. The error-rate check compares
+the canary with the upper Wilson bound of the champion's rate, not its point estimate, so chance
+in either window must conspire for a false rollback (at most about twice ``significance``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from statistics import NormalDist
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -82,6 +85,17 @@ def improbable(k: int, n: int, p: float, significance: float) -> bool:
     return True
 
 
+def wilson_upper(k: int, n: int, z: float) -> float:
+    """Upper end of the Wilson score interval for a rate of k in n: the highest rate that k in n
+    does not rule out at ``z`` standard errors."""
+    if n == 0:
+        return 1.0
+    p, z2 = k / n, z * z
+    centre = p + z2 / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return min(1.0, (centre + spread) / (1 + z2 / n))
+
+
 def ks_critical(n: int, m: int, significance: float) -> float:
     """The KS distance two samples of sizes n and m from one distribution exceed with probability
     ``significance`` (the asymptotic formula)."""
@@ -136,7 +150,10 @@ class CanaryAnalysis:
         champion, canary = self.stats(CHAMPION), self.stats(CANARY)
         if min(champion.requests, canary.requests) < s.min_requests:
             return None
-        allowed = min(champion.error_rate + s.max_error_rate_delta, 1.0)
+        # The champion's rate is itself a sample: allow the highest rate its window does not rule
+        # out (a champion that failed 0 of 50 by luck must not make the canary's 5 % a breach).
+        champion_rate = wilson_upper(champion.errors, champion.requests, NormalDist().inv_cdf(1 - s.significance))
+        allowed = min(champion_rate + s.max_error_rate_delta, 1.0)
         if (canary.error_rate > allowed
                 and improbable(canary.errors, canary.requests, allowed, s.significance)):
             return Breach("error_rate", f"canary error rate {canary.error_rate:.1%} against "

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from serving.canary import CanaryAnalysis, improbable, ks_critical, ks_distance
+from serving.canary import CanaryAnalysis, improbable, ks_critical, ks_distance, wilson_upper
 from serving.settings import AnalysisSettings
 
 
@@ -41,10 +41,10 @@ def test_no_verdict_on_thin_data_or_a_healthy_canary():
 def test_error_rate_breach():
     a, _ = analysis()
     fill(a, "champion", 100)
-    fill(a, "canary", 90)
-    fill(a, "canary", 10, ok=False)
+    fill(a, "canary", 75)
+    fill(a, "canary", 25, ok=False)
     breach = a.verdict()
-    assert breach is not None and breach.check == "error_rate" and "10.0%" in breach.detail
+    assert breach is not None and breach.check == "error_rate" and "25.0%" in breach.detail
 
 
 def test_latency_breach_needs_ratio_and_absolute_gap():
@@ -115,8 +115,25 @@ def test_one_failed_request_in_a_small_window_is_noise():
     fill(a, "canary", 29)
     fill(a, "canary", 1, ok=False)  # 3.3 % against 0 %: over the 2 % delta, but one request
     assert a.verdict() is None
-    fill(a, "canary", 4, ok=False)  # 5 of 34
+    fill(a, "canary", 19, ok=False)  # 20 of 49
     assert a.verdict().check == "error_rate"
+
+
+def test_a_champion_without_errors_by_luck_does_not_make_the_canarys_rate_a_breach():
+    """Both fail 5 % of requests; the champion's window happened to see none of them (P = 8 %
+    at n=50). Against its point estimate (0 %), 7 of 50 canary failures would be a breach."""
+    a, _ = analysis()
+    fill(a, "champion", 50)
+    fill(a, "canary", 43)
+    fill(a, "canary", 7, ok=False)
+    assert a.verdict() is None
+
+
+def test_wilson_upper():
+    assert wilson_upper(0, 0, 3.0) == 1.0
+    assert wilson_upper(5, 10, 0.0) == 0.5
+    assert 0.08 < wilson_upper(0, 100, 3.09) < 0.09  # the rule of three's neighbour
+    assert wilson_upper(100, 100, 3.09) == 1.0
 
 
 def test_a_small_samples_ks_distance_is_not_a_score_shift():
