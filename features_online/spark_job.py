@@ -114,8 +114,10 @@ def build(spark, transactions_path: str, customers_path: str, as_of: datetime,
 
 def transaction_features(spark, transactions_path: str, since: datetime,
                          view: FeatureView = CUSTOMER_ACTIVITY):
-    """Training rows: each transaction after ``since`` with the features as they were just
-    before it happened (``row_id`` = transaction_id)."""
+    """Training rows: each transaction after ``since`` with the features as they were at the start
+    of its second (``row_id`` = transaction_id). Whole seconds, as the serving snapshots' as-of
+    times are: an earlier event of the same customer within the same second is not counted, a
+    far smaller gap than the one between a served snapshot and the request that reads it."""
     from pyspark.sql import functions as F
 
     key = view.entity.key

@@ -264,9 +264,9 @@ def test_feature_reads_that_time_out_fall_back_within_the_deadline(stack):
     started = time.monotonic()
     r = predict(stack, "fraud-detector", body(stack, [21, 22]))
     took = time.monotonic() - started
-    assert took < 1.2, took  # the deadline (1 s) plus the HTTP round trip, not the 2.5 s pause
+    assert took < 2.0, took  # the deadline (1 s) and the HTTP round trip, not the 2.5 s pause
     assert_fallback(stack, r, [21, 22], "feature_store_unavailable")
-    time.sleep(max(0.0, pause_ms / 1000 - (time.monotonic() - paused)) + 0.2)
+    time.sleep(max(0.0, pause_ms / 1000 - (time.monotonic() - paused)) + 0.3)
     r = predict(stack, "fraud-detector", body(stack, [21, 22]))  # the pause is over: online again
     assert [p["source"] for p in r.json()["predictions"]] == ["online", "online"], r.text
     assert sample(stack, "mlgate_fallback_rows_total", model="fraud-detector",
