@@ -303,9 +303,15 @@ def test_a_far_slower_challenger_is_rolled_back_and_callers_keep_their_deadline(
         assert time.monotonic() - started < 90, status(stack)
         answered += asyncio.run(burst(len(answered)))
     took = time.monotonic() - started
+    ms = sorted(t * 1000 for _, t in answered)
     print(f"\nslow challenger at 50 %: rolled back {took:.1f} s after the weight was set; "
-          f"{len(answered)} requests, slowest {max(t for _, t in answered) * 1000:.0f} ms (timeout_ms 300)")
+          f"{len(answered)} requests, p50 {ms[len(ms) // 2]:.0f} ms, p90 {ms[len(ms) * 9 // 10]:.0f} ms, "
+          f"slowest {ms[-1]:.0f} ms (timeout_ms 300)")
     assert set(variants_of([r for r, _ in answered])) == {"champion"}
+    # The canary gets half the deadline, the champion answers in the rest: callers are not made
+    # to wait for the 1 s model (the slowest single request is printed, not judged: a busy
+    # 2-core machine can stall one of many).
+    assert ms[len(ms) // 2] < 300
     assert status(stack)["reason"].startswith("error_rate") and status(stack)["canary_weight"] == 0
 
 
