@@ -231,6 +231,19 @@ def starters(state: Path, settings, redis_url: str, onnx_file: str, inputs, mode
     }
 
 
+def settle(quiet_cores: float = 0.25, limit_s: float = 30.0) -> tuple[float, float]:
+    """Wait until the host is nearly idle (a started system's background work, such as Ray's
+    agents or a second replica still loading, would otherwise land in its first measurement):
+    until a 1 s window has at most ``quiet_cores`` busy, or ``limit_s`` passed. (seconds waited,
+    cores busy in the last window)"""
+    started = time.monotonic()
+    while True:
+        (b0, t0), _, (b1, t1) = host_busy(), time.sleep(1), host_busy()
+        busy = (b1 - b0) / max(t1 - t0, 1) * psutil.cpu_count()
+        if busy <= quiet_cores or time.monotonic() - started >= limit_s:
+            return time.monotonic() - started, busy
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--state-dir", type=Path, default=Path("/tmp/mlgate-bench-state"))
@@ -284,6 +297,10 @@ def main() -> None:
                     notes.append(f"{name}: busy processes (name, nice) "
                                  f"{sorted({(n, ni) for n, ni, cpu in server_procs(roots).values() if cpu > 0.5})}")
                     print("\n".join(notes[-2:]), flush=True)
+                    settled_s, residual = settle()
+                    notes.append(f"{name}: host settled after {settled_s:.0f} s of waiting "
+                                 f"({residual:.2f} cores busy before the load)")
+                    print(notes[-1], flush=True)
                     raw = [http("POST", port, path, json.dumps(b).encode()) for b in items[kind]]
                     watched = roots + ([redis_proc.pid] if kind == "keyed" else [])
                     for c in levels:

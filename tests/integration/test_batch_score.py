@@ -64,7 +64,9 @@ def test_batch_scores_are_the_online_runtimes_bit_for_bit(spark, scoring):
     with arrow_for_scoring(spark):
         got = scored(spark.createDataFrame(table).repartition(3), scoring).toPandas().sort_values("customer_id")
     expected = online(scoring, table)
-    assert len(np.unique(expected["probability"])) > 100  # the features move the score: a real comparison
+    # the features move the score (a real comparison); how many distinct scores depends on the trees
+    # of the freshly trained champion: 91 of 3,000 in one CI run, so the bar is well below that
+    assert len(np.unique(expected["probability"])) > 20
     np.testing.assert_array_equal(got["customer_id"].to_numpy(), table["customer_id"].to_numpy())
     np.testing.assert_array_equal(got["as_of_ms"].to_numpy(), table["as_of_ms"].to_numpy())
     np.testing.assert_array_equal(got["label"].to_numpy(), expected["label"].astype(np.int64))
