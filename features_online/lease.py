@@ -81,12 +81,12 @@ class Lease:
 
     def acquire(self) -> None:
         """Take the lease and start renewing it, or raise :class:`LeaseHeld`."""
-        from redis.exceptions import ConnectionError, TimeoutError
+        from redis import exceptions as redis_errors
 
         for _ in range(2):  # a second try when the holder's lease ended between SET and PTTL
             try:
                 taken = self.client.set(self.key, self.token, nx=True, px=self.lease_ms)
-            except (ConnectionError, TimeoutError):
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError):
                 taken = False  # the SET may still have reached Redis: the GET below tells
             if taken or self.client.get(self.key) == self.token.encode():
                 self._renewer = threading.Thread(target=self._renew_until_released, daemon=True,

@@ -28,8 +28,8 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from statistics import NormalDist
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any, Callable
 
 import numpy as np
@@ -152,7 +152,8 @@ class CanaryAnalysis:
             return None
         # The champion's rate is itself a sample: allow the highest rate its window does not rule
         # out (a champion that failed 0 of 50 by luck must not make the canary's 5 % a breach).
-        champion_rate = wilson_upper(champion.errors, champion.requests, NormalDist().inv_cdf(1 - s.significance))
+        z = NormalDist().inv_cdf(1 - s.significance)
+        champion_rate = wilson_upper(champion.errors, champion.requests, z)
         allowed = min(champion_rate + s.max_error_rate_delta, 1.0)
         if (canary.error_rate > allowed
                 and improbable(canary.errors, canary.requests, allowed, s.significance)):
