@@ -136,10 +136,3 @@ class Lease:
                 self._lost.set()
                 log.error("lost the lease %s: it ran out or another holder took it", self.key)
                 return
-
-    def __enter__(self) -> Lease:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.release()

@@ -151,13 +151,9 @@ class FeatureSync:
             if meta.get("fingerprint") != self.view.fingerprint:
                 raise SyncError(f"{self.view.name}: the live version has another schema; run a full sync")
             version = int(meta["version"])
-            if lease.lost:
-                raise SyncError(f"{self.view.name}: lost the sync lease before writing; nothing was written")
             expected = self._write(frame, version)
-            if lease.lost:  # another sync may have run meanwhile: its newer rows may be overwritten
-                raise SyncError(f"{self.view.name}: lost the sync lease while rewriting v{version} in "
-                                "place; another sync may have run meanwhile and some of its rows may "
-                                "now hold older values: run a full sync")
+            # Lost lease: _hset refuses, because another sync may have run meanwhile and its newer
+            # rows may have been overwritten in place (writers do not check the token).
             self._hset(lease, "the watermark stays; another sync may have run meanwhile and some of "
                               "its rows may now hold older values: run a full sync", {
                 "watermark_ms": int(as_of.timestamp() * 1000), "incremental_rows": expected,
