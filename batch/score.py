@@ -25,14 +25,13 @@ from datetime import timedelta
 
 import numpy as np
 
-from batch.keyspace import SCORED_ENTITY, score_view
 from batch.specialise import probe, read_columns, specialise
 from batch.worker import SCORE_SCHEMA, ScoringPlan, score_batches
 from features_online import jobs
-from features_online.definitions import VIEWS
+from features_online.definitions import SCORED_ENTITY, VIEWS, score_view
 from features_online.sync import FeatureSync, SyncResult
+from serving.codec import bind
 from serving.errors import ModelValidationError
-from serving.features import bind
 from serving.runtime.loader import download, read_spec, resolve_version
 from serving.settings import ModelSettings, Settings
 

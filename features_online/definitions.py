@@ -59,6 +59,26 @@ class FeatureView:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# -- the score view: where a model's precomputed batch scores live (a Redis contract too) --------
+#
+# Batch scores are written and read with the feature machinery (versioned data, verified atomic
+# flip, retirement; see layout.py): the view is named ``score.<model>``, keyed by the id of the
+# entity the scores are for, and its features are the score's fields. The meta hash of each
+# version carries the model version that produced the scores (``x_model_version``). The gateway
+# can look scores up before the model itself has loaded: it needs only the model name and the
+# entity id of the request.
+
+SCORE_FIELDS = (Feature("label", "long", 0), Feature("probability", "double", float("nan")))
+"""What a batch score stores per entity."""
+SCORED_ENTITY = Entity(name="scored_entity", key="entity_id")
+
+
+def score_view(model: str, max_age: timedelta) -> FeatureView:
+    """The batch-score view of ``model``. ``max_age`` (its TTL) is the oldest score served."""
+    return FeatureView(name=f"score.{model}", version=1, entity=SCORED_ENTITY, features=SCORE_FIELDS,
+                       ttl=max_age, description=f"precomputed scores of {model}")
+
+
 CUSTOMER = Entity(name="customer", key="customer_id")
 
 _WINDOWS = (1, 7, 30)

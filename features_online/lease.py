@@ -18,6 +18,8 @@ import threading
 import uuid
 from typing import Mapping, Sequence
 
+from features_online.errors import LeaseHeld, LeaseLost
+
 log = logging.getLogger(__name__)
 
 # Each script compares the holder's token first: never renew, free or write under another's lease.
@@ -36,27 +38,6 @@ if drop > 0 then redis.call('HDEL', KEYS[2], unpack(ARGV, 3, 2 + drop)) end
 redis.call('HSET', KEYS[2], unpack(ARGV, 3 + drop))
 return 1
 """
-
-
-class LeaseError(RuntimeError):
-    """The lease is not ours."""
-
-
-class LeaseHeld(LeaseError):
-    """Someone else holds the lease: says when it runs out if its holder stops renewing it."""
-
-    def __init__(self, key: str, expires_in_ms: int) -> None:
-        self.key, self.expires_in_ms = key, expires_in_ms
-        if expires_in_ms >= 0:
-            when = (f"it expires in {expires_in_ms / 1000:.1f} s unless its holder renews it "
-                    "(a dead holder's lease runs out by itself)")
-        else:  # PTTL -1: set by hand, or an old lock without a TTL
-            when = "it has no expiry: delete it once you know no sync runs"
-        super().__init__(f"{key} is a lease held by another sync; {when}")
-
-
-class LeaseLost(LeaseError):
-    """Our lease ran out or was taken over while we held it."""
 
 
 class Lease:

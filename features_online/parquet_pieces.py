@@ -19,6 +19,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
+from features_online.errors import OfflineTableMissing
+
 Piece = tuple[str, tuple[int, ...]]
 """One file and some of its row groups."""
 
@@ -39,17 +41,17 @@ class ParquetTable:
         if os.path.isfile(self.path):
             return [self.path]
         if not os.path.isdir(self.path):
-            raise FileNotFoundError(f"no Parquet table at {self.path}")
+            raise OfflineTableMissing(f"no Parquet table at {self.path}")
         if not os.path.exists(os.path.join(self.path, "_SUCCESS")):  # Spark writes it last
-            raise FileNotFoundError(f"{self.path} has no _SUCCESS marker: its write is still running "
-                                    "or failed")
+            raise OfflineTableMissing(f"{self.path} has no _SUCCESS marker: its write is still running "
+                                       "or failed")
         names = sorted(os.listdir(self.path))
         if any(os.path.isdir(os.path.join(self.path, n)) for n in names if not n.startswith(("_", "."))):
             raise ValueError(f"{self.path} is partitioned into folders: sync it as a DataFrame")
         # Spark writes part-*.parquet beside _SUCCESS and .crc files
         files = [os.path.join(self.path, n) for n in names if n.endswith(".parquet") and not n.startswith(("_", "."))]
         if not files:
-            raise FileNotFoundError(f"{self.path} holds no Parquet part files")
+            raise OfflineTableMissing(f"{self.path} holds no Parquet part files")
         return files
 
     def pieces(self) -> list[list[Piece]]:

@@ -1,4 +1,5 @@
-"""The gateway's online feature reader: one Redis round trip per request, whatever it asks.
+"""The gateway's reader of versioned views, feature views and batch-score views alike: one Redis
+round trip per request, whatever it asks.
 
 Which data version of each view is live is kept in memory and refreshed in the background (every
 ``pointer_refresh_s``); a request reads with the versions it saw at its start, so it can never mix
@@ -19,10 +20,10 @@ from redis.exceptions import NoScriptError
 
 from features_online import layout
 from features_online.definitions import FeatureView
+from features_online.errors import StoreUnavailable
 from features_online.redis_client import connect_async
+from features_online.settings import FeatureSettings, RedisSettings
 from observability.metrics import GatewayMetrics
-from serving.errors import DependencyUnavailable
-from serving.settings import FeatureSettings, RedisSettings
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,9 @@ class ViewRead:
         return self.present & (self.age_s > self.view.ttl.total_seconds())
 
 
-class OnlineStore:
+class ViewReader:
+    """Reads the live data version of each of its views (features, or a model's batch scores)."""
+
     def __init__(self, redis: RedisSettings, features: FeatureSettings, views: Mapping[str, FeatureView],
                  metrics: GatewayMetrics) -> None:
         self._redis_settings = redis
@@ -94,7 +97,7 @@ class OnlineStore:
     async def start(self) -> None:
         try:
             await self.refresh()
-        except DependencyUnavailable as exc:
+        except StoreUnavailable as exc:
             log.error("online store not reachable at start: %s (will keep trying)", exc.message)
         self._task = asyncio.create_task(self._refresh_forever(), name="feature-pointers")
 
@@ -103,7 +106,7 @@ class OnlineStore:
             await asyncio.sleep(self._settings.pointer_refresh_s)
             try:
                 await self.refresh()
-            except DependencyUnavailable:
+            except StoreUnavailable:
                 pass  # reads report it; keep the last known pointers
 
     async def refresh(self) -> None:
@@ -117,7 +120,8 @@ class OnlineStore:
                 metas = await pipe.execute()
         except Exception as exc:
             self._metrics.feature_store_errors.labels("refresh").inc()
-            raise DependencyUnavailable(f"online feature store unreachable ({type(exc).__name__})") from None
+            log.debug("meta refresh failed: %r", exc)
+            raise StoreUnavailable("online store unreachable", "refresh") from None
         now_ms = time.time() * 1000
         for name, raw in zip(names, metas):
             meta = {k.decode(): v.decode() for k, v in raw.items()}
@@ -179,11 +183,13 @@ class OnlineStore:
                 async with asyncio.timeout(timeout_s):
                     replies = await self._execute([command for _, _, command in plan])
             except Exception as exc:
-                reason = "timeout" if isinstance(exc, TimeoutError) else "unavailable"
+                timeout = isinstance(exc, TimeoutError)
+                reason = "timeout" if timeout else "unavailable"
                 self._metrics.feature_store_errors.labels(reason).inc()
-                raise DependencyUnavailable(
-                    "online feature store did not answer in time" if reason == "timeout"
-                    else f"online feature store unreachable ({type(exc).__name__})") from None
+                if not timeout:
+                    log.debug("online store read failed: %r", exc)  # counted; per request, so not at INFO
+                raise StoreUnavailable("online store did not answer in time" if timeout
+                                       else "online store unreachable", reason) from None
         values: dict[str, list] = {}
         for (name, rows, _), reply in zip(plan, replies):
             if rows is None:  # one command for the whole view, row-aligned

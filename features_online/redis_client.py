@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from serving.settings import RedisSettings
+    from features_online.settings import RedisSettings
 
 
 @dataclass(frozen=True)

@@ -23,17 +23,14 @@ from typing import Iterator, Literal
 
 from features_online import layout
 from features_online.definitions import FeatureView
-from features_online.lease import Lease, LeaseHeld, LeaseLost
+from features_online.errors import LeaseHeld, LeaseLost, SyncError
+from features_online.lease import Lease
 from features_online.parquet_pieces import ParquetTable
 from features_online.redis_client import client_spec, connect
+from features_online.settings import FeatureSettings, RedisSettings
 from features_online.writer import PartitionWriter
-from serving.settings import FeatureSettings, RedisSettings
 
 log = logging.getLogger(__name__)
-
-
-class SyncError(RuntimeError):
-    """A sync that did not complete; the live version is untouched."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@
 1. Sync throughput: what ``mlgate features sync`` runs once its Spark session is up
    (``FeatureSync.full`` of the Parquet table: Spark tasks whose writers read its row groups) vs ``FeatureStore.materialize``
    from a FileSource over the same Parquet (Feast's local engine), into the same ``redis-server``.
-2. Read latency p50/p99 for 1 and 100 random entities per call: ``OnlineStore.read`` (asyncio) vs
+2. Read latency p50/p99 for 1 and 100 random entities per call: ``ViewReader.read`` (asyncio) vs
    ``FeatureStore.get_online_features(...).to_dict()``.
 
 Feast runs in its own venv (loadtests/feast_side.py, a subprocess) so its pins cannot touch ours;
@@ -158,11 +158,11 @@ def sync_ours(redis_settings, parquet: Path, as_of: datetime, runs: int) -> list
 
 
 async def read_ours(redis_settings, cols, n: int, calls: int, warmup: int, seed: int) -> dict:
-    from features_online.reader import OnlineStore
+    from features_online.reader import ViewReader
     from observability.metrics import GatewayMetrics
     from serving.settings import FeatureSettings
 
-    store = OnlineStore(redis_settings, FeatureSettings(), {VIEW.name: VIEW}, GatewayMetrics())
+    store = ViewReader(redis_settings, FeatureSettings(), {VIEW.name: VIEW}, GatewayMetrics())
     await store.start()
     rng = np.random.default_rng(seed)
     try:

@@ -1,27 +1,36 @@
-"""Request rows in, model columns out; model outputs in, response rows out.
+"""Every body shape in, every answer out: request rows and entity keys in, model columns out;
+model outputs in, response rows out.
 
 Pure functions over plain Python and numpy, so they are unit-tested without a server. Validation
 messages name the row and the feature and say what was expected; they never echo the value.
+
+A model's inputs split in two (:func:`bind`): those named ``<view>__<feature>`` come from the
+online store, keyed by the entities of the request; the rest are request-time values the caller
+sends, under ``instances`` (every input spelled out) or ``features`` (beside ``entities``).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import orjson
 
+from features_online.definitions import VIEWS, FeatureView, split_inputs
 from serving.errors import (
     InvalidFeatureType,
     InvalidRequest,
     MalformedJson,
-    MissingFeatures,
+    ModelValidationError,
     NonFiniteValue,
+    RequestFeaturesMissing,
     TooManyInstances,
     UnknownFeature,
 )
 from serving.runtime.base import NUMPY_DTYPES, ModelSpec
+from serving.schemas import MAX_TIMEOUT_MS
 
 _F32_MAX = float(np.finfo(np.float32).max)
 _NUMBER = (int, float)
@@ -69,6 +78,104 @@ def instances_of(payload: Any, max_instances: int) -> list[dict[str, Any]]:
     return instances
 
 
+def timeout_s(payload: Any, default_s: float) -> float:
+    """The request's own ``timeout_ms`` if it sent one, else ``default_s``."""
+    given = payload.get("timeout_ms") if isinstance(payload, dict) else None
+    if given is None:
+        return default_s
+    if type(given) is not int or not 1 <= given <= MAX_TIMEOUT_MS:
+        raise InvalidRequest(f"timeout_ms: expected an integer from 1 to {MAX_TIMEOUT_MS}")
+    return given / 1000
+
+
+def is_entity_keyed(payload: Any) -> bool:
+    return isinstance(payload, dict) and "entities" in payload
+
+
+@dataclass(frozen=True)
+class FeatureBinding:
+    """Which inputs of a model come from feature views, and which the caller sends."""
+
+    by_view: Mapping[str, tuple[str, ...]]
+    """Features each view supplies, as the model names them minus the view prefix."""
+    request_spec: ModelSpec
+    """The model's spec restricted to the inputs the caller sends with the request."""
+
+    @property
+    def views(self) -> list[FeatureView]:
+        return [VIEWS[name] for name in self.by_view]
+
+    @property
+    def entity_keys(self) -> list[str]:
+        return sorted({v.entity.key for v in self.views})
+
+
+def bind(spec: ModelSpec) -> FeatureBinding:
+    """Raises ModelValidationError when the signature asks for features no view provides."""
+    try:
+        by_view, request = split_inputs(spec.feature_names)
+    except ValueError as exc:
+        raise ModelValidationError(str(exc)) from None
+    request_inputs = tuple(f for f in spec.inputs if f.name in set(request))
+    return FeatureBinding({k: tuple(v) for k, v in by_view.items()},
+                          replace(spec, inputs=request_inputs, input_example=()))
+
+
+ENTITY_BODY_FIELDS = frozenset({"entities", "features", "timeout_ms"})
+_INT64_MAX = 2**63 - 1
+
+
+def entity_ids(payload: Any, max_instances: int) -> np.ndarray:
+    """The entity ids of a body whose model is not known yet (for batch-score fallbacks): each
+    row must carry exactly one id, under the same key."""
+    entities = body_rows(payload, "entities", ENTITY_BODY_FIELDS, max_instances)
+    first = entities[0]
+    if not isinstance(first, dict) or len(first) != 1:
+        raise InvalidRequest("entities[0] must be an object with exactly one entity id")
+    return _ids(entities, list(first))[next(iter(first))]
+
+
+def entity_rows(payload: Any, binding: FeatureBinding, max_instances: int
+                ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Entity ids per view, and request-time feature rows, from an entity-keyed predict body."""
+    entities = body_rows(payload, "entities", ENTITY_BODY_FIELDS, max_instances)
+    if not binding.by_view:
+        raise InvalidRequest("this model takes no stored features: send 'instances'")
+    ids = _ids(entities, binding.entity_keys)
+    return ({v.name: ids[v.entity.key] for v in binding.views},
+            _request_rows(payload.get("features"), len(entities), binding))
+
+
+def _ids(entities: list, keys: list[str]) -> dict[str, np.ndarray]:
+    ids = {key: np.empty(len(entities), dtype=np.int64) for key in keys}
+    for i, row in enumerate(entities):
+        if not isinstance(row, dict) or row.keys() != set(keys):
+            raise InvalidRequest(f"entities[{i}] must be an object with exactly: {', '.join(keys)}")
+        for key in keys:
+            value = row[key]
+            if type(value) is not int or not 0 <= value <= _INT64_MAX:
+                raise InvalidRequest(f"entities[{i}].{key}: expected a non-negative integer id")
+            ids[key][i] = value
+    return ids
+
+
+def _request_rows(features: Any, n: int, binding: FeatureBinding) -> list[dict[str, Any]]:
+    if not binding.request_spec.inputs and features is None:
+        return [{} for _ in range(n)]
+    if isinstance(features, dict):  # one set of request-time values for every entity
+        return [features] * n
+    if isinstance(features, list) and len(features) == n:
+        return features
+    raise InvalidRequest("'features' must be an object, or a list with one object per entity")
+
+
+def merge(stored: Mapping[str, np.ndarray], request: Mapping[str, np.ndarray],
+          order: Sequence[str]) -> dict[str, np.ndarray]:
+    """All model inputs, in signature order."""
+    both = {**stored, **request}
+    return {name: both[name] for name in order}
+
+
 def decode(instances: Sequence[Mapping[str, Any]], spec: ModelSpec) -> dict[str, np.ndarray]:
     """Validate rows against the model's signature and turn them into one array per feature."""
     names = spec.feature_names
@@ -91,7 +198,7 @@ def _raise_key_mismatch(i: int, row: Mapping[str, Any], expected: frozenset[str]
         raise UnknownFeature(f"instances[{i}]: unknown features: {_names(extra)}")
     missing = expected - row.keys() - optional
     if missing:
-        raise MissingFeatures(f"instances[{i}]: missing features: {_names(missing)}")
+        raise RequestFeaturesMissing(f"instances[{i}]: missing features: {_names(missing)}")
 
 
 def _column(values: list[Any], name: str, dtype: str, required: bool) -> np.ndarray:
@@ -208,13 +315,13 @@ def encode(outputs: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
     return [{name: col[i] for name, col in columns.items()} for i in range(n)]
 
 
-SCORE_OUTPUTS = ("probability", "score", "prediction")
+SCALAR_SCORE_NAMES = ("probability", "score", "prediction")
 
 
 def score_of(prediction: Mapping[str, Any]) -> float | None:
     """The row's scalar score (``probability``, else ``score``, else ``prediction``, else the
     first real-valued output): what canary analysis and shadow comparison look at."""
-    for name in SCORE_OUTPUTS:
+    for name in SCALAR_SCORE_NAMES:
         value = prediction.get(name)
         if isinstance(value, _NUMBER) and not isinstance(value, bool):
             return float(value)

@@ -40,15 +40,21 @@ class UnknownFeature(InvalidRequest):
     code = "unknown_feature"
 
 
-class MissingFeatures(MlgateError):
+class RequestFeaturesMissing(MlgateError):
+    """The request body lacks inputs the model needs."""
+
     status, code = 422, "missing_features"
 
 
-class FeaturesMissing(MlgateError):
+class StoredFeaturesMissing(MlgateError):
+    """The online store holds no features for an entity (under the ``error`` policy)."""
+
     status, code = 422, "features_missing"
 
 
-class FeaturesStale(MlgateError):
+class StoredFeaturesStale(MlgateError):
+    """The entity's stored features are older than the view's TTL (under the ``error`` policy)."""
+
     status, code = 422, "features_stale"
 
 

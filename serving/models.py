@@ -16,18 +16,17 @@ from typing import Callable, Mapping, Protocol
 import numpy as np
 
 from observability.metrics import GatewayMetrics
-from serving.errors import ModelNotFound, ModelNotReady, ModelValidationError, VariantNotFound
+from serving.errors import (
+    ModelNotFound,
+    ModelNotReady,
+    ModelValidationError,
+    VariantNotFound,
+)
 from serving.routing import CANARY, CHAMPION
-from serving.runtime.base import NUMPY_DTYPES, ModelRuntime, ModelSpec
+from serving.runtime.base import NUMPY_DTYPES, ModelRuntime, ModelSpec, predict_async
 from serving.settings import ModelSettings, RoutingSettings, Settings, VariantRef
 
 log = logging.getLogger(__name__)
-
-# Rows up to this many are scored inline on the event loop by ONNX models (microseconds for tree
-# models); larger batches, and any pyfunc model (arbitrary Python: it may block), go to a worker
-# thread so they cannot stall other requests.
-INLINE_MAX_ROWS = 64
-
 
 class ModelBackend(Protocol):
     """Something that scores decoded columns for one model version."""
@@ -50,9 +49,7 @@ class InProcessModel:
     async def predict(self, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = len(next(iter(columns.values())))
         self._rows.observe(rows)
-        if rows <= INLINE_MAX_ROWS and self.spec.flavor == "onnx":
-            return self.runtime.predict(columns)
-        return await asyncio.to_thread(self.runtime.predict, columns)
+        return await predict_async(self.runtime, columns, rows)
 
     def close(self) -> None:
         self.runtime.close()
@@ -271,9 +268,11 @@ class ModelTable:
             raise ModelNotFound(name)
         return dict(self._models[name])
 
-    @property
-    def ready(self) -> bool:
-        return all(v[CHAMPION].backend is not None for v in self._models.values())
+    def readiness(self) -> tuple[bool, dict[str, bool]]:
+        """Whether the gateway may take traffic, and which champions are loaded: ready only when
+        at least one model is configured and every champion has a validated version."""
+        loaded = {name: v[CHAMPION].backend is not None for name, v in self._models.items()}
+        return bool(loaded) and all(loaded.values()), loaded
 
     def close(self) -> None:
         for variants in self._models.values():

@@ -8,7 +8,9 @@ Fallback chain (entity-keyed requests): the online answer, unless the model is n
 feature store fails, the row's features are missing/stale under a ``fallback`` policy, the model
 raises, or the online path would pass the deadline (minus ``fallback.reserve_ms``); then the
 entity's precomputed batch score if it is younger than ``fallback.max_age_s``; otherwise 503.
-Bad input is never "fallen back": it is the caller's error and gets its 4xx.
+Bad input is never "fallen back": it is the caller's error and gets its 4xx. Which rows need a
+fallback is decided by :func:`stored_inputs` (the feature policies); whether they get one or the
+request fails, by :func:`fallback_or_fail` alone.
 
 Variants: the rollout controller picks champion or canary first (sticky, serving/routing.py).
 A canary that raises or uses up half the deadline is counted against it (canary analysis) and
@@ -22,26 +24,30 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from features_online.reader import OnlineStore
+from features_online.errors import StoreUnavailable
+from features_online.reader import ViewRead, ViewReader
+from features_online.settings import FeatureSettings
 from observability.metrics import UNKNOWN_MODEL, GatewayMetrics
-from serving import codec, fallback, features
+from serving import codec, routing
+from serving.codec import FeatureBinding
 from serving.errors import (
     DeadlineExceeded,
     DependencyUnavailable,
+    FallbackUnavailable,
     InternalError,
-    InvalidRequest,
     MlgateError,
     ModelNotReady,
+    StoredFeaturesMissing,
+    StoredFeaturesStale,
     VariantNotFound,
 )
 from serving.models import ModelBackend, ModelTable
 from serving.rollout import Rollouts
-from serving.routing import CANARY, CHAMPION, routing_key
-from serving.schemas import MAX_TIMEOUT_MS
+from serving.routing import CANARY, CHAMPION
 from serving.runtime.base import ModelSpec
 from serving.settings import Settings
 from serving.shadow import Mirror, ShadowMirror
@@ -68,7 +74,7 @@ NO_HINTS = RouteHints()
 
 class Pipeline:
     def __init__(self, settings: Settings, models: ModelTable, metrics: GatewayMetrics,
-                 store: OnlineStore | None = None, scores: OnlineStore | None = None,
+                 store: ViewReader | None = None, scores: ViewReader | None = None,
                  rollouts: Rollouts | None = None, mirror: ShadowMirror | None = None) -> None:
         self.settings = settings
         self.models = models
@@ -78,12 +84,12 @@ class Pipeline:
         # Which variant answers (without shared state: this process's own) and where shadows go.
         self.rollouts = rollouts if rollouts is not None else Rollouts(settings, models, metrics)
         self.mirror = mirror
-        self._bindings: dict[tuple[str, str], features.FeatureBinding] = {}
+        self._bindings: dict[tuple[str, str], FeatureBinding] = {}
 
-    def binding(self, spec: ModelSpec) -> features.FeatureBinding:
+    def binding(self, spec: ModelSpec) -> FeatureBinding:
         key = (spec.name, spec.version)
         if key not in self._bindings:
-            self._bindings[key] = features.bind(spec)
+            self._bindings[key] = codec.bind(spec)
         return self._bindings[key]
 
     async def predict(self, name: str, body: bytes, request_id: str,
@@ -93,10 +99,13 @@ class Pipeline:
         try:
             version = self.models.state(name).version or ""  # ModelNotFound: 404 before anything else
             payload = codec.parse_json(body)
-            deadline = started + self._timeout_s(payload)
+            deadline = started + codec.timeout_s(payload, self._default_timeout_s)
             if hints.variant and hints.variant not in self.models.variants(name):
                 raise VariantNotFound(f"model {name!r} has no variant {hints.variant!r}")
-            variant = hints.variant or self.rollouts.variant_for(name, routing_key(payload, hints.key))
+            variant = hints.variant or routing.assign(name, routing.routing_key(payload, hints.key),
+                                                      self.rollouts.canary_weight(name))
+            if variant == CANARY and self.models.backend(name, CANARY) is None:
+                variant = CHAMPION  # the canary is not serving (yet): its keys stay with the champion
             if variant == CANARY and not hints.variant:
                 answer = await self._try_canary(name, payload, started, deadline)
                 if answer is None:  # the canary failed: the champion answers instead
@@ -135,7 +144,7 @@ class Pipeline:
             if forced:
                 raise
             backend, not_ready = None, exc
-        if isinstance(payload, dict) and "entities" in payload:
+        if codec.is_entity_keyed(payload):
             return await self._entity_predictions(name, backend, payload, started, deadline,
                                                   model_failures_raise=strict)
         if backend is None:
@@ -183,22 +192,17 @@ class Pipeline:
         request metrics. Rows the shadow could not answer online are None."""
         backend = self.models.get(name, shadow)
         started = time.perf_counter()
-        deadline = started + self._timeout_s(payload)
-        if isinstance(payload, dict) and "entities" in payload:
+        deadline = started + codec.timeout_s(payload, self._default_timeout_s)
+        if codec.is_entity_keyed(payload):
             predictions, _ = await self._entity_predictions(name, backend, payload, started, deadline,
                                                             allow_fallback=False)
             return predictions
         columns = codec.decode(codec.instances_of(payload, self.settings.limits.max_instances), backend.spec)
         return await self._infer(backend, columns, deadline, stages=False)
 
-    def _timeout_s(self, payload: Any) -> float:
-        """The request's own ``timeout_ms`` if it sent one, else the configured deadline."""
-        given = payload.get("timeout_ms") if isinstance(payload, dict) else None
-        if given is None:
-            return self.settings.limits.deadline_ms / 1000
-        if type(given) is not int or not 1 <= given <= MAX_TIMEOUT_MS:
-            raise InvalidRequest(f"timeout_ms: expected an integer from 1 to {MAX_TIMEOUT_MS}")
-        return given / 1000
+    @property
+    def _default_timeout_s(self) -> float:
+        return self.settings.limits.deadline_ms / 1000
 
     async def _infer(self, backend: ModelBackend, columns: dict[str, np.ndarray],
                      deadline: float, stages: bool = True) -> list[dict[str, Any]]:
@@ -220,67 +224,64 @@ class Pipeline:
                                   model_failures_raise: bool = False
                                   ) -> tuple[list[dict[str, Any]], ModelSpec | None]:
         """Online answers for entity-keyed rows, with batch scores for the rows that need them
-        (without ``allow_fallback``, those rows are None and model failures raise;
+        (without ``allow_fallback``, those rows are None and failures raise;
         ``model_failures_raise``: a failing or slow model raises instead of falling back)."""
-        use_fallback = allow_fallback and self.settings.fallback.enabled and self.scores is not None
-        online_deadline = deadline - (self.settings.fallback.reserve_ms / 1000 if use_fallback else 0)
-        if backend is None:
-            if not use_fallback:
-                self.models.get(name)  # raises ModelNotReady again
-            ids = features.entity_ids(payload, self.settings.limits.max_instances)
+        scores = self.scores if allow_fallback and self.settings.fallback.enabled else None
+        online_deadline = deadline - (self.settings.fallback.reserve_ms / 1000 if scores is not None else 0)
+        limit = self.settings.limits.max_instances
+        if backend is None:  # the model is not ready: batch scores need only the entity ids
+            ids = codec.entity_ids(payload, limit)
             return await self._fallback(name, ids, dict.fromkeys(range(len(ids)), "model_not_ready"),
-                                        [None] * len(ids), deadline), None
+                                        [None] * len(ids), deadline, scores, ModelNotReady(
+                                            f"model {name!r} is not loaded yet")), None
         spec = backend.spec
         binding = self.binding(spec)
-        ids_by_view, request_rows = features.entity_rows(payload, binding, self.settings.limits.max_instances)
+        ids_by_view, request_rows = codec.entity_rows(payload, binding, limit)
         request_columns = codec.decode(request_rows, binding.request_spec)
         ids = next(iter(ids_by_view.values()))
+        n = len(ids)
         t_decoded = time.perf_counter()
         self.metrics.observe_stage(name, "decode", t_decoded - started)
-        if self.store is None:
-            raise DependencyUnavailable("no online feature store is configured")
-        n = len(ids)
         try:
+            if self.store is None:
+                raise StoreUnavailable("no online feature store is configured")
             reads = await self.store.read(ids_by_view, timeout_s=max(online_deadline - t_decoded, 0.001))
-        except DependencyUnavailable:
-            if not use_fallback:
-                raise
+        except StoreUnavailable as exc:
             return await self._fallback(name, ids, dict.fromkeys(range(n), "feature_store_unavailable"),
-                                        [None] * n, deadline), spec
-        stored, provenance, to_fallback = features.assemble(binding, reads, self.settings.features, self.metrics)
+                                        [None] * n, deadline, scores, DependencyUnavailable(exc.message)), spec
+        stored, provenance, to_fallback = stored_inputs(binding, reads, self.settings.features, self.metrics)
         self.metrics.observe_stage(name, "features", time.perf_counter() - t_decoded)
         online = [i for i in range(n) if i not in to_fallback]
         answers: list[dict[str, Any] | None] = [None] * n
         if online:
-            columns = features.merge(stored, request_columns, spec.feature_names)
+            columns = codec.merge(stored, request_columns, spec.feature_names)
             if len(online) < n:
                 columns = {k: v[online] for k, v in columns.items()}
             try:
                 for row, prediction in zip(online, await self._infer(backend, columns, online_deadline)):
                     answers[row] = {**prediction, "source": "online", "model_version": spec.version}
-            except DeadlineExceeded:
-                if not use_fallback or model_failures_raise:
+            except Exception as exc:  # a slow or failing model: its rows fall back, if they may
+                if model_failures_raise or scores is None:
                     raise
-                to_fallback.update(dict.fromkeys(online, "deadline_exceeded"))
-            except Exception:
-                if not use_fallback or model_failures_raise:
-                    raise
-                log.exception("model %s v%s failed: serving batch scores", name, spec.version)
-                to_fallback.update(dict.fromkeys(online, "model_error"))
+                reason = "deadline_exceeded" if isinstance(exc, DeadlineExceeded) else "model_error"
+                if reason == "model_error":
+                    log.exception("model %s v%s failed: serving batch scores", name, spec.version)
+                to_fallback.update(dict.fromkeys(online, reason))
         if to_fallback and allow_fallback:
-            answers = await self._fallback(name, ids, to_fallback, answers, deadline)
+            answers = await self._fallback(name, ids, to_fallback, answers, deadline, scores, None)
         for answer, origin in zip(answers, provenance):
             if answer is not None:
                 answer["features"] = origin
         return answers, spec
 
     async def _fallback(self, name: str, ids: np.ndarray, reasons: dict[int, str],
-                        answers: list[dict[str, Any] | None], deadline: float) -> list[dict[str, Any]]:
+                        answers: list[dict[str, Any] | None], deadline: float, scores: ViewReader | None,
+                        cause: MlgateError | None) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
-        scores = await fallback.batch_scores(self.scores, self.metrics, name, ids, reasons,
-                                             max(deadline - t0, 0.001))
+        found = await fallback_or_fail(scores, self.metrics, name, ids, reasons, cause,
+                                       max(deadline - t0, 0.001))
         self.metrics.observe_stage(name, "fallback", time.perf_counter() - t0)
-        return [scores.get(i, answer) for i, answer in enumerate(answers)]
+        return [found.get(i, answer) for i, answer in enumerate(answers)]
 
     async def example_request(self, spec: ModelSpec) -> dict[str, Any]:
         """A ready-to-send body: entity-keyed with a real stored entity when the model uses
@@ -302,3 +303,95 @@ class Pipeline:
         """Count a request the transport refused before it reached the pipeline."""
         label = name if self.settings.model(name) else UNKNOWN_MODEL
         self.metrics.observe_request(label, "", error.code, time.perf_counter() - started)
+
+
+def stored_inputs(binding: FeatureBinding, reads: Mapping[str, ViewRead], policy: FeatureSettings,
+                  metrics: GatewayMetrics) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], dict[int, str]]:
+    """Model input columns from stored values (or defaults, by policy), per-row provenance, and
+    the rows the policy sends to the batch-score fallback (row -> reason). Raises 422 under an
+    ``error`` policy."""
+    columns: dict[str, np.ndarray] = {}
+    n = len(next(iter(reads.values())).present)
+    provenance: list[dict[str, Any]] = [{} for _ in range(n)]
+    fallback: dict[int, str] = {}
+    for name, features in binding.by_view.items():
+        read = reads[name]
+        view = read.view
+        missing, stale = ~read.present, read.stale
+        if policy.on_missing == "error" and missing.any():
+            raise StoredFeaturesMissing(f"entities[{int(np.argmax(missing))}]: no {view.name} features stored")
+        if policy.on_stale == "error" and stale.any():
+            raise StoredFeaturesStale(f"entities[{int(np.argmax(stale))}]: {view.name} features older than "
+                                      f"{int(view.ttl.total_seconds())}s")
+        for reason, mask, rule in (("features_missing", missing, policy.on_missing),
+                                   ("features_stale", stale, policy.on_stale)):
+            if rule == "fallback":
+                for row in np.flatnonzero(mask).tolist():
+                    fallback.setdefault(row, reason)
+        use_default = missing | (stale if policy.on_stale == "default" else np.zeros(n, bool))
+        any_default = bool(use_default.any())
+        for feature in view.features:
+            if feature.name in features:
+                values = read.records[feature.name]
+                if any_default:
+                    values = np.where(use_default, feature.default, values)
+                # In the view's dtype, which is the signature's: schema-enforcing runtimes check it.
+                columns[view.qualified(feature.name)] = values.astype(
+                    np.int64 if feature.dtype == "long" else np.float64, copy=False)
+        for i in range(n):
+            provenance[i][name] = _origin(bool(missing[i]), bool(stale[i]), bool(use_default[i]),
+                                          float(read.age_s[i]))
+        fresh = int(n - missing.sum() - stale.sum())
+        for status, count in (("fresh", fresh), ("stale", int(stale.sum())), ("missing", int(missing.sum()))):
+            if count:
+                metrics.child(metrics.feature_rows, name, status).inc(count)
+    return columns, provenance, fallback
+
+
+def _origin(missing: bool, stale: bool, default: bool, age_s: float) -> dict[str, Any]:
+    if missing:
+        return {"source": "default", "status": "missing"}
+    return {"source": "default" if default else "online_store",
+            "status": "stale" if stale else "fresh", "age_s": round(age_s, 3)}
+
+
+async def fallback_or_fail(scores: ViewReader | None, metrics: GatewayMetrics, model: str, ids: np.ndarray,
+                           reasons: dict[int, str], cause: MlgateError | None, timeout_s: float
+                           ) -> dict[int, dict[str, Any]]:
+    """The one decision "serve a fallback or fail", for the rows in ``reasons`` (row -> why the
+    online path cannot answer it): each row's batch score, or an error.
+
+    - no score store (fallbacks off, or a shadow's replay): ``cause``, the error the online path
+      met, is raised (a 4xx policy error never reaches here: it is the caller's);
+    - the scores cannot be read in time: 503 ``fallback_unavailable``, with why they were needed;
+    - a row's score is missing or older than ``fallback.max_age_s``: 503 naming the first such row;
+    - else every row's score, with its source, model version, reason and age.
+    """
+    if scores is None:
+        raise cause or FallbackUnavailable(f"{_why(reasons)}, and fallbacks are off")
+    rows = sorted(reasons)
+    view_name = f"score.{model}"
+    try:
+        read = (await scores.read({view_name: ids[rows]}, timeout_s))[view_name]
+    except StoreUnavailable as exc:
+        raise FallbackUnavailable(f"{_why(reasons)}, and batch scores are unreachable: {exc.message}") from None
+    usable = read.present & ~read.stale
+    if not usable.all():
+        first = int(np.argmin(usable))
+        problem = "too old" if read.present[first] else "missing"
+        raise FallbackUnavailable(f"entities[{rows[first]}]: {reasons[rows[first]]}, and its batch score is {problem}")
+    live = scores.live(view_name)
+    version = live.extra.get("model_version") if live else None
+    answers = {}
+    for i, row in enumerate(rows):
+        answers[row] = {"label": int(read.records["label"][i]),
+                        "probability": float(read.records["probability"][i]),
+                        "source": "batch_fallback", "model_version": version,
+                        "fallback_reason": reasons[row], "score_age_s": round(float(read.age_s[i]), 3)}
+    for reason in set(reasons.values()):
+        metrics.fallback_rows.labels(model, reason).inc(sum(1 for r in reasons.values() if r == reason))
+    return answers
+
+
+def _why(reasons: dict[int, str]) -> str:
+    return ", ".join(sorted(set(reasons.values())))

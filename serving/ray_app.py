@@ -9,24 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from typing import Any, Mapping
 
 import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from features_online.definitions import VIEWS
-from features_online.reader import OnlineStore
+from features_online.definitions import VIEWS, score_view
+from features_online.reader import ViewReader
 from observability.metrics import GatewayMetrics
-from serving import codec, fallback, features
+from serving import codec
 from serving.http.app import build_app
 from serving.http.server import ReplicaServer
 from serving.launcher import GATEWAY
-from serving.models import INLINE_MAX_ROWS, InProcessModel, ModelBackend, ModelTable
+from serving.models import InProcessModel, ModelBackend, ModelTable
 from serving.pipeline import Pipeline
 from serving.registry import Registry
 from serving.rollout import Rollouts
-from serving.runtime.base import ModelSpec
+from serving.runtime.base import ModelSpec, predict_async
 from serving.runtime.loader import load_model
 from serving.settings import BatchingSettings, ModelSettings, RoutingSettings, Settings
 from serving.shadow import ShadowMirror
@@ -66,11 +67,7 @@ class ModelDeployment:
     async def predict(self, batches: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         merged = codec.concat(batches)
         sizes = [len(next(iter(b.values()))) for b in batches]
-        if sum(sizes) <= INLINE_MAX_ROWS:
-            outputs = self._runtime.predict(merged)
-        else:
-            outputs = await asyncio.to_thread(self._runtime.predict, merged)
-        return codec.split(outputs, sizes)
+        return codec.split(await predict_async(self._runtime, merged, sum(sizes)), sizes)
 
 
 class DeploymentModel:
@@ -115,18 +112,18 @@ class Gateway:
                 loaded: ModelBackend = DeploymentModel(handles[model.name], loop)
             else:
                 loaded = InProcessModel(_load(self._settings, model), metrics)
-            features.bind(loaded.spec)  # refuses models asking for features no view provides
+            codec.bind(loaded.spec)  # refuses models asking for features no view provides
             return loaded
 
-        score_views = {v.name: v for v in fallback.views([m.name for m in self._settings.models],
-                                                         self._settings.fallback)}
+        max_age = timedelta(seconds=self._settings.fallback.max_age_s)
+        score_views = {v.name: v for v in (score_view(m.name, max_age) for m in self._settings.models)}
         separate = self._settings.fallback.redis is not None
-        self._store = OnlineStore(self._settings.redis, self._settings.features,
+        self._store = ViewReader(self._settings.redis, self._settings.features,
                                   VIEWS if separate else {**VIEWS, **score_views}, metrics)
         await self._store.start()
         self._scores = self._store
         if separate:
-            self._scores = OnlineStore(self._settings.fallback.redis, self._settings.features,
+            self._scores = ViewReader(self._settings.fallback.redis, self._settings.features,
                                        score_views, metrics)
             await self._scores.start()
         self._models = ModelTable(self._settings, metrics, backend, resolver=registry.resolve)

@@ -32,7 +32,7 @@ from observability.metrics import GatewayMetrics
 from serving.canary import Breach, CanaryAnalysis
 from serving.errors import DependencyUnavailable, ModelNotFound, RolloutConflict, VariantNotFound
 from serving.models import ModelTable
-from serving.routing import CANARY, CHAMPION, assign, mirrored
+from serving.routing import CANARY, mirrored
 from serving.settings import RoutingSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -132,14 +132,10 @@ class Rollouts:
 
     # -- the hot path ---------------------------------------------------------------------------
 
-    def variant_for(self, model: str, key: str | None) -> str:
-        """``canary`` when the key falls on the canary's side and the canary is serving."""
+    def canary_weight(self, model: str) -> float:
+        """The canary's share of routing keys now, in percent (0 when it has none)."""
         state = self._states.get(model)
-        if state is None or state.canary_weight <= 0:
-            return CHAMPION
-        if assign(model, key, state.canary_weight) == CANARY and self._models.backend(model, CANARY):
-            return CANARY
-        return CHAMPION
+        return state.canary_weight if state is not None else 0.0
 
     def shadows_for(self, model: str) -> list[str]:
         """Shadows this request is mirrored to (each drawn at its share)."""

@@ -1,25 +1,23 @@
-"""The one settings object of an mlgate process.
+"""The one settings object of an mlgate process: the gateway's sections composed with the
+feature store's (``features_online.settings``).
 
-Everything configurable lives here, read from ``MLGATE_*`` environment variables (nested fields
-with ``__``, e.g. ``MLGATE_HTTP__PORT=9000``) or passed explicitly. Nothing is read at import
-time: build a :class:`Settings` in the process entry point and hand it down.
+Read from ``MLGATE_*`` environment variables (nested fields with ``__``, e.g.
+``MLGATE_HTTP__PORT=9000``) or passed explicitly. Nothing is read at import time: build a
+:class:`Settings` in the process entry point and hand it down.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator,
-                      model_validator)
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+
+from features_online.settings import RedisSettings, Section, StoreSettings
+
+__all__ = ["Settings", "RedisSettings", "Section"]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class HttpSettings(_Section):
+class HttpSettings(Section):
     host: str = "127.0.0.1"
     """Address the gateway listens on."""
     port: int = Field(8000, ge=1, le=65535)
@@ -55,21 +53,21 @@ class HttpSettings(_Section):
     ``max_ongoing_requests`` does not see them)."""
 
 
-class LimitSettings(_Section):
+class LimitSettings(Section):
     max_instances: int = Field(1000, gt=0)
     """Most rows one predict request may carry (413 above)."""
     deadline_ms: int = Field(2000, gt=0)
     """Default per-request deadline; a request still running then gets 504."""
 
 
-class BatchingSettings(_Section):
+class BatchingSettings(Section):
     max_batch_size: int = Field(32, gt=0)
     """Most requests merged into one model call by ``@serve.batch``."""
     batch_wait_timeout_s: float = Field(0.001, ge=0)
     """How long a partial batch waits for more requests."""
 
 
-class OnnxSettings(_Section):
+class OnnxSettings(Section):
     intra_op_threads: int = Field(1, ge=0)
     """onnxruntime threads inside one operator. 1 suits small tree models on few cores: a
     thread pool costs more to wake than the work it would split. 0 lets onnxruntime decide."""
@@ -83,7 +81,7 @@ ALIAS_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$"
 VERSION_PATTERN = r"^[1-9][0-9]{0,9}$"
 
 
-class VariantRef(_Section):
+class VariantRef(Section):
     """Which registered version a variant serves: an MLflow alias to follow, or a pinned version."""
 
     alias: str | None = Field(None, pattern=ALIAS_PATTERN)
@@ -115,7 +113,7 @@ class ShadowSettings(VariantRef):
         return name
 
 
-class AnalysisSettings(_Section):
+class AnalysisSettings(Section):
     """When the canary is rolled back: canary against champion over a sliding window."""
 
     window_s: float = Field(60.0, gt=0)
@@ -137,7 +135,7 @@ class AnalysisSettings(_Section):
     breach. The checks run every few seconds for the length of a rollout, so keep it small."""
 
 
-class RoutingSettings(_Section):
+class RoutingSettings(Section):
     canary: CanarySettings | None = CanarySettings(alias="challenger")
     """The canary variant and its weight; None: the champion answers everything."""
     shadows: tuple[ShadowSettings, ...] = ()
@@ -156,7 +154,7 @@ class RoutingSettings(_Section):
         return shadows
 
 
-class ModelSettings(_Section):
+class ModelSettings(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     """Registered model name in MLflow."""
     alias: str | None = "champion"
@@ -186,24 +184,9 @@ class ModelSettings(_Section):
         return f"models:/{self.name}/{self.version}" if self.version else f"models:/{self.name}@{self.alias}"
 
 
-class RedisSettings(_Section):
-    url: str = "redis://127.0.0.1:6379/0"
-    """Online store (features, fallback scores). ``rediss://`` for TLS."""
-    password: SecretStr | None = None
-    """Password (or put it in the URL); never logged."""
-    cluster: bool = False
-    """Talk to a Redis Cluster (keys carry hash tags: see features_online/layout.py)."""
-    prefix: str = Field("mlg", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
-    """Namespace of every key mlgate writes."""
-    max_connections: int = Field(64, gt=0)
-    """Connection pool size of one gateway replica."""
-    connect_timeout_ms: int = Field(200, gt=0)
-    """Give up connecting after this long: Redis down must fail fast, never hang."""
-    socket_timeout_ms: int = Field(500, gt=0)
-    """Give up on an answer after this long (the request deadline may cut it shorter)."""
 
 
-class FallbackSettings(_Section):
+class FallbackSettings(Section):
     enabled: bool = True
     """Serve precomputed batch scores when the online path cannot answer an entity-keyed request."""
     max_age_s: float = Field(2 * 86_400, gt=0)
@@ -215,34 +198,15 @@ class FallbackSettings(_Section):
     fallbacks available when the feature store itself is down or slow."""
 
 
-class FeatureSettings(_Section):
-    on_missing: Literal["default", "error", "fallback"] = "fallback"
-    """Entity not in the online store: serve the row's batch score (503 if there is none fresh
-    enough), serve the view's default values (said so per row), or refuse with 422
-    ``features_missing``."""
-    on_stale: Literal["default", "serve", "error", "fallback"] = "serve"
-    """Values older than the view's TTL: serve them anyway (flagged stale per row), use defaults,
-    refuse with 422 ``features_stale``, or serve the row's batch score."""
-    pointer_refresh_s: float = Field(1.0, gt=0)
-    """How often the gateway re-reads which data version of each view is live."""
-    retire_grace_s: int = Field(60, gt=0)
-    """A replaced data version lives this long after a flip, so in-flight readers finish."""
-    sync_batch_rows: int = Field(1000, gt=0)
-    """Rows per Redis command in a sync."""
-    sync_lease_s: float = Field(30.0, gt=0)
-    """Length of the lease a sync holds on its view (so two syncs never run at once); the sync
-    renews it every third of that. A sync killed without freeing it (SIGKILL, OOM, node loss)
-    blocks the next one for at most this long; a sync that cannot renew it for this long (a
-    stalled process, Redis out of reach) loses it and does not flip."""
 
 
-class AdminSettings(_Section):
+class AdminSettings(Section):
     token: SecretStr | None = Field(None, min_length=16)
     """Bearer token (16 characters or more) for the admin API and the variant-forcing header. Unset: only callers on
     the loopback interface may use them (the local demo); set it everywhere else."""
 
 
-class RegistrySettings(_Section):
+class RegistrySettings(Section):
     poll_s: float = Field(5.0, gt=0)
     """How often each gateway replica asks MLflow where the aliases it follows point."""
     retry_initial_s: float = Field(2.0, gt=0)
@@ -250,7 +214,7 @@ class RegistrySettings(_Section):
     retry_max_s: float = Field(60.0, gt=0)
 
 
-class RolloutSettings(_Section):
+class RolloutSettings(Section):
     refresh_s: float = Field(1.0, gt=0)
     """How often a replica re-reads the shared rollout state (weights, halts) from Redis."""
     analysis_interval_s: float = Field(5.0, gt=0)
@@ -261,16 +225,9 @@ class RolloutSettings(_Section):
     """Shadow requests running at once in one replica."""
 
 
-class SparkSettings(_Section):
-    master: str = "local[*]"
-    """Spark master for the feature, sync and batch jobs (any cluster works unchanged)."""
-    shuffle_partitions: int = Field(8, gt=0)
-    """spark.sql.shuffle.partitions: small by default, data sets here are small."""
-    sync_partitions: int = Field(2, gt=0)
-    """Parallel Redis writers in a sync (one per partition)."""
 
 
-class RaySettings(_Section):
+class RaySettings(Section):
     address: str | None = None
     """Join an existing Ray cluster (``auto`` or ``ray://host:10001``); None starts Ray locally."""
     num_cpus: int | None = None
@@ -288,18 +245,10 @@ class RaySettings(_Section):
     the bare-uvicorn floor (loadtests/RESULTS.md)."""
 
 
-class Settings(BaseSettings):
-    """All of mlgate's configuration."""
+class Settings(StoreSettings):
+    """All of mlgate's configuration: the feature store's sections (``state_dir``, ``redis``,
+    ``features``, ``spark``, ``log_level``) and the gateway's."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="MLGATE_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        frozen=True,
-    )
-
-    state_dir: Path = Path(".mlgate")
-    """Local state: demo data, the SQLite MLflow store, artifacts, pid files."""
     mlflow_tracking_uri: str | None = Field(
         None, validation_alias=AliasChoices("MLGATE_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI",
                                             "mlflow_tracking_uri"))
@@ -311,20 +260,10 @@ class Settings(BaseSettings):
     batching: BatchingSettings = BatchingSettings()
     onnx: OnnxSettings = OnnxSettings()
     ray: RaySettings = RaySettings()
-    redis: RedisSettings = RedisSettings()
-    features: FeatureSettings = FeatureSettings()
     fallback: FallbackSettings = FallbackSettings()
-    spark: SparkSettings = SparkSettings()
     admin: AdminSettings = AdminSettings()
     registry: RegistrySettings = RegistrySettings()
     rollout: RolloutSettings = RolloutSettings()
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-
-    @field_validator("state_dir")
-    @classmethod
-    def _absolute(cls, path: Path) -> Path:
-        # Ray workers may run elsewhere than the launching shell: pass an absolute path on.
-        return path.expanduser().resolve()
 
     @field_validator("models")
     @classmethod
@@ -339,16 +278,6 @@ class Settings(BaseSettings):
         if self.mlflow_tracking_uri:
             return self.mlflow_tracking_uri
         return f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
-
-    @property
-    def data_dir(self) -> Path:
-        """Raw tables (Parquet): the lakehouse input of the feature and training jobs."""
-        return self.state_dir / "data"
-
-    @property
-    def offline_dir(self) -> Path:
-        """Offline feature tables written by the Spark feature job."""
-        return self.state_dir / "features"
 
     @property
     def artifact_root(self) -> str:

@@ -75,8 +75,7 @@ def build_app(pipeline: Pipeline, echo_request_id: bool = True) -> FastAPI:
     @app.get("/readyz", response_model=schemas.Health, responses={503: {"model": schemas.Health}})
     async def readyz() -> Response:
         """Readiness: 200 only when every configured model has a validated version loaded."""
-        status = {n: models.state(n).backend is not None for n in models.names()}
-        ready = all(status.values())
+        ready, status = models.readiness()
         return json_response({"status": "ok" if ready else "not_ready", "models": status},
                              200 if ready else 503)
 

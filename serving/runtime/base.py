@@ -7,6 +7,7 @@ version is retired. Async callers reach it through ``@serve.batch`` or ``asyncio
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Protocol
 
@@ -64,3 +65,17 @@ class ModelRuntime(Protocol):
         """
 
     def close(self) -> None: ...
+
+
+# Rows up to this many are scored inline on the event loop by ONNX models (microseconds for tree
+# models); larger batches, and any pyfunc model (arbitrary Python: it may block), go to a worker
+# thread so they cannot stall other requests.
+INLINE_MAX_ROWS = 64
+
+
+async def predict_async(runtime: ModelRuntime, inputs: Mapping[str, np.ndarray], rows: int
+                        ) -> dict[str, np.ndarray]:
+    """``runtime.predict`` from async code: inline when it is short, else in a worker thread."""
+    if rows <= INLINE_MAX_ROWS and runtime.spec.flavor == "onnx":
+        return runtime.predict(inputs)
+    return await asyncio.to_thread(runtime.predict, inputs)

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import redis
 
-from batch.keyspace import SCORED_ENTITY, score_view
+from features_online.definitions import SCORED_ENTITY, score_view
 from features_online import layout
 from features_online.definitions import CUSTOMER_ACTIVITY
 from features_online.sync import FeatureSync

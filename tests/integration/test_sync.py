@@ -19,7 +19,7 @@ import redis
 
 from features_online import layout
 from features_online.definitions import CUSTOMER_ACTIVITY as VIEW
-from features_online.reader import OnlineStore
+from features_online.reader import ViewReader
 from features_online.sync import FeatureSync, SyncError, SyncResult, key_ttl_s
 from observability.metrics import GatewayMetrics
 from serving.settings import FeatureSettings, RedisSettings
@@ -56,7 +56,7 @@ def syncer(redis_settings, **features) -> FeatureSync:
 
 def read_values(redis_settings, ids, pointer_refresh_s: float = 1.0):
     async def run():
-        store = OnlineStore(redis_settings, FeatureSettings(pointer_refresh_s=pointer_refresh_s),
+        store = ViewReader(redis_settings, FeatureSettings(pointer_refresh_s=pointer_refresh_s),
                             {VIEW.name: VIEW}, GatewayMetrics())
         await store.start()
         try:
@@ -101,7 +101,7 @@ def test_readers_during_a_sync_see_the_old_or_the_new_version_never_a_mix(spark,
     done = threading.Event()
 
     async def read_loop():
-        store = OnlineStore(redis_settings, FeatureSettings(pointer_refresh_s=0.01),
+        store = ViewReader(redis_settings, FeatureSettings(pointer_refresh_s=0.01),
                             {VIEW.name: VIEW}, GatewayMetrics())
         await store.start()
         while not done.is_set():
@@ -331,7 +331,7 @@ def test_the_freshness_gauge_is_the_age_of_the_live_versions_data(spark, redis_s
         return metrics.registry.get_sample_value(name, {"view": VIEW.name})
 
     async def start_and_read():
-        store = OnlineStore(redis_settings, FeatureSettings(), {VIEW.name: VIEW}, metrics)
+        store = ViewReader(redis_settings, FeatureSettings(), {VIEW.name: VIEW}, metrics)
         await store.start()  # the first refresh
         try:
             assert (await store.read({VIEW.name: np.array([5])}, 1.0))[VIEW.name].present.all()

@@ -8,7 +8,7 @@ from serving.errors import (
     InvalidFeatureType,
     InvalidRequest,
     MalformedJson,
-    MissingFeatures,
+    RequestFeaturesMissing,
     NonFiniteValue,
     TooManyInstances,
     UnknownFeature,
@@ -32,7 +32,7 @@ def test_optional_feature_may_be_absent(spec):
 
 def test_missing_required_feature_is_422_and_names_it(spec):
     row = {k: v for k, v in ROW.items() if k != "count"}
-    with pytest.raises(MissingFeatures) as err:
+    with pytest.raises(RequestFeaturesMissing) as err:
         codec.decode([ROW, row], spec)
     assert err.value.status == 422
     assert err.value.message == "instances[1]: missing features: count"

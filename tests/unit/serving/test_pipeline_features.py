@@ -1,4 +1,5 @@
-"""Binding model inputs to feature views, entity-keyed bodies, and the missing/stale policies."""
+"""Binding model inputs to feature views (codec), entity-keyed bodies (codec), and the
+missing/stale policies that decide which rows need a fallback (pipeline.stored_inputs)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,17 @@ import pytest
 from features_online import layout
 from features_online.definitions import CUSTOMER_ACTIVITY as VIEW
 from features_online.reader import ViewRead
+from features_online.settings import FeatureSettings
 from observability.metrics import GatewayMetrics
-from serving import features
-from serving.errors import FeaturesMissing, FeaturesStale, InvalidRequest, ModelValidationError
+from serving import codec
+from serving.errors import (
+    InvalidRequest,
+    ModelValidationError,
+    StoredFeaturesMissing,
+    StoredFeaturesStale,
+)
+from serving.pipeline import stored_inputs
 from serving.runtime.base import FeatureSpec
-from serving.settings import FeatureSettings
 from tests.unit.conftest import make_spec
 
 SPEC = make_spec(inputs=(FeatureSpec("amount", "double"),
@@ -29,20 +36,20 @@ def read(present, age_s, counts):
 
 
 def test_bind_splits_inputs_and_refuses_unknown_view_features():
-    binding = features.bind(SPEC)
+    binding = codec.bind(SPEC)
     assert dict(binding.by_view) == {"customer_activity": ("txn_count_7d", "amount_mean_30d")}
     assert binding.request_spec.feature_names == ("amount",)
     assert binding.entity_keys == ["customer_id"]
     with pytest.raises(ModelValidationError, match="customer_activity__velocity"):
-        features.bind(make_spec(inputs=(FeatureSpec("customer_activity__velocity", "double"),)))
+        codec.bind(make_spec(inputs=(FeatureSpec("customer_activity__velocity", "double"),)))
 
 
 def test_entity_rows_with_shared_or_per_row_request_features():
-    binding = features.bind(SPEC)
-    ids, rows = features.entity_rows({"entities": [{"customer_id": 5}, {"customer_id": 9}],
+    binding = codec.bind(SPEC)
+    ids, rows = codec.entity_rows({"entities": [{"customer_id": 5}, {"customer_id": 9}],
                                       "features": {"amount": 3.0}}, binding, 10)
     assert ids["customer_activity"].tolist() == [5, 9] and rows == [{"amount": 3.0}] * 2
-    _, rows = features.entity_rows({"entities": [{"customer_id": 5}], "features": [{"amount": 1.0}]},
+    _, rows = codec.entity_rows({"entities": [{"customer_id": 5}], "features": [{"amount": 1.0}]},
                                    binding, 10)
     assert rows == [{"amount": 1.0}]
 
@@ -58,12 +65,12 @@ def test_entity_rows_with_shared_or_per_row_request_features():
 ])
 def test_entity_body_errors_are_400(body, message):
     with pytest.raises(InvalidRequest, match=message):
-        features.entity_rows(body, features.bind(SPEC), 10)
+        codec.entity_rows(body, codec.bind(SPEC), 10)
 
 
-def test_assemble_serves_stored_values_and_defaults_missing_rows_saying_so():
+def test_stored_inputs_serve_stored_values_and_defaults_missing_rows_saying_so():
     metrics = GatewayMetrics()
-    columns, origin, _ = features.assemble(features.bind(SPEC), read([True, False], [60.0, np.nan], [4, 0]),
+    columns, origin, _ = stored_inputs(codec.bind(SPEC), read([True, False], [60.0, np.nan], [4, 0]),
                                            FeatureSettings(on_missing="default"), metrics)
     assert columns["customer_activity__txn_count_7d"].tolist() == [4.0, 0.0]
     assert columns["customer_activity__amount_mean_30d"].tolist() == [40.0, 0.0]
@@ -74,26 +81,26 @@ def test_assemble_serves_stored_values_and_defaults_missing_rows_saying_so():
 
 
 def test_stale_policies():
-    binding, stale = features.bind(SPEC), read([True], [TTL + 1], [4])
-    _, origin, _ = features.assemble(binding, stale, FeatureSettings(on_stale="serve"), GatewayMetrics())
+    binding, stale = codec.bind(SPEC), read([True], [TTL + 1], [4])
+    _, origin, _ = stored_inputs(binding, stale, FeatureSettings(on_stale="serve"), GatewayMetrics())
     assert origin[0]["customer_activity"]["status"] == "stale"
     assert origin[0]["customer_activity"]["source"] == "online_store"
-    columns, origin, _ = features.assemble(binding, stale, FeatureSettings(on_stale="default"), GatewayMetrics())
+    columns, origin, _ = stored_inputs(binding, stale, FeatureSettings(on_stale="default"), GatewayMetrics())
     assert columns["customer_activity__txn_count_7d"].tolist() == [0.0]
     assert origin[0]["customer_activity"]["source"] == "default"
-    with pytest.raises(FeaturesStale):
-        features.assemble(binding, stale, FeatureSettings(on_stale="error"), GatewayMetrics())
+    with pytest.raises(StoredFeaturesStale):
+        stored_inputs(binding, stale, FeatureSettings(on_stale="error"), GatewayMetrics())
 
 
 def test_missing_policy_error_is_422():
-    with pytest.raises(FeaturesMissing) as err:
-        features.assemble(features.bind(SPEC), read([True, False], [1.0, np.nan], [1, 0]),
+    with pytest.raises(StoredFeaturesMissing) as err:
+        stored_inputs(codec.bind(SPEC), read([True, False], [1.0, np.nan], [1, 0]),
                           FeatureSettings(on_missing="error"), GatewayMetrics())
     assert err.value.status == 422 and "entities[1]" in err.value.message
 
 
 def test_fallback_policy_marks_rows_for_batch_scores():
-    _, _, fallback = features.assemble(features.bind(SPEC), read([True, False, True], [1.0, np.nan, TTL + 5],
+    _, _, fallback = stored_inputs(codec.bind(SPEC), read([True, False, True], [1.0, np.nan, TTL + 5],
                                                                [1, 0, 2]),
                                        FeatureSettings(on_missing="fallback", on_stale="fallback"),
                                        GatewayMetrics())
@@ -101,6 +108,6 @@ def test_fallback_policy_marks_rows_for_batch_scores():
 
 
 def test_entity_ids_without_a_model():
-    assert features.entity_ids({"entities": [{"customer_id": 3}, {"customer_id": 4}]}, 10).tolist() == [3, 4]
+    assert codec.entity_ids({"entities": [{"customer_id": 3}, {"customer_id": 4}]}, 10).tolist() == [3, 4]
     with pytest.raises(InvalidRequest):
-        features.entity_ids({"entities": [{"a": 1, "b": 2}]}, 10)
+        codec.entity_ids({"entities": [{"a": 1, "b": 2}]}, 10)
