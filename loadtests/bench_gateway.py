@@ -4,7 +4,7 @@
 
 One machine, the same registered model and features, one system at a time, each stopped after:
 
-  mlgate     as shipped, started like `mlgate demo --detach` (runner.start_detached): reuseport
+  mlgate     as shipped, started like `mlgate demo --detach` (launcher.start_detached): reuseport
              ingress, one gateway replica per CPU, each serving HTTP itself on the shared port;
              entity-keyed requests: the gateway reads the 12 stored features from Redis itself
   mlgate-1   the same with one replica (`--replicas 1`)
@@ -79,11 +79,11 @@ def kill(proc: subprocess.Popen, timeout_s: float = 60) -> None:
 # --- data, model, request bodies ----------------------------------------------------------------
 
 def prepare(settings, env: dict[str, str], customers: int, log: Path) -> None:
-    from serving.demo.runner import has_alias
+    from examples.fraud.runner import has_alias
 
     mlgate = [str(VENV_BIN / "mlgate"), "--state-dir", str(settings.state_dir)]
     if (settings.data_dir / "transactions.parquet").exists() and has_alias(settings, MODEL, "champion"):
-        steps = [mlgate + ["features", "sync"], mlgate + ["batch", "score"]]
+        steps = [mlgate + ["features", "sync"], mlgate + ["batch", "score", "--model", f"{MODEL}@champion"]]
     else:
         steps = [mlgate + ["demo", "--detach", "--customers", str(customers), "--port", str(free_port())]]
     try:
@@ -168,17 +168,17 @@ def process(cmd: list[str], log: Path, env: dict[str, str], port: int, probe: by
 @contextmanager
 def mlgate_system(state_dir: Path, port: int, ingress: str | None = None, replicas: int | None = None):
     """The gateway as `mlgate demo --detach` starts it; ``ingress``/``replicas``: not the defaults."""
-    from serving.demo import runner
+    from serving import launcher
     from serving.settings import Settings
 
     chosen = {"ingress": ingress} if ingress else {}
     settings = Settings(state_dir=state_dir, http={"port": port, **chosen})
     more = (["--ingress", ingress] if ingress else []) + (["--replicas", str(replicas)] if replicas else [])
-    pid = runner.start_detached(settings, ["--port", str(port), *more])
+    pid = launcher.start_detached(settings, ["--port", str(port), *more])
     try:
         yield [pid]
     finally:
-        runner.stop(settings)
+        launcher.stop(settings)
 
 
 def stage_totals(port: int) -> dict[str, list[float]]:

@@ -56,17 +56,17 @@ INGRESSES = {"reuseport": "mlgate reuseport (default)", "direct": "Ray Serve dir
 
 def compare_ingress(calls: int, port: int) -> None:
     """Start the demo gateway with each ingress in turn (same state dir, same model)."""
-    from serving.demo import runner
+    from serving import launcher
     from serving.settings import Settings
 
     results = {}
     for ingress in INGRESSES:
         settings = Settings(http={"port": port, "ingress": ingress})
-        runner.start_detached(settings, ["--port", str(port), "--ingress", ingress])
+        launcher.start_detached(settings, ["--port", str(port), "--ingress", ingress])
         try:
             results[ingress] = measure(f"http://127.0.0.1:{port}", "fraud-detector", calls)
         finally:
-            runner.stop(settings)
+            launcher.stop(settings)
     print(HEADER)
     for ingress, name in INGRESSES.items():
         print(row(name, results[ingress]))

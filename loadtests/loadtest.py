@@ -240,3 +240,10 @@ if __name__ == "__main__":
     cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_arguments(cli)
     sys.exit(run(cli.parse_args()))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """``mlgate loadtest`` (entry point ``mlgate.commands``)."""
+    sp = sub.add_parser("loadtest", help="Locust against a running gateway, with SLO gates (exit 1 on a breach)")
+    add_arguments(sp)
+    sp.set_defaults(func=lambda args, settings: run(args))

@@ -15,7 +15,7 @@ import itertools
 import random
 from typing import Any
 
-# The request-time inputs of the demo model; must equal REQUEST_NAMES in serving/demo/train.py
+# The request-time inputs of the demo model; must equal REQUEST_NAMES in examples/fraud/train.py
 # (a unit test checks it). The load test talks HTTP only and imports nothing from the gateway.
 REQUEST_FEATURES = ("amount", "hour_of_day", "day_of_week", "merchant_category", "merchant_risk",
                     "is_online", "is_foreign", "distance_from_home_km", "card_age_days")

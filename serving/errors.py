@@ -135,3 +135,16 @@ class ModelValidationError(Exception):
     Not an HTTP error: it keeps a model from ever serving, and the gateway reports the model as
     not ready instead.
     """
+
+
+class CommandFailed(Exception):
+    """An expected failure of an ``mlgate`` command: its message says what went wrong and what
+    to do. The command line prints it as one line and exits with ``exit_code``."""
+
+    exit_code = 1
+
+
+class UsageError(CommandFailed):
+    """The command was asked for something it cannot do as given (arguments, configuration)."""
+
+    exit_code = 2

@@ -11,6 +11,8 @@ import math
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,6 +22,7 @@ import httpx
 import yaml
 
 from observability.metrics import MULTIPROC_ENV
+from serving.errors import CommandFailed
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -144,12 +147,12 @@ def url(settings: Settings, path: str = "") -> str:
 
 
 def wait_ready(settings: Settings, timeout_s: float, alive=lambda: True) -> None:
-    """Poll /readyz until 200; raise TimeoutError (or RuntimeError if ``alive()`` turns False)."""
+    """Poll /readyz until 200; raise CommandFailed if ``alive()`` turns False or time runs out."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
         if not alive():
-            raise RuntimeError("the gateway process exited before it was ready")
+            raise CommandFailed("the gateway process exited before it was ready")
         try:
             response = httpx.get(url(settings, "/readyz"), timeout=2.0)
             if response.status_code == 200:
@@ -158,19 +161,21 @@ def wait_ready(settings: Settings, timeout_s: float, alive=lambda: True) -> None
         except httpx.HTTPError as exc:
             last = type(exc).__name__
         time.sleep(0.5)
-    raise TimeoutError(f"gateway not ready after {timeout_s:.0f}s ({last})")
+    raise CommandFailed(f"gateway not ready after {timeout_s:.0f}s ({last[:200]})")
 
 
 def serve_forever(settings: Settings, config: dict[str, Any], ready_timeout_s: float = 300) -> None:
     """Start (or join) Ray, deploy the application, wait until ready, block until signalled."""
     import ray
-    from ray.serve._private import api as serve_api  # what `serve run CONFIG` itself calls
+    from ray.serve._private import (
+        api as serve_api,  # what `serve run CONFIG` itself calls
+    )
     from ray.serve.config import gRPCOptions
     from ray.serve.schema import ServeDeploySchema
 
     if settings.http.ingress == "haproxy" and not shutil.which("haproxy"):
-        raise RuntimeError("http.ingress haproxy needs the haproxy binary on PATH "
-                           "(Debian/Ubuntu: apt-get install haproxy)")
+        raise CommandFailed("http.ingress haproxy needs the haproxy binary on PATH "
+                            "(Debian/Ubuntu: apt-get install haproxy)")
     if settings.ray.address is None:
         os.environ.update(ray_environment(settings))
     else:
@@ -200,3 +205,75 @@ def serve_forever(settings: Settings, config: dict[str, Any], ready_timeout_s: f
             if settings.ray.address is None:
                 serve.shutdown()
             ray.shutdown()
+
+
+# -- a gateway in the background (``mlgate demo --detach``, ``mlgate stop``) -----------------------
+
+def pid_file(settings: Settings) -> Path:
+    return settings.state_dir / "gateway.pid"
+
+
+def start_detached(settings: Settings, serve_args: list[str], ready_timeout_s: float = 300) -> int:
+    """``mlgate serve`` in the background; returns its pid once /readyz says ready."""
+    if is_running(settings):
+        raise CommandFailed(f"a gateway is already running (pid file {pid_file(settings)}); "
+                           "run `mlgate stop` first")
+    logs = settings.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "gateway.log", "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", *serve_args],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "MLGATE_STATE_DIR": str(settings.state_dir)},
+                                start_new_session=True)
+    pid_file(settings).write_text(str(proc.pid))
+    try:
+        wait_ready(settings, ready_timeout_s, alive=lambda: proc.poll() is None)
+    except Exception:
+        stop(settings)
+        raise CommandFailed(f"the gateway did not start; see {logs / 'gateway.log'}") from None
+    return proc.pid
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs. Reaps it if it is our exited child (else it would linger as a
+    zombie that signal 0 still reaches, and ``stop`` would wait its full timeout)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child: `mlgate stop` from another shell
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def is_running(settings: Settings) -> bool:
+    path = pid_file(settings)
+    try:
+        if _alive(int(path.read_text())):
+            return True
+    except (FileNotFoundError, ValueError):
+        return False
+    path.unlink(missing_ok=True)
+    return False
+
+
+def stop(settings: Settings, timeout_s: float = 60) -> bool:
+    """Stop a detached gateway (SIGTERM, then SIGKILL of its process group). False if none."""
+    path = pid_file(settings)
+    if not path.exists():
+        return False
+    pid = int(path.read_text())
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.25)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    path.unlink(missing_ok=True)
+    return True

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.demo import data
+from examples.fraud import data
 from serving.settings import Settings
 
 DEMO_CUSTOMERS = 3_000
@@ -118,7 +118,7 @@ def spark():
 @pytest.fixture(scope="session")
 def train_table(settings, spark):
     """Labelled transactions with point-in-time features, as `mlgate train` builds them."""
-    from serving.demo.runner import training_data
+    from examples.fraud.runner import training_data
 
     return training_data(settings, spark)
 
@@ -126,7 +126,7 @@ def train_table(settings, spark):
 @pytest.fixture(scope="session")
 def champion(settings, train_table):
     """fraud-detector trained on the demo data and registered as @champion."""
-    from serving.demo.train import train_and_register
+    from examples.fraud.train import train_and_register
 
     return train_and_register(train_table, settings.tracking_uri, settings.artifact_root, alias="champion")
 

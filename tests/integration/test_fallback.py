@@ -16,12 +16,11 @@ import pandas as pd
 import pytest
 import redis
 
-from features_online.definitions import SCORED_ENTITY, score_view
+from examples.fraud.runner import training_data
+from examples.fraud.train import FEATURE_NAMES, REQUEST_FEATURES, REQUEST_NAMES
 from features_online import layout
-from features_online.definitions import CUSTOMER_ACTIVITY
+from features_online.definitions import CUSTOMER_ACTIVITY, SCORED_ENTITY, score_view
 from features_online.sync import FeatureSync
-from serving.demo.runner import training_data
-from serving.demo.train import FEATURE_NAMES, REQUEST_FEATURES, REQUEST_NAMES
 from serving.schemas import PredictResponse
 from serving.settings import FeatureSettings, Settings
 from tests.integration.conftest import DEMO_CUSTOMERS, RedisServer, gateway_env, run_cli

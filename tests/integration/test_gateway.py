@@ -16,9 +16,9 @@ import orjson
 import pandas as pd
 import pytest
 
+from examples.fraud.runner import training_data
+from examples.fraud.train import FEATURE_NAMES, REQUEST_NAMES
 from serving import codec
-from serving.demo.runner import training_data
-from serving.demo.train import FEATURE_NAMES, REQUEST_NAMES
 from serving.runtime.loader import load_model
 from serving.settings import ModelSettings, Settings
 from tests.integration.conftest import DEMO_CUSTOMERS, gateway_env, run_cli

@@ -14,8 +14,8 @@ from mlflow import MlflowClient
 from mlflow.models import infer_signature
 from sklearn.linear_model import LogisticRegression
 
+from examples.fraud.train import FEATURE_NAMES, FEATURES, train_and_register
 from serving import codec
-from serving.demo.train import FEATURE_NAMES, FEATURES, train_and_register
 from serving.errors import ModelValidationError
 from serving.runtime.loader import load_model
 from serving.settings import ModelSettings, OnnxSettings
@@ -235,7 +235,9 @@ def test_an_sklearn_model_is_served_through_pyfunc(settings, experiment, tmp_pat
 def postgres_uri():
     """A private, freshly created database on the local PostgreSQL; dropped afterwards."""
     import psycopg2
-    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.model_registry.sqlalchemy_store import (
+        SqlAlchemyStore as RegistryStore,
+    )
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
 
     try:

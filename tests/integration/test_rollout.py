@@ -22,8 +22,8 @@ import httpx
 import pandas as pd
 import pytest
 
-from serving.demo.runner import training_data
-from serving.demo.train import FEATURE_NAMES
+from examples.fraud.runner import training_data
+from examples.fraud.train import FEATURE_NAMES
 from serving.settings import Settings
 from tests.integration.conftest import DEMO_CUSTOMERS, gateway_env, run_cli
 

@@ -13,7 +13,7 @@ import batch.score
 from batch.score import specialised
 from batch.specialise import probe, read_columns, specialise
 from batch.worker import ScoringPlan
-from serving.demo.train import to_onnx
+from examples.fraud.train import to_onnx
 from serving.runtime.base import FeatureSpec
 from serving.runtime.onnx_runtime import OnnxRuntime
 from serving.settings import OnnxSettings

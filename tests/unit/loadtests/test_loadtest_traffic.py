@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
+from examples.fraud.train import REQUEST_NAMES
 from loadtests import loadtest, traffic
-from serving.demo.train import REQUEST_NAMES
 
 
 def test_request_features_are_the_models_request_time_inputs():

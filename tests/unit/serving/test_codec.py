@@ -8,8 +8,8 @@ from serving.errors import (
     InvalidFeatureType,
     InvalidRequest,
     MalformedJson,
-    RequestFeaturesMissing,
     NonFiniteValue,
+    RequestFeaturesMissing,
     TooManyInstances,
     UnknownFeature,
 )

@@ -1,7 +1,13 @@
 from ray.serve.schema import ServeDeploySchema
 
-from serving.launcher import (app_args, metrics_dir, ray_environment, read_config, resolved_config,
-                              usable_cpus)
+from serving.launcher import (
+    app_args,
+    metrics_dir,
+    ray_environment,
+    read_config,
+    resolved_config,
+    usable_cpus,
+)
 from serving.settings import Settings
 
 

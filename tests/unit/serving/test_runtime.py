@@ -9,7 +9,7 @@ import onnx
 import pytest
 from sklearn.ensemble import GradientBoostingClassifier
 
-from serving.demo.train import to_onnx
+from examples.fraud.train import to_onnx
 from serving.errors import ModelValidationError
 from serving.runtime.base import FeatureSpec
 from serving.runtime.loader import validate

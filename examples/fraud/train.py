@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from examples.fraud.data import DemoData
 from features_online.definitions import CUSTOMER_ACTIVITY
-from serving.demo.data import DemoData
 
 log = logging.getLogger(__name__)
 

@@ -1,34 +1,25 @@
-"""The demo: data, a registered model, Redis, the gateway in the background, real predictions."""
+"""The fraud demo's steps: data, features in Redis, a registered model, batch scores, real predictions."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
-import signal
 import subprocess
-import sys
-import time
 from datetime import timedelta
-from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
 import pandas as pd
 
-from serving.launcher import url, wait_ready
+from serving.launcher import url
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def pid_file(settings: Settings) -> Path:
-    return settings.state_dir / "gateway.pid"
-
-
 def ensure_data(settings: Settings, customers: int) -> None:
-    from serving.demo import data
+    from examples.fraud import data
 
     if (settings.data_dir / "transactions.parquet").exists():
         return
@@ -50,9 +41,9 @@ def has_alias(settings: Settings, name: str, alias: str) -> bool:
 
 def training_data(settings: Settings, spark):
     """Last week's labelled transactions with point-in-time features from the Spark job."""
+    from examples.fraud import data
+    from examples.fraud.train import LABEL_DAYS, training_table
     from features_online import jobs, spark_job
-    from serving.demo import data
-    from serving.demo.train import LABEL_DAYS, training_table
 
     latest = spark_job.default_as_of(spark, str(settings.data_dir / "transactions.parquet"))
     since = latest - timedelta(days=LABEL_DAYS)
@@ -60,8 +51,8 @@ def training_data(settings: Settings, spark):
 
 
 def train(settings: Settings, alias: str, seed: int = 0, spark=None):
+    from examples.fraud.train import train_and_register
     from features_online import jobs
-    from serving.demo.train import train_and_register
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     print(f"training fraud-detector for @{alias} (point-in-time features from Spark) ...", flush=True)
@@ -109,76 +100,10 @@ def ensure_redis(settings: Settings) -> None:
                     "--save", "", "--appendonly", "no", "--dir", str(settings.state_dir)], check=True)
 
 
-def start_detached(settings: Settings, serve_args: list[str], ready_timeout_s: float = 300) -> int:
-    """``mlgate serve`` in the background; returns its pid once /readyz says ready."""
-    if is_running(settings):
-        raise RuntimeError(f"a gateway is already running (pid file {pid_file(settings)}); "
-                           "run `mlgate stop` first")
-    logs = settings.state_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / "gateway.log", "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", *serve_args],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, "MLGATE_STATE_DIR": str(settings.state_dir)},
-                                start_new_session=True)
-    pid_file(settings).write_text(str(proc.pid))
-    try:
-        wait_ready(settings, ready_timeout_s, alive=lambda: proc.poll() is None)
-    except Exception:
-        stop(settings)
-        raise RuntimeError(f"the gateway did not start; see {logs / 'gateway.log'}") from None
-    return proc.pid
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs. Reaps it if it is our exited child (else it would linger as a
-    zombie that signal 0 still reaches, and ``stop`` would wait its full timeout)."""
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass  # not our child: `mlgate stop` from another shell
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def is_running(settings: Settings) -> bool:
-    path = pid_file(settings)
-    try:
-        if _alive(int(path.read_text())):
-            return True
-    except (FileNotFoundError, ValueError):
-        return False
-    path.unlink(missing_ok=True)
-    return False
-
-
-def stop(settings: Settings, timeout_s: float = 60) -> bool:
-    """Stop a detached gateway (SIGTERM, then SIGKILL of its process group). False if none."""
-    path = pid_file(settings)
-    if not path.exists():
-        return False
-    pid = int(path.read_text())
-    try:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.25)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    path.unlink(missing_ok=True)
-    return True
-
-
 def show_predictions(settings: Settings, model: str = "fraud-detector") -> None:
     """Score a few real recent transactions by customer_id, and print a curl line to paste."""
-    from serving.demo import data
-    from serving.demo.train import REQUEST_NAMES, request_table
+    from examples.fraud import data
+    from examples.fraud.train import REQUEST_NAMES, request_table
 
     demo = data.read(settings.data_dir)
     recent = request_table(data.DemoData(demo.customers, demo.merchants, demo.transactions.tail(3000)))
