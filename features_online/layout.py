@@ -6,14 +6,12 @@ Keys (``P`` = configured prefix, default ``mlg``)::
     P:fv:<view>:<schema version>:meta                         hash: live version, sync facts
     P:fv:<view>:<schema version>:sync-lock:{<the meta key>}   string: the running sync's lease
 
-One data version of a view is ``view.buckets`` hashes (bucket = entity id mod buckets). Measured
-on the 2-core dev machine in a bare client loop (no Spark): HSET of 1,000 fields per command wrote
-870k rows/s against 310k for SET ... EX per key (even inside Lua); a whole sync of 1M rows
-through Spark, Parquet read included, does about 700k rows/s on a session's first sync and 1.3M
-on the next (loadtests/RESULTS.md, 2026-11-26). Every key gets its TTL with
-one EXPIRE per bucket, a whole version retires with ``buckets`` EXPIREs instead of a SCAN over millions of keys, and 100 entities
-still read in one round trip (p99 1.6 ms through the gateway's reader). The ``{...}`` part is
-the Redis Cluster hash tag: a version spreads over ``buckets`` slots. A version is immutable once the meta hash points at it, except that an
+One data version of a view is ``view.buckets`` hashes (bucket = entity id mod buckets): a sync
+writes them with HSETs of many fields per command (far faster than one key per entity, see
+loadtests/RESULTS.md), every key gets its TTL with one EXPIRE per bucket, a whole version
+retires with ``buckets`` EXPIREs instead of a SCAN over millions of keys, and 100 entities still
+read in one round trip. The ``{...}`` part is the Redis Cluster hash tag: a version spreads over
+``buckets`` slots. A version is immutable once the meta hash points at it, except that an
 incremental sync overwrites single entities in place (each HSET field atomic).
 
 Values are fixed-size little-endian records: ``fmt`` (u8, = FORMAT), ``as_of_ms`` (i64, when the

@@ -151,10 +151,10 @@ class ViewReader:
         """Values of the given entities for each view, in one round trip. Views with no live
         version read as all-absent.
 
-        One command per view: a script doing one HGET per entity (keys may repeat), far cheaper
-        to send and parse than one HMGET per bucket touched (~50 for 100 entities: p99 2.1 ms
-        against 1.5 ms measured). A single bucket (one entity) is one plain HMGET, cheaper than a
-        script; on a Redis Cluster, whose scripts cannot span slots, one HMGET per bucket.
+        One command per view: a script doing one HGET per entity (keys may repeat), cheaper to
+        send and parse than one HMGET per bucket touched (about 50 for 100 entities). A single
+        bucket (one entity) is one plain HMGET, cheaper than a script; on a Redis Cluster, whose
+        scripts cannot span slots, one HMGET per bucket.
         """
         plan = []  # (view name, row positions or None for all rows, command args) per command
         live = {name: self._live.get(name) for name in ids_by_view}

@@ -33,7 +33,7 @@ class HttpSettings(Section):
     ``haproxy``: Ray Serve's HAProxy ingress listens on ``port`` and spreads requests over
     ``replicas`` direct-ingress replicas (ports above ``port``; needs the ``haproxy`` binary).
     ``proxy``: Ray Serve's Python HTTP proxy listens on ``port`` and forwards to the replica
-    (≈3 ms slower per call on a 2-core machine)."""
+    (a few milliseconds slower per call: loadtests/RESULTS.md)."""
     replicas: int | None = Field(None, ge=1)
     """Gateway replicas. None: with ``reuseport`` or ``haproxy`` ingress, one per CPU this process
     may use (its affinity, capped by a cgroup CPU quota); with ``direct`` or ``proxy``, as the
@@ -241,8 +241,7 @@ class RaySettings(Section):
     throughput_optimized: bool = True
     """Start Ray with ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``: user code runs on the replica's own
     event loop (no hand-off to a second thread per request), request logs are buffered, and
-    deployments talk gRPC. Measured on 2 cores: gateway p50 at concurrency 1 from 2.95x to 2.29x
-    the bare-uvicorn floor (loadtests/RESULTS.md)."""
+    deployments talk gRPC (its effect on latency: loadtests/RESULTS.md)."""
 
 
 class Settings(StoreSettings):

@@ -26,13 +26,16 @@ REQUEST_ID_HEADER = "x-request-id"
 SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
+def new_request_id(given: str | None) -> str:
+    """The caller's X-Request-ID when it is safe to echo, else a new one."""
+    return given if given and SAFE_REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
 def request_id(request: Request) -> str:
-    """The caller's X-Request-ID when it is safe to echo, else a new one; stable per request."""
+    """:func:`new_request_id` of a FastAPI request, stable for the request's life."""
     rid = getattr(request.state, "request_id", None)
     if rid is None:
-        given = request.headers.get(REQUEST_ID_HEADER)
-        rid = given if given and SAFE_REQUEST_ID.match(given) else uuid.uuid4().hex
-        request.state.request_id = rid
+        rid = request.state.request_id = new_request_id(request.headers.get(REQUEST_ID_HEADER))
     return rid
 
 
@@ -47,12 +50,15 @@ def error_body(error: MlgateError, rid: str) -> bytes:
                                    "retryable": error.retryable}})
 
 
+def error_headers(error: MlgateError) -> dict[str, str]:
+    """Headers an error adds to its response (``Retry-After`` for the retryable 503s)."""
+    return {"retry-after": str(error.retry_after_s)} if error.retry_after_s is not None else {}
+
+
 def error_response(error: MlgateError, rid: str, echo_request_id: bool = True) -> Response:
     headers = {REQUEST_ID_HEADER: rid} if echo_request_id else {}
-    if error.retry_after_s is not None:
-        headers["retry-after"] = str(error.retry_after_s)
     return Response(error_body(error, rid), status_code=error.status, media_type="application/json",
-                    headers=headers)
+                    headers={**headers, **error_headers(error)})
 
 
 def install_error_handlers(app: FastAPI, echo_request_id: bool = True) -> None:

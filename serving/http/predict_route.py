@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from typing import Any, Awaitable, Callable, Mapping
 
 import orjson
@@ -21,7 +20,7 @@ from fastapi import FastAPI
 from serving.errors import (InternalError, InvalidRequest, MlgateError, Overloaded, PayloadTooLarge,
                             UnsupportedMediaType)
 from serving.http.admin import FORWARDING_HEADERS, check_admin
-from serving.http.errors import REQUEST_ID_HEADER, SAFE_REQUEST_ID, error_body
+from serving.http.errors import REQUEST_ID_HEADER, error_body, error_headers, new_request_id
 from serving.pipeline import Pipeline, RouteHints
 
 # Set by an authorised caller to force a variant (testing); always set on responses.
@@ -81,8 +80,7 @@ class PredictRoute:
                       client_host: str | None) -> tuple[int, bytes, Headers]:
         """Status, JSON body and extra headers of one predict call (errors included)."""
         started = time.perf_counter()
-        given = headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
-        rid = given if SAFE_REQUEST_ID.match(given) else uuid.uuid4().hex
+        rid = new_request_id(headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1"))
         extra: Headers = [(REQUEST_ID_HEADER.encode(), rid.encode())] if self.echo_request_id else []
         if self.in_flight >= self.max_in_flight:
             refused = Overloaded()
@@ -116,8 +114,7 @@ class PredictRoute:
 
     @staticmethod
     def _error(exc: MlgateError, rid: str, extra: Headers) -> tuple[int, bytes, Headers]:
-        if exc.retry_after_s is not None:
-            extra.append((b"retry-after", str(exc.retry_after_s).encode()))
+        extra += [(k.encode(), v.encode()) for k, v in error_headers(exc).items()]
         return exc.status, error_body(exc, rid), extra
 
     def _hints(self, name: str, headers: Mapping[bytes, bytes], client_host: str | None) -> RouteHints:
