@@ -6,6 +6,7 @@ import json
 import logging
 import shlex
 import subprocess
+import warnings
 from datetime import timedelta
 from urllib.parse import urlparse
 
@@ -64,7 +65,10 @@ def train(settings: Settings, alias: str, seed: int = 0, spark=None, debug: bool
             spark = jobs.session(settings, debug=debug)
     with step("point-in-time training features (Spark)"):
         table = training_data(settings, spark)
-    with step("fitting, converting to ONNX, registering"):
+    with step("fitting, converting to ONNX, registering"), warnings.catch_warnings():
+        if not debug:  # MLflow's schema hint and registry chatter: the line below says what happened
+            warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
+            logging.getLogger("mlflow").setLevel(logging.WARNING)  # mlflow's import had set INFO
         result = train_and_register(table, settings.tracking_uri, settings.artifact_root, alias=alias, seed=seed)
     print(f"registered {result.name} v{result.version} as @{alias} "
           f"(AUC {result.metrics['auc']:.3f}, average precision {result.metrics['average_precision']:.3f})")
