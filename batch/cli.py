@@ -3,18 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import re
 
-from serving.settings import Settings
+from serving.errors import UsageError
+from serving.settings import ALIAS_PATTERN, ModelSettings, Settings
+
+
+def model_ref(text: str) -> ModelSettings:
+    """``--model``, checked before anything starts: ``name@alias`` or ``name/version``."""
+    from pydantic import ValidationError
+
+    from batch.score import parse_ref
+
+    hint = "use name@alias (fraud-detector@champion) or name/version (fraud-detector/3)"
+    try:
+        ref = parse_ref(text)
+    except (ValueError, ValidationError):  # ValidationError is a ValueError; named for the reader
+        raise UsageError(f"--model {text!r} is not a model reference: {hint}") from None
+    if ref.version is None and not re.match(ALIAS_PATTERN, ref.alias or ""):
+        raise UsageError(f"--model {text!r}: {ref.alias!r} is not an alias name (letters, digits, _ and -); "
+                         f"{hint}")
+    if ref.version is not None and not ref.version.isdigit():
+        raise UsageError(f"--model {text!r}: {ref.version!r} is not a version number; {hint}")
+    return ref
 
 
 def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
+    from mlflow import MlflowClient
+
     from batch.score import score
     from features_online import jobs
+    from features_online.progress import step
+    from serving.runtime.loader import resolve_version
 
+    ref = model_ref(args.model)
+    # An unknown model or alias is refused now, not after a Spark start (ModelValidationError).
+    resolve_version(MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri), ref)
     output = args.output or str(settings.state_dir / "scores" / args.model.replace("@", "_").replace("/", "_"))
-    spark = jobs.session(settings)
+    with step("starting Spark"):
+        spark = jobs.session(settings, debug=getattr(args, "debug", False))
     try:
-        result = score(settings, spark, args.model, output, sync=not args.no_sync)
+        with step(f"batch scoring with {args.model}"):
+            result = score(settings, spark, args.model, output, sync=not args.no_sync)
     finally:
         spark.stop()
     print(f"scored {result.rows:,} entities with {result.model} v{result.version} in {result.seconds:.1f}s "

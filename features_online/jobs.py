@@ -17,9 +17,16 @@ from features_online.sync import FeatureSync, SyncResult
 log = logging.getLogger(__name__)
 
 
-def session(settings: StoreSettings):
-    spark = spark_job.spark_session(settings.spark.master, shuffle_partitions=settings.spark.shuffle_partitions)
-    spark.sparkContext.setLogLevel("ERROR")
+def spark_log(settings: StoreSettings) -> Path:
+    return settings.state_dir / "logs" / "spark.log"
+
+
+def session(settings: StoreSettings, debug: bool = False):
+    """The commands' Spark session. Spark's log4j lines and the JVM's warnings go to
+    ``<state_dir>/logs/spark.log``, not the terminal; with ``debug``, to the terminal."""
+    spark = spark_job.spark_session(settings.spark.master, shuffle_partitions=settings.spark.shuffle_partitions,
+                                    log_file=None if debug else spark_log(settings))
+    spark.sparkContext.setLogLevel("WARN")
     return spark
 
 

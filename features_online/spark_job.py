@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -18,7 +20,11 @@ US = 1_000_000  # event times and ages are exact integers of microseconds
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-def spark_session(master: str = "local[*]", app: str = "mlgate-features", shuffle_partitions: int = 8):
+def spark_session(master: str = "local[*]", app: str = "mlgate-features", shuffle_partitions: int = 8,
+                  log_file: Path | None = None):
+    """A Spark session for the feature jobs. With ``log_file``, the JVM's stderr (log4j's console
+    appender, the JVM's own warnings, the Python workers it forks) goes to that file instead of
+    the terminal; without it, where this process's stderr goes (tests, ``--debug``)."""
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.master(master).appName(app)
@@ -30,15 +36,35 @@ def spark_session(master: str = "local[*]", app: str = "mlgate-features", shuffl
         builder = (builder.config("spark.pyspark.python", sys.executable)
                    # its pyspark from site-packages (bytecode cached), not from Spark's zip
                    .config("spark.python.daemon.module", "features_online.spark_daemon"))
-    return (builder
+    builder = (builder
             .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
             .config("spark.sql.session.timeZone", "UTC")
             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
             .config("spark.sql.execution.arrow.maxRecordsPerBatch", "50000")
             .config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
-            .config("spark.driver.memory", "4g")
-            .getOrCreate())
+            .config("spark.driver.memory", "4g"))
+    if log_file is None:
+        return builder.getOrCreate()
+    with stderr_to(log_file):  # the JVM starts here and keeps the stderr it inherits
+        return builder.getOrCreate()
+
+
+@contextmanager
+def stderr_to(path: Path) -> Iterator[None]:
+    """File descriptor 2 of this process points at ``path`` (appended) inside the block: what
+    starts a child process here (the Spark JVM) hands it that file as its stderr for good."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as log:
+            os.dup2(log.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def offline_path(root: Path, view: FeatureView, as_of: datetime) -> Path:

@@ -77,7 +77,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from serving.launcher import DEFAULT_CONFIG, app_args, read_config, serve_forever
 
     config = read_config(Path(args.config or DEFAULT_CONFIG))
-    serve_forever(settings_from(args, base=app_args(config)), config)
+    serve_forever(settings_from(args, base=app_args(config)), config, quiet=not getattr(args, "debug", False))
     return 0
 
 
@@ -116,7 +116,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlgate", description="Online inference gateway: MLflow models "
                                 "on Ray Serve, features from Redis.")
     p.add_argument("--state-dir", help="local state folder (default .mlgate, or MLGATE_STATE_DIR)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and every library's log")
+    p.add_argument("--debug", action="store_true",
+                   help="show tracebacks, and Spark's and Ray's logs on the terminal instead of the log folder")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for ep in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
         try:
@@ -166,11 +167,18 @@ def _config_problem(exc: ValidationError) -> str:
 
 
 def _refuse(message: str, code: int, debug: bool) -> int:
+    """One line on stderr (``mlgate --help`` tells of ``--debug``); the traceback with ``--debug``."""
     if debug:
         logging.getLogger("mlgate").exception("%s", message)
-    print(f"mlgate: error: {message}", file=sys.stderr)
-    if not debug:
-        print("mlgate: run with --debug for the traceback", file=sys.stderr)
+    line = " ".join(message.split())  # a library's message may span lines: the user gets one
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.text import Text
+
+        Console(stderr=True, highlight=False).print(Text.assemble(("mlgate: error: ", "bold red"), line),
+                                                   soft_wrap=True)
+    else:
+        print(f"mlgate: error: {line}", file=sys.stderr)
     return code
 
 

@@ -164,8 +164,13 @@ def wait_ready(settings: Settings, timeout_s: float, alive=lambda: True) -> None
     raise CommandFailed(f"gateway not ready after {timeout_s:.0f}s ({last[:200]})")
 
 
-def serve_forever(settings: Settings, config: dict[str, Any], ready_timeout_s: float = 300) -> None:
-    """Start (or join) Ray, deploy the application, wait until ready, block until signalled."""
+def serve_forever(settings: Settings, config: dict[str, Any], ready_timeout_s: float = 300,
+                  quiet: bool = True) -> None:
+    """Start (or join) Ray, deploy the application, wait until ready, block until signalled.
+
+    ``quiet``: Ray's and Serve's INFO lines (the startup banner, deployments coming up) stay out
+    of the terminal; Ray keeps them in its session folder (``/tmp/ray/session_latest/logs``), the
+    workers' output too (``log_to_driver=False``). Warnings and errors still show."""
     import ray
     from ray.serve._private import (
         api as serve_api,  # what `serve run CONFIG` itself calls
@@ -183,7 +188,9 @@ def serve_forever(settings: Settings, config: dict[str, Any], ready_timeout_s: f
                     " ".join(f"{k}={v}" for k, v in ray_environment(settings).items()))
     schema = ServeDeploySchema.model_validate(resolved_config(config, settings))
     fresh_metrics_dir(settings)
-    ray.init(address=settings.ray.address, num_cpus=settings.ray.num_cpus,
+    level = logging.WARNING if quiet else logging.INFO
+    logging.getLogger("ray.serve").setLevel(level)
+    ray.init(address=settings.ray.address, num_cpus=settings.ray.num_cpus, logging_level=level,
              namespace="serve", include_dashboard=False, log_to_driver=False)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

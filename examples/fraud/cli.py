@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 
 from serving.cli import serve_flags, serve_options
-from serving.errors import CommandFailed
-from serving.settings import Settings
+from serving.errors import CommandFailed, UsageError
+from serving.settings import ALIAS_PATTERN, Settings
 
 MODEL = "fraud-detector"
 
 
 def cmd_data(args: argparse.Namespace, settings: Settings) -> int:
     from examples.fraud import data
+    from features_online.progress import step
 
-    paths = data.write(data.generate(n_customers=args.customers, seed=args.seed), settings.data_dir)
+    with step(f"generating demo data for {args.customers:,} customers"):
+        paths = data.write(data.generate(n_customers=args.customers, seed=args.seed), settings.data_dir)
     print("\n".join(str(p) for p in paths.values()))
     return 0
 
@@ -24,9 +27,20 @@ def cmd_data(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from examples.fraud.runner import ensure_data, train
 
+    check_alias(args.alias)  # before minutes of data, Spark and training, not after
     ensure_data(settings, args.customers)
-    train(settings, args.alias, seed=args.seed)
+    train(settings, args.alias, seed=args.seed, debug=getattr(args, "debug", False))
     return 0
+
+
+def check_alias(alias: str) -> None:
+    """An alias MLflow accepts: letters, digits, ``_`` and ``-``, not ``latest`` nor ``v<number>``
+    (MLflow reserves both)."""
+    if not re.match(ALIAS_PATTERN, alias):
+        raise UsageError(f"--alias {alias!r} is not an alias name: use letters, digits, _ and -, "
+                         "starting with a letter (champion, challenger)")
+    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise UsageError(f"--alias {alias!r} is reserved by MLflow: pick another name (champion, challenger)")
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -40,14 +54,17 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     runner.ensure_data(settings, args.customers)
     runner.ensure_redis(settings)
-    spark = jobs.session(settings)
+    from features_online.progress import step
+
+    with step("starting Spark"):
+        spark = jobs.session(settings, debug=getattr(args, "debug", False))
     runner.features(settings, spark)
     if not runner.has_alias(settings, MODEL, "champion"):
         runner.train(settings, "champion", spark=spark)
     runner.batch_scores(settings, spark, f"{MODEL}@champion")
     spark.stop()
-    print("starting the gateway on Ray Serve ...", flush=True)
-    launcher.start_detached(settings, serve_flags(args))
+    with step("starting the gateway on Ray Serve ...", plain=True):
+        launcher.start_detached(settings, serve_flags(args))
     runner.show_predictions(settings, MODEL)
     if args.detach:
         print(f"gateway running in the background; logs in {settings.state_dir / 'logs'}; "

@@ -6,6 +6,7 @@ import json
 import logging
 import shlex
 import subprocess
+import warnings
 from datetime import timedelta
 from urllib.parse import urlparse
 
@@ -21,10 +22,12 @@ log = logging.getLogger(__name__)
 def ensure_data(settings: Settings, customers: int) -> None:
     from examples.fraud import data
 
+    from features_online.progress import step
+
     if (settings.data_dir / "transactions.parquet").exists():
         return
-    print(f"generating demo data for {customers:,} customers ...", flush=True)
-    data.write(data.generate(n_customers=customers), settings.data_dir)
+    with step(f"generating demo data for {customers:,} customers ...", plain=True):
+        data.write(data.generate(n_customers=customers), settings.data_dir)
 
 
 def has_alias(settings: Settings, name: str, alias: str) -> bool:
@@ -50,14 +53,23 @@ def training_data(settings: Settings, spark):
     return training_table(data.read(settings.data_dir), jobs.training_features(settings, spark, since))
 
 
-def train(settings: Settings, alias: str, seed: int = 0, spark=None):
+def train(settings: Settings, alias: str, seed: int = 0, spark=None, debug: bool = False):
     from examples.fraud.train import train_and_register
     from features_online import jobs
+    from features_online.progress import step
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     print(f"training fraud-detector for @{alias} (point-in-time features from Spark) ...", flush=True)
-    table = training_data(settings, spark or jobs.session(settings))
-    result = train_and_register(table, settings.tracking_uri, settings.artifact_root, alias=alias, seed=seed)
+    if spark is None:
+        with step("starting Spark"):
+            spark = jobs.session(settings, debug=debug)
+    with step("point-in-time training features (Spark)"):
+        table = training_data(settings, spark)
+    with step("fitting, converting to ONNX, registering"), warnings.catch_warnings():
+        if not debug:  # MLflow's schema hint and registry chatter: the line below says what happened
+            warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
+            logging.getLogger("mlflow").setLevel(logging.WARNING)  # mlflow's import had set INFO
+        result = train_and_register(table, settings.tracking_uri, settings.artifact_root, alias=alias, seed=seed)
     print(f"registered {result.name} v{result.version} as @{alias} "
           f"(AUC {result.metrics['auc']:.3f}, average precision {result.metrics['average_precision']:.3f})")
     return result
@@ -66,10 +78,13 @@ def train(settings: Settings, alias: str, seed: int = 0, spark=None):
 def features(settings: Settings, spark) -> None:
     """Build the offline feature table as of now and sync it to Redis (the demo's data flow)."""
     from features_online import jobs
+    from features_online.progress import step
 
-    path, as_of = jobs.build(settings, spark)
+    with step("building the offline feature table"):
+        path, as_of = jobs.build(settings, spark)
     print(f"built customer features as of {as_of.isoformat()} -> {path}", flush=True)
-    result = jobs.sync(settings, spark)
+    with step("syncing features to Redis"):
+        result = jobs.sync(settings, spark)
     print(f"synced {result.rows:,} customers to Redis as version {result.version} "
           f"in {result.seconds:.1f}s ({result.rows_per_s:,.0f} rows/s)", flush=True)
 
@@ -77,8 +92,10 @@ def features(settings: Settings, spark) -> None:
 def batch_scores(settings: Settings, spark, model: str = "fraud-detector@champion") -> None:
     """Precompute every customer's score: the gateway's fallback when the online path can't answer."""
     from batch.score import score
+    from features_online.progress import step
 
-    result = score(settings, spark, model, str(settings.state_dir / "scores" / "fraud-detector"))
+    with step(f"batch scoring every customer with {model}"):
+        result = score(settings, spark, model, str(settings.state_dir / "scores" / "fraud-detector"))
     print(f"batch-scored {result.rows:,} customers with {result.model} v{result.version} "
           f"({result.rows_per_s:,.0f} rows/s); fallback scores synced to Redis", flush=True)
 

@@ -37,8 +37,31 @@ def resolve_version(client: Any, model: ModelSettings) -> tuple[str, str | None,
             mv = client.get_model_version_by_alias(model.name, model.alias)
             alias = model.alias
     except Exception as exc:  # MlflowException for unknown names/aliases, network errors
-        raise ModelValidationError(f"cannot resolve {model.uri}: {exc}") from exc
+        raise ModelValidationError(_unresolved(client, model, exc)) from exc
     return str(mv.version), alias, dict(mv.tags or {})
+
+
+def _unresolved(client: Any, model: ModelSettings, exc: Exception) -> str:
+    """Why ``model`` does not resolve, with what the registry does hold: an unknown name lists
+    the registered models, a missing alias or version lists the model's aliases and versions."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):  # the registry did not answer: say why
+        return f"cannot resolve {model.uri}: {exc}"
+    try:
+        registered = client.get_registered_model(model.name)
+    except MlflowException:
+        try:
+            names = sorted(m.name for m in client.search_registered_models(max_results=20))
+        except Exception:  # the listing is a courtesy; the refusal stands without it
+            names = []
+        known = f"registered models: {', '.join(names)}" if names else "no model is registered yet"
+        return f"cannot resolve {model.uri}: no registered model named {model.name!r} ({known})"
+    except Exception:
+        return f"cannot resolve {model.uri}: {exc}"
+    aliases = ", ".join(f"@{a} -> v{v}" for a, v in sorted((registered.aliases or {}).items())) or "none"
+    missing = f"version {model.version}" if model.version else f"alias @{model.alias}"
+    return f"cannot resolve {model.uri}: {model.name} has no {missing} (its aliases: {aliases})"
 
 
 def download(tracking_uri: str, name: str, version: str, cache_dir: Path) -> Path:

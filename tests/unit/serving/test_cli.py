@@ -1,0 +1,125 @@
+"""The command line's contract for expected errors: one line on stderr, exit 2 for usage or
+configuration, exit 1 for a failure, the traceback only with ``--debug``. No Spark, Ray or Redis:
+each case is refused before any of them starts, or the command is monkeypatched."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from serving import cli, launcher
+from serving.errors import CommandFailed, ModelValidationError
+from serving.runtime.loader import resolve_version
+from serving.settings import ModelSettings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    for name in list(__import__("os").environ):
+        if name.startswith("MLGATE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("MLGATE_STATE_DIR", str(tmp_path / "state"))
+
+
+def error_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def test_a_malformed_mlgate_variable_is_a_one_line_configuration_error(monkeypatch, capsys):
+    monkeypatch.setenv("MLGATE_HTTP__PORT", "eighty")
+    assert cli.main(["stop"]) == cli.EXIT_USAGE
+    (line,) = error_lines(capsys)
+    assert line.startswith("mlgate: error: invalid settings") and "http.port" in line
+    assert "eighty" not in line  # values are not echoed (they may be secrets)
+
+
+@pytest.mark.parametrize("alias", ["bad name", "latest", "v3"])
+def test_a_bad_alias_is_refused_before_anything_runs(monkeypatch, capsys, alias):
+    from examples.fraud import runner
+
+    monkeypatch.setattr(runner, "ensure_data", lambda *a: pytest.fail("data generated for a bad alias"))
+    assert cli.main(["train", "--alias", alias]) == cli.EXIT_USAGE
+    (line,) = error_lines(capsys)
+    assert line.startswith("mlgate: error: --alias") and repr(alias) in line
+
+
+@pytest.mark.parametrize("ref", ["fraud-detector", "fraud-detector@bad name", "fraud-detector/three", "@x"])
+def test_a_malformed_model_reference_is_a_usage_error(capsys, ref):
+    assert cli.main(["batch", "score", "--model", ref]) == cli.EXIT_USAGE
+    (line,) = error_lines(capsys)
+    assert line.startswith("mlgate: error: --model") and "name@alias" in line
+
+
+def test_an_unknown_model_is_a_failure_that_names_what_is_registered(monkeypatch, capsys):
+    import serving.runtime.loader as loader
+
+    def refuse(client, ref):
+        raise ModelValidationError(f"cannot resolve {ref.uri}: no registered model named 'nosuch'\n"
+                                   "(registered models: fraud-detector)")
+
+    monkeypatch.setattr(loader, "resolve_version", refuse)
+    assert cli.main(["batch", "score", "--model", "nosuch@champion"]) == cli.EXIT_FAILURE
+    (line,) = error_lines(capsys)  # the library's line break folded
+    assert line == ("mlgate: error: cannot resolve models:/nosuch@champion: no registered model named "
+                    "'nosuch' (registered models: fraud-detector)")
+
+
+def test_a_command_failure_exits_1_without_a_traceback(monkeypatch, capsys, caplog):
+    monkeypatch.setattr(launcher, "stop", lambda settings: (_ for _ in ()).throw(CommandFailed("it broke; do X")))
+    assert cli.main(["stop"]) == cli.EXIT_FAILURE
+    assert error_lines(capsys) == ["mlgate: error: it broke; do X"]
+    assert "Traceback" not in caplog.text
+
+
+def test_debug_shows_the_traceback(monkeypatch, capsys, caplog):
+    monkeypatch.setattr(launcher, "stop", lambda settings: (_ for _ in ()).throw(CommandFailed("it broke")))
+    with caplog.at_level(logging.ERROR, logger="mlgate"):
+        assert cli.main(["--debug", "stop"]) == cli.EXIT_FAILURE
+    assert "Traceback" in caplog.text and "CommandFailed: it broke" in caplog.text
+    assert "mlgate: error: it broke" in capsys.readouterr().err
+
+
+def test_demo_refuses_a_second_gateway_before_doing_any_work(monkeypatch, capsys):
+    from examples.fraud import runner
+
+    monkeypatch.setattr(launcher, "is_running", lambda settings: True)
+    monkeypatch.setattr(runner, "ensure_data", lambda *a: pytest.fail("work done with a gateway running"))
+    assert cli.main(["demo", "--detach"]) == cli.EXIT_FAILURE
+    (line,) = error_lines(capsys)
+    assert "a gateway is already running" in line and "mlgate stop" in line
+
+
+class Registry:
+    """An MLflow client that knows one model, ``fraud-detector`` with @champion -> v2."""
+
+    def __init__(self):
+        from mlflow.exceptions import MlflowException
+
+        self.missing = MlflowException
+
+    def get_model_version_by_alias(self, name, alias):
+        raise self.missing(f"Registered model alias {alias} not found.")
+
+    def get_model_version(self, name, version):
+        raise self.missing(f"Model Version (name={name}, version={version}) not found")
+
+    def get_registered_model(self, name):
+        if name != "fraud-detector":
+            raise self.missing(f"Registered Model with name={name} not found")
+        return type("RM", (), {"aliases": {"champion": "2"}})()
+
+    def search_registered_models(self, max_results):
+        return [type("RM", (), {"name": "fraud-detector"})()]
+
+
+@pytest.mark.parametrize(("ref", "says"), [
+    (ModelSettings(name="nosuch"), "no registered model named 'nosuch' (registered models: fraud-detector)"),
+    (ModelSettings(name="fraud-detector", alias="gone"), "fraud-detector has no alias @gone "
+                                                          "(its aliases: @champion -> v2)"),
+    (ModelSettings(name="fraud-detector", version="9", alias=None), "fraud-detector has no version 9"),
+])
+def test_resolve_version_says_what_the_registry_holds(ref, says):
+    with pytest.raises(ModelValidationError, match="^cannot resolve ") as refused:
+        resolve_version(Registry(), ref)
+    assert says in str(refused.value)
