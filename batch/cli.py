@@ -15,7 +15,7 @@ def model_ref(text: str) -> ModelSettings:
 
     from batch.score import parse_ref
 
-    hint = "use name@alias (fraud-detector@champion) or name/version (fraud-detector/3)"
+    hint = "use name@alias (my-model@champion) or name/version (my-model/3)"
     try:
         ref = parse_ref(text)
     except (ValueError, ValidationError):  # ValidationError is a ValueError; named for the reader
@@ -36,6 +36,9 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     from features_online.progress import step
     from serving.runtime.loader import resolve_version
 
+    if args.model is None:  # the first model the gateway serves, as it follows it
+        first = settings.models[0]
+        args.model = f"{first.name}/{first.version}" if first.version else f"{first.name}@{first.alias}"
     ref = model_ref(args.model)
     # An unknown model or alias is refused now, not after a Spark start (ModelValidationError).
     resolve_version(MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri), ref)
@@ -57,7 +60,7 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("batch", help="Spark batch scoring: scores to Parquet and to the fallback keyspace")
     sp.add_argument("action", choices=("score",))
-    sp.add_argument("--model", required=True, help="name@alias or name/version")
+    sp.add_argument("--model", help="name@alias or name/version (default: the first configured model)")
     sp.add_argument("--output", help="Parquet folder (default .mlgate/scores/<model>)")
     sp.add_argument("--no-sync", action="store_true", help="write Parquet only, leave Redis alone")
     sp.set_defaults(func=cmd_batch)

@@ -130,7 +130,7 @@ def sync_ours(redis_settings, parquet: Path, as_of: datetime, runs: int) -> list
     from features_online import spark_job
     from features_online.parquet_pieces import ParquetTable
     from features_online.sync import FeatureSync
-    from serving.settings import FeatureSettings, SparkSettings
+    from features_online.settings import FeatureSettings, SparkSettings
 
     spark = spark_job.spark_session()  # what `mlgate features sync` has before it syncs, and no more:
     spark.sparkContext.setLogLevel("ERROR")  # no warm-up query (its first job pays the JVM's cold paths)
@@ -160,7 +160,7 @@ def sync_ours(redis_settings, parquet: Path, as_of: datetime, runs: int) -> list
 async def read_ours(redis_settings, cols, n: int, calls: int, warmup: int, seed: int) -> dict:
     from features_online.reader import ViewReader
     from observability.metrics import GatewayMetrics
-    from serving.settings import FeatureSettings
+    from features_online.settings import FeatureSettings
 
     store = ViewReader(redis_settings, FeatureSettings(), {VIEW.name: VIEW}, GatewayMetrics())
     await store.start()
@@ -226,7 +226,7 @@ def main() -> None:
     feast_n = min(args.feast_entities or args.entities, args.entities)
     started = time.perf_counter()
 
-    from serving.settings import RedisSettings
+    from features_online.settings import RedisSettings
     import redis
 
     as_of = datetime.now(timezone.utc).replace(microsecond=0)

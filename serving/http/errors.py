@@ -44,21 +44,21 @@ def json_response(body: object, status: int = 200, headers: dict[str, str] | Non
                     headers=headers)
 
 
-def error_body(error: MlgateError, rid: str) -> bytes:
+def render_error(error: MlgateError, rid: str) -> tuple[int, bytes, dict[str, str]]:
+    """The one mapping of an error onto HTTP, for the bare predict route and FastAPI alike: its
+    status, the JSON body and the headers it adds (``Retry-After`` for the retryable 503s)."""
     # Messages are written to be shown (InternalError's is fixed): never str() of a cause.
-    return orjson.dumps({"error": {"code": error.code, "message": error.message, "request_id": rid,
+    body = orjson.dumps({"error": {"code": error.code, "message": error.message, "request_id": rid,
                                    "retryable": error.retryable}})
-
-
-def error_headers(error: MlgateError) -> dict[str, str]:
-    """Headers an error adds to its response (``Retry-After`` for the retryable 503s)."""
-    return {"retry-after": str(error.retry_after_s)} if error.retry_after_s is not None else {}
+    headers = {"retry-after": str(error.retry_after_s)} if error.retry_after_s is not None else {}
+    return error.status, body, headers
 
 
 def error_response(error: MlgateError, rid: str, echo_request_id: bool = True) -> Response:
-    headers = {REQUEST_ID_HEADER: rid} if echo_request_id else {}
-    return Response(error_body(error, rid), status_code=error.status, media_type="application/json",
-                    headers={**headers, **error_headers(error)})
+    status, body, headers = render_error(error, rid)
+    if echo_request_id:
+        headers[REQUEST_ID_HEADER] = rid
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
 def install_error_handlers(app: FastAPI, echo_request_id: bool = True) -> None:

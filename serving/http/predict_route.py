@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from serving.errors import (InternalError, InvalidRequest, MlgateError, Overloaded, PayloadTooLarge,
                             UnsupportedMediaType)
 from serving.http.admin import FORWARDING_HEADERS, check_admin
-from serving.http.errors import REQUEST_ID_HEADER, error_body, error_headers, new_request_id
+from serving.http.errors import REQUEST_ID_HEADER, new_request_id, render_error
 from serving.pipeline import Pipeline, RouteHints
 
 # Set by an authorised caller to force a variant (testing); always set on responses.
@@ -114,8 +114,8 @@ class PredictRoute:
 
     @staticmethod
     def _error(exc: MlgateError, rid: str, extra: Headers) -> tuple[int, bytes, Headers]:
-        extra += [(k.encode(), v.encode()) for k, v in error_headers(exc).items()]
-        return exc.status, error_body(exc, rid), extra
+        status, body, headers = render_error(exc, rid)
+        return status, body, extra + [(k.encode(), v.encode()) for k, v in headers.items()]
 
     def _hints(self, name: str, headers: Mapping[bytes, bytes], client_host: str | None) -> RouteHints:
         forced = headers.get(VARIANT_HEADER.encode(), b"").decode("latin-1")

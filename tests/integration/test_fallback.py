@@ -20,9 +20,10 @@ from examples.fraud.runner import training_data
 from examples.fraud.train import FEATURE_NAMES, REQUEST_FEATURES, REQUEST_NAMES
 from features_online import layout
 from features_online.definitions import CUSTOMER_ACTIVITY, SCORED_ENTITY, score_view
+from features_online.settings import FeatureSettings
 from features_online.sync import FeatureSync
 from serving.schemas import PredictResponse
-from serving.settings import FeatureSettings, Settings
+from serving.settings import Settings
 from tests.integration.conftest import DEMO_CUSTOMERS, RedisServer, gateway_env, run_cli
 
 pytestmark = pytest.mark.integration

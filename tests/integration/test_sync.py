@@ -22,7 +22,7 @@ from features_online.definitions import CUSTOMER_ACTIVITY as VIEW
 from features_online.reader import ViewReader
 from features_online.sync import FeatureSync, SyncError, SyncResult, key_ttl_s
 from observability.metrics import GatewayMetrics
-from serving.settings import FeatureSettings, RedisSettings
+from features_online.settings import FeatureSettings, RedisSettings
 
 pytestmark = pytest.mark.integration
 
@@ -164,7 +164,7 @@ import sys, time
 from datetime import datetime, timezone
 from features_online.definitions import CUSTOMER_ACTIVITY
 from features_online.sync import FeatureSync
-from serving.settings import FeatureSettings, RedisSettings
+from features_online.settings import FeatureSettings, RedisSettings
 
 class Endless:
     def select(self, *columns):

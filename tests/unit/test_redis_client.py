@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis.asyncio.connection as aioconn
 
 from features_online.redis_client import connect_async
-from serving.settings import RedisSettings
+from features_online.settings import RedisSettings
 
 COMMANDS = [
     ("EVALSHA", "a" * 40, 3, b"k:{v:1:1:b001}", b"k:{v:1:1:b002}", b"k:{v:1:1:b001}", b"7", b"-12", b"1000"),
