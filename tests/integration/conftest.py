@@ -99,8 +99,8 @@ def postgres_bindir() -> Path | None:
     keeps them in /usr/lib/postgresql/<version>/bin, off PATH)."""
     on_path = shutil.which("initdb")
     folders = [Path(on_path).resolve().parent] if on_path else []
-    folders += sorted(Path("/usr/lib/postgresql").glob("*/bin"),
-                      key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0, reverse=True)
+    folders += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True,
+                      key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
     return next((f for f in folders if (f / "initdb").exists() and (f / "pg_ctl").exists()), None)
 
 
@@ -150,8 +150,9 @@ class PostgresServer:
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
-            if self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop").returncode != 0:
-                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+            stop = ("pg_ctl", "-D", str(self.data), "-w", "stop", "-m")
+            if self._run(*stop, "fast").returncode != 0:
+                self._run(*stop, "immediate")
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
