@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## What pip cannot install: redis-server and Java (Spark); for the tests also a running PostgreSQL.
+## What pip cannot install: redis-server and Java (Spark); for the tests also PostgreSQL's initdb.
 system:
 	@.ci/system-deps
 

@@ -16,11 +16,12 @@ Each check must also be significant: chance alone must explain what the window s
 than ``significance``. Without that, small windows are judged on noise: the p99 of 30 requests is
 their slowest one, so one request that met a GC pause or a busy core would roll a healthy canary
 back, and so would one failed request in 30 (3.3 % > 2 %), or the KS distance of two samples of 30
-drawn from one distribution (over 0.3 about one time in ten). The tests are one-sided binomial
-tails (how many canary requests failed, or were slower than the latency threshold, against the
-share the policy allows) and the asymptotic KS critical value. The error-rate check compares
-the canary with the upper Wilson bound of the champion's rate, not its point estimate, so chance
-in either window must conspire for a false rollback (at most about twice ``significance``).
+drawn from one distribution (over 0.3 about one time in ten). The tests, from ``scipy.stats``,
+are one-sided binomial tests (how many canary requests failed, or were slower than the latency
+threshold, against the share the policy allows) and the asymptotic KS critical value (Kolmogorov's
+limiting distribution). The error-rate check compares the canary with the upper Wilson bound of
+the champion's rate, not its point estimate, so chance in either window must conspire for a false
+rollback (at most about twice ``significance``).
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any, Callable
 
 import numpy as np
+from scipy.stats import binomtest, ks_2samp, kstwobign
 
 from serving.routing import CANARY, CHAMPION
 from serving.settings import AnalysisSettings
@@ -65,50 +66,9 @@ class VariantStats:
 
 
 def improbable(k: int, n: int, p: float, significance: float) -> bool:
-    """Whether P(X >= k) < ``significance`` for X ~ Binomial(n, p): would k or more of n events
-    that each happen with probability p be that rare by chance? Sums the tail upward from k and
-    stops as soon as it reaches ``significance`` (``significance`` < 1/2)."""
-    if k <= n * p:
-        return False  # at or below the mean: the tail is at least about 1/2
-    if k > n or p <= 0:
-        return True  # impossible events, observed
-    term = math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
-                    + k * math.log(p) + (n - k) * math.log1p(-p))
-    odds, tail = p / (1 - p), 0.0
-    for j in range(k, n + 1):  # past the mean the terms shrink geometrically
-        tail += term
-        if tail >= significance:
-            return False
-        if term <= tail * 1e-12:
-            break
-        term *= (n - j) / (j + 1) * odds
-    return True
-
-
-def wilson_upper(k: int, n: int, z: float) -> float:
-    """Upper end of the Wilson score interval for a rate of k in n: the highest rate that k in n
-    does not rule out at ``z`` standard errors."""
-    if n == 0:
-        return 1.0
-    p, z2 = k / n, z * z
-    centre = p + z2 / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return min(1.0, (centre + spread) / (1 + z2 / n))
-
-
-def ks_critical(n: int, m: int, significance: float) -> float:
-    """The KS distance two samples of sizes n and m from one distribution exceed with probability
-    ``significance`` (the asymptotic formula)."""
-    return math.sqrt(-math.log(significance / 2) / 2) * math.sqrt((n + m) / (n * m))
-
-
-def ks_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest gap between the empirical CDFs of two samples."""
-    a, b = np.sort(a), np.sort(b)
-    points = np.concatenate([a, b])
-    cdf_a = np.searchsorted(a, points, side="right") / len(a)
-    cdf_b = np.searchsorted(b, points, side="right") / len(b)
-    return float(np.max(np.abs(cdf_a - cdf_b)))
+    """Whether k or more of n events that each happen with probability p would be rarer than
+    ``significance`` by chance (the one-sided binomial test)."""
+    return binomtest(k, n, p, alternative="greater").pvalue < significance
 
 
 class CanaryAnalysis:
@@ -152,8 +112,8 @@ class CanaryAnalysis:
             return None
         # The champion's rate is itself a sample: allow the highest rate its window does not rule
         # out (a champion that failed 0 of 50 by luck must not make the canary's 5 % a breach).
-        z = NormalDist().inv_cdf(1 - s.significance)
-        champion_rate = wilson_upper(champion.errors, champion.requests, z)
+        champion_rate = binomtest(champion.errors, champion.requests, alternative="less") \
+            .proportion_ci(1 - s.significance, method="wilson").high  # the Wilson upper bound
         allowed = min(champion_rate + s.max_error_rate_delta, 1.0)
         if (canary.error_rate > allowed
                 and improbable(canary.errors, canary.requests, allowed, s.significance)):
@@ -167,8 +127,12 @@ class CanaryAnalysis:
                                      f"{canary.requests} canary requests over {threshold_ms:.1f} ms)")
         n, m = len(champion.scores), len(canary.scores)
         if min(n, m) >= s.min_requests:
-            distance = ks_distance(champion.scores, canary.scores)
-            limit = max(s.max_score_shift, ks_critical(n, m, s.significance))
+            # Only the distance is used: "asymp" spares the exact p-value of samples up to 10,000.
+            distance = ks_2samp(champion.scores, canary.scores, method="asymp").statistic
+            # The distance two samples of sizes n and m from one distribution exceed with
+            # probability `significance`, from Kolmogorov's limiting distribution.
+            critical = kstwobign.isf(s.significance) * math.sqrt((n + m) / (n * m))
+            limit = max(s.max_score_shift, critical)
             if distance > limit:
                 return Breach("score_shift", f"score distributions differ (KS distance "
                                              f"{distance:.2f} > {limit:.2f})")

@@ -1,13 +1,16 @@
-"""Integration fixtures: real MLflow registry (SQLite file), real redis-server, real Ray Serve
-started through the real CLI, real HTTP. Expensive things start once per session."""
+"""Integration fixtures: real MLflow registry (SQLite file), real redis-server, a private
+PostgreSQL, real Ray Serve started through the real CLI, real HTTP. Expensive things start once
+per session."""
 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -89,6 +92,92 @@ def redis_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def redis_url(redis_server) -> str:
     return redis_server.url
+
+
+def postgres_bindir() -> Path | None:
+    """The folder of PostgreSQL's initdb and pg_ctl: on PATH, or the newest Debian version's (Debian
+    keeps them in /usr/lib/postgresql/<version>/bin, off PATH)."""
+    on_path = shutil.which("initdb")
+    folders = [Path(on_path).resolve().parent] if on_path else []
+    folders += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True,
+                      key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    return next((f for f in folders if (f / "initdb").exists() and (f / "pg_ctl").exists()), None)
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster on a free port of 127.0.0.1: superuser ``postgres`` with trust
+    auth, data, log and socket in a fresh folder. initdb and postgres refuse to run as root, so as
+    root the cluster belongs to the ``postgres`` system user (Debian's package creates it), or else
+    to ``nobody``."""
+
+    user = "postgres"
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.port = free_port()
+        # Not under pytest's basetemp: that is private to root, and a socket path must stay short.
+        self.folder = Path(tempfile.mkdtemp(prefix="mlgate-pg-"))
+        self.data = self.folder / "data"
+        self.owner = None
+        if os.geteuid() == 0:
+            self.owner = next(u for u in ("postgres", "nobody") if _user_exists(u))
+            shutil.chown(self.folder, self.owner, pwd.getpwnam(self.owner).pw_gid)
+
+    def uri(self, db: str) -> str:
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the postgres extra ships psycopg2.
+        return f"postgresql+psycopg2://{self.user}@127.0.0.1:{self.port}/{db}"
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess:
+        ids = {}
+        if self.owner is not None:
+            entry = pwd.getpwnam(self.owner)
+            ids = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+        return subprocess.run([str(self.bindir / args[0]), *args[1:]], cwd=self.folder,
+                              capture_output=True, text=True, timeout=120, **ids)
+
+    def start(self) -> None:
+        done = self._run("initdb", "-D", str(self.data), "-U", self.user, "-A", "trust",
+                         "--no-locale", "-E", "UTF8", "--no-sync")
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed: {done.stdout}{done.stderr}")
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
+                       f"unix_socket_directories = '{self.folder}'\nfsync = off\n")
+        log = self.folder / "server.log"
+        if self._run("pg_ctl", "-D", str(self.data), "-l", str(log), "-w", "start").returncode != 0:
+            raise RuntimeError(f"PostgreSQL did not start on port {self.port}:\n"
+                               f"{log.read_text() if log.exists() else ''}")
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            stop = ("pg_ctl", "-D", str(self.data), "-w", "stop", "-m")
+            if self._run(*stop, "fast").returncode != 0:
+                self._run(*stop, "immediate")
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A private PostgreSQL for the session, stopped and deleted at its end."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.fail("PostgreSQL's server programs (initdb, pg_ctl) are neither on PATH nor in "
+                    "/usr/lib/postgresql/*/bin: `.ci/system-deps --tests` installs them as root "
+                    "(Debian: apt-get install postgresql)")
+    server = PostgresServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 
 import mlflow
@@ -21,8 +20,6 @@ from serving.runtime.loader import load_model
 from serving.settings import ModelSettings, OnnxSettings
 
 pytestmark = pytest.mark.integration
-
-PG_USER = os.environ.get("MLGATE_TEST_PG_USER", "postgres")
 
 
 def unique(prefix: str) -> str:
@@ -232,24 +229,19 @@ def test_an_sklearn_model_is_served_through_pyfunc(settings, experiment, tmp_pat
 # --- 6. PostgreSQL as the registry -----------------------------------------------------------
 
 @pytest.fixture
-def postgres_uri():
-    """A private, freshly created database on the local PostgreSQL; dropped afterwards."""
+def postgres_uri(postgres_server):
+    """A freshly created database on the session's private PostgreSQL; dropped afterwards."""
     import psycopg2
     from mlflow.store.model_registry.sqlalchemy_store import (
         SqlAlchemyStore as RegistryStore,
     )
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
 
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user=PG_USER, dbname="postgres",
-                                 connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is not reachable at 127.0.0.1:5432 as {PG_USER!r} "
-                    f"(.ci/run starts it; MLGATE_TEST_PG_USER picks the user): {exc}")
+    admin = psycopg2.connect(host="127.0.0.1", port=postgres_server.port, user=postgres_server.user,
+                             dbname="postgres", connect_timeout=5)
     admin.autocommit = True
     db = f"mlgate_test_{uuid.uuid4().hex[:8]}"
-    # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the postgres extra ships psycopg2.
-    uri, before = f"postgresql+psycopg2://{PG_USER}@127.0.0.1:5432/{db}", mlflow.get_tracking_uri()
+    uri, before = postgres_server.uri(db), mlflow.get_tracking_uri()
     try:
         with admin.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{db}"')

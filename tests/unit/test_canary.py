@@ -1,9 +1,9 @@
 """Canary analysis over a sliding window, on a controlled clock."""
 
 import numpy as np
-import pytest
+from scipy.stats import ks_2samp
 
-from serving.canary import CanaryAnalysis, improbable, ks_critical, ks_distance, wilson_upper
+from serving.canary import CanaryAnalysis
 from serving.settings import AnalysisSettings
 
 
@@ -71,30 +71,62 @@ def test_window_forgets_old_samples():
     assert a.stats("canary").requests == 0 and a.verdict() is None
 
 
-def test_ks_distance():
-    x = np.linspace(0, 1, 500)
-    assert ks_distance(x, x) == 0
-    assert ks_distance(x, x + 2) == 1
+# Where each check starts to breach: the bounds the hand-written statistics gave before scipy.
+
+def test_error_rate_breach_begins_where_chance_no_longer_explains_it():
+    """1000 requests each, significance 0.001. A champion without failures allows its Wilson upper
+    bound (0.95 %) plus the 2 % delta: 47 canary failures are still chance at that rate, 48 are not.
+    With 10 champion failures the bound is 2.5 %, and the breach begins at 68."""
+    for champion_failures, first_breach in ((0, 48), (10, 68)):
+        for canary_failures in (first_breach - 1, first_breach):
+            a, _ = analysis()
+            fill(a, "champion", champion_failures, ok=False)
+            fill(a, "champion", 1000 - champion_failures)
+            fill(a, "canary", canary_failures, ok=False)
+            fill(a, "canary", 1000 - canary_failures)
+            breach = a.verdict()
+            if canary_failures < first_breach:
+                assert breach is None, (champion_failures, canary_failures)
+            else:
+                assert breach is not None and breach.check == "error_rate", champion_failures
 
 
-def binomial_tail(k, n, p):
-    from scipy.stats import binom  # the reference; the gateway itself does without scipy
+def test_latency_breach_begins_where_chance_no_longer_explains_it():
+    """1 % of requests may be over the p99 threshold (6 ms here): 21 of 1000 is still chance at
+    significance 0.001, though the canary's p99 is 60 ms; 22 of 1000 is a breach."""
+    for slow, breaches in ((21, False), (22, True)):
+        a, _ = analysis()
+        fill(a, "champion", 1000, ms=1.0)
+        fill(a, "canary", 1000 - slow, ms=1.0)
+        fill(a, "canary", slow, ms=60.0)
+        assert a.stats("canary").p99_ms > 6.0
+        breach = a.verdict()
+        assert (breach is not None and breach.check == "latency") == breaches, slow
 
-    return float(binom.sf(k - 1, n, p))
+
+def shifted_scores(a, n, shift):
+    fill(a, "champion", n, scores=list(np.linspace(0, 1, n)))
+    fill(a, "canary", n, scores=list(np.linspace(shift, 1 + shift, n)))
 
 
-@pytest.mark.parametrize("n,p", [(30, 0.02), (30, 0.01), (385, 0.01), (2000, 0.05), (50_000, 0.01)])
-def test_improbable_agrees_with_the_exact_binomial_tail(n, p):
-    for significance in (0.05, 0.001):
-        for k in range(0, min(n, int(n * p) + 40) + 1):
-            assert improbable(k, n, p, significance) == (binomial_tail(k, n, p) < significance), (k, n, p)
+def test_a_score_shift_must_be_both_large_and_significant():
+    """The KS distance must exceed both max_score_shift (0.3) and its critical value at
+    significance 0.001 (0.356 for 60 scores each, 0.195 for 200 each)."""
+    for n, shift, breaches in ((60, 0.34, False),   # distance 0.350: over 0.3, but chance at 60
+                               (60, 0.36, True),    # distance 0.367
+                               (200, 0.25, False),  # significant at 200, but under 0.3
+                               (200, 0.35, True)):
+        a, _ = analysis()
+        shifted_scores(a, n, shift)
+        breach = a.verdict()
+        assert (breach is not None and breach.check == "score_shift") == breaches, (n, shift)
 
 
-def test_improbable_edges():
-    assert not improbable(0, 10, 0.0, 0.01)
-    assert improbable(1, 10, 0.0, 0.01)  # an event that cannot happen, observed
-    assert improbable(11, 10, 0.5, 0.01)
-    assert not improbable(10, 10, 1.0, 0.01)
+def test_a_champion_that_fails_everything_allows_the_canary_to():
+    a, _ = analysis()
+    fill(a, "champion", 100, ok=False)
+    fill(a, "canary", 100, ok=False)
+    assert a.verdict() is None
 
 
 def test_one_slow_request_in_a_small_window_is_noise():
@@ -129,18 +161,10 @@ def test_a_champion_without_errors_by_luck_does_not_make_the_canarys_rate_a_brea
     assert a.verdict() is None
 
 
-def test_wilson_upper():
-    assert wilson_upper(0, 0, 3.0) == 1.0
-    assert wilson_upper(5, 10, 0.0) == 0.5
-    assert 0.08 < wilson_upper(0, 100, 3.09) < 0.09  # the rule of three's neighbour
-    assert wilson_upper(100, 100, 3.09) == 1.0
-
-
 def test_a_small_samples_ks_distance_is_not_a_score_shift():
     rng = np.random.default_rng(10)
     champion, canary = rng.uniform(size=25), rng.uniform(size=25)  # one distribution
-    assert ks_distance(champion, canary) > 0.3  # the old rule's breach
-    assert ks_distance(champion, canary) < ks_critical(25, 25, 0.001)
+    assert ks_2samp(champion, canary).statistic > 0.3  # the old rule's breach
     a, _ = analysis()
     fill(a, "champion", 25, scores=list(champion))
     fill(a, "canary", 25, scores=list(canary))
