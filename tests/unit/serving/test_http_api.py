@@ -167,6 +167,20 @@ def test_not_ready_until_the_model_loads_then_ready():
     run(scenario, factory=factory, wait_ready=False)
 
 
+def test_a_gateway_with_no_model_configured_is_not_ready():
+    settings = Settings(models=[])
+    metrics = GatewayMetrics()
+
+    async def main():
+        table = ModelTable(settings, metrics, lambda m: None)
+        app = build_app(Pipeline(settings, table, metrics))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return await client.get("/readyz")
+
+    r = asyncio.run(main())
+    assert r.status_code == 503 and r.json() == {"status": "not_ready", "models": {}}
+
+
 def test_model_listing_detail_and_example_request_round_trip():
     async def scenario(client, metrics):
         listing = (await client.get("/v1/models")).json()
