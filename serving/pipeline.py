@@ -102,10 +102,13 @@ class Pipeline:
             deadline = started + codec.timeout_s(payload, self._default_timeout_s)
             if hints.variant and hints.variant not in self.models.variants(name):
                 raise VariantNotFound(f"model {name!r} has no variant {hints.variant!r}")
-            variant = hints.variant or routing.assign(name, routing.routing_key(payload, hints.key),
-                                                      self.rollouts.canary_weight(name))
-            if variant == CANARY and self.models.backend(name, CANARY) is None:
-                variant = CHAMPION  # the canary is not serving (yet): its keys stay with the champion
+            if hints.variant:
+                variant = hints.variant
+            else:
+                variant = routing.assign(name, routing.routing_key(payload, hints.key),
+                                         self.rollouts.canary_weight(name))
+                if variant == CANARY and self.models.backend(name, CANARY) is None:
+                    variant = CHAMPION  # the canary is not serving (yet): its keys stay with the champion
             if variant == CANARY and not hints.variant:
                 answer = await self._try_canary(name, payload, started, deadline)
                 if answer is None:  # the canary failed: the champion answers instead

@@ -217,3 +217,19 @@ def test_compare_rows_answered_online_by_both():
     result = compare(primary, shadow)
     assert [agree for agree, _ in result] == [True, False]
     assert [round(d, 6) for _, d in result] == [0.1, 0.3]
+
+
+def test_a_forced_canary_that_is_not_loaded_is_503_not_the_champion():
+    def factory_table():
+        table = runtimes()
+        table["challenger"] = None  # InProcessModel(None) fails: the canary never loads
+        return table
+
+    async def scenario(client, rollouts, pipeline, metrics):
+        await rollouts.set("toy", canary_weight=100)
+        r = await post(client, headers={"x-mlgate-variant": "canary"})
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "model_not_ready")
+        r = await post(client, key="anyone")  # routed: the canary's keys stay with the champion
+        assert r.status_code == 200 and r.json()["variant"] == "champion"
+
+    run(scenario, table=factory_table())
