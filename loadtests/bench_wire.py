@@ -37,6 +37,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from features_online.definitions import CUSTOMER_ACTIVITY as VIEW  # noqa: E402
+from features_online.definitions import CUSTOMER_ACTIVITY as VIEW
 
 WRITERS = ("numpy frames + resp.py", "numpy frames + redis-py", "plain redis-py")
 READERS = ("_LinearPacking", "plain redis-py")
@@ -81,7 +82,7 @@ def write(url: str, writer: str, data: list, version: int, batch_rows: int) -> i
     from features_online.writer import PartitionWriter
 
     if writer != "plain redis-py":
-        rows, acked = PartitionWriter(spec_for(url, writer), VIEW, PREFIX, version, batch_rows, 600).write(iter(data))
+        _, acked = PartitionWriter(spec_for(url, writer), VIEW, PREFIX, version, batch_rows, 600).write(iter(data))
         return acked
     return write_plain(url, data, version, batch_rows)
 
@@ -108,7 +109,7 @@ def write_plain(url: str, data: list, version: int, batch_rows: int) -> int:
             fields = layout.fields(ids)
             bounds = [0, *(np.flatnonzero(np.diff(buckets)) + 1).tolist(), len(ids)]
             pipe = client.pipeline(transaction=False)
-            for start, end in zip(bounds, bounds[1:]):
+            for start, end in pairwise(bounds):
                 bucket = int(buckets[start])
                 touched.add(bucket)
                 for lo in range(start, end, batch_rows):
@@ -157,7 +158,7 @@ def child(url: str, writer: str, n: int, batch_rows: int) -> None:
     """One cold writer (a fresh interpreter): prints seconds from the batches built to the end."""
     import pyarrow  # noqa: F401  (imported in a Spark worker before the writer runs)
 
-    from features_online import layout, writer as _  # noqa: F401
+    from features_online import layout, writer  # noqa: F401
 
     data = batches(n)
     assert "redis" not in sys.modules, "redis-py imported before the timed part"
@@ -258,7 +259,7 @@ def pack_times(stores: dict) -> dict:
     out = {}
     for name, store in stores.items():
         conn = store.client.connection_pool.make_connection()
-        runs = timeit.repeat(lambda: conn.pack_command(*command), number=2000, repeat=5)
+        runs = timeit.repeat(lambda conn=conn: conn.pack_command(*command), number=2000, repeat=5)
         out[name] = float(np.median(runs)) / 2000 * 1e6
     return out
 
