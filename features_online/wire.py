@@ -1,7 +1,7 @@
 """The Redis protocol that mlgate writes itself, all in this module (issue 17, "One Redis wire").
 
 redis-py with hiredis does everything else: it parses the gateway's replies, runs clusters, pools,
-scripts and the lease, and sends the sync's own commands. Two things stay here because
+scripts and the lease, and sends the sync's own commands. Three things stay here because
 ``loadtests/bench_wire.py`` measured redis-py 8.2 with hiredis slower on a hot path
 (loadtests/RESULTS.md, 2026-12-04):
 
@@ -10,17 +10,25 @@ scripts and the lease, and sends the sync's own commands. Two things stay here b
   this takes 32 µs, and makes 100-entity reads 5-9% faster at p50 and p99.
 - :func:`hset_commands`: the sync writer's HSET commands, framed by numpy with no Python object
   per row. It writes 2.3-2.5x the rows/s of redis-py's pipelined ``hset``.
+- :class:`Connection`: a bare blocking socket that the writers use for a single plain Redis, so a
+  cold Spark worker never imports redis-py. That import costs about 0.1 s, and a cold writer of
+  300k rows is 27% slower with it. It sends only what this module frames and reads one-line replies.
 
 Every byte is redis-py's: unit tests compare them with redis-py's own packing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import socket
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from features_online.redis_client import ClientSpec
 
 
 def pack(args: Sequence[Any], encode: Callable[[Any], Any] | None = None) -> bytes:
@@ -109,3 +117,79 @@ def hset_commands(keys: list[bytes], buckets: np.ndarray, ids: np.ndarray, recor
                 hi = min(lo + batch_rows, end)
                 head = b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n" % (2 + 2 * (hi - lo), len(key), key)
                 yield bucket, [head, view[lo * size:hi * size]], hi - lo
+
+
+class ReplyError(RuntimeError):
+    """Redis answered a command with an error (or with something the writer never asked for)."""
+
+
+def supports(spec: ClientSpec) -> bool:
+    """Whether :class:`Connection` speaks for ``spec`` exactly as redis-py would: a plain
+    ``redis://host:port/db`` or ``rediss://`` URL. A URL with query options, a Unix socket or a
+    cluster goes through redis-py instead."""
+    url = urlsplit(spec.url)
+    return not spec.cluster and url.scheme in ("redis", "rediss") and not url.query
+
+
+class Connection:
+    """A bare blocking connection to one Redis: framed commands out, one-line replies in.
+
+    The writers send only commands this module frames (HSET, EXPIRE; AUTH and SELECT here), whose
+    replies are single lines (``:<n>``, ``+OK``, ``-ERR ...``). TLS for ``rediss://`` with the
+    system's CAs and a host name check, as redis-py by default; password from the URL or the
+    spec's options, database from the URL's path; the spec's connect and socket timeouts."""
+
+    def __init__(self, spec: ClientSpec) -> None:
+        url = urlsplit(spec.url)
+        host = url.hostname or "localhost"
+        sock = socket.create_connection((host, url.port or 6379), timeout=spec.options.get("socket_connect_timeout"))
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if url.scheme == "rediss":
+                import ssl
+
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            sock.settimeout(spec.options.get("socket_timeout"))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.buffer = bytearray()
+        password = unquote(url.password) if url.password else spec.options.get("password")
+        db = int(unquote(url.path).replace("/", "") or 0)
+        try:
+            if password:
+                user = [unquote(url.username).encode()] if url.username else []
+                self.call(b"AUTH", *user, password.encode())
+            if db:
+                self.call(b"SELECT", b"%d" % db)
+        except BaseException:
+            self.close()
+            raise
+
+    def send(self, chunks: Iterable[Any]) -> None:
+        """Send the chunks (bytes or memoryviews) of one or more framed commands."""
+        for chunk in chunks:
+            self.sock.sendall(chunk)
+
+    def read_reply(self) -> bytes:
+        """The next reply: an integer or status line (without its type byte); errors raise."""
+        while (end := self.buffer.find(b"\r\n")) < 0:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("Redis closed the connection")
+            self.buffer += data
+        line = bytes(self.buffer[:end])
+        del self.buffer[:end + 2]
+        if line[:1] == b"-":
+            raise ReplyError(line[1:].decode(errors="replace"))
+        if line[:1] not in (b":", b"+"):
+            raise ReplyError(f"unexpected reply from Redis: {line[:32]!r}")
+        return line[1:]
+
+    def call(self, *args: bytes) -> bytes:
+        self.send([pack(args)])
+        return self.read_reply()
+
+    def close(self) -> None:
+        self.sock.close()

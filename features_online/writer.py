@@ -2,7 +2,7 @@
 
 This code runs in Spark's Python workers, where every import is paid again by each cold worker:
 it needs numpy, pyarrow and the layout, and nothing that pulls in pydantic or pandas; redis-py
-only for a cluster (:mod:`features_online.resp` talks to a single Redis). Connection details
+only for a cluster (:class:`features_online.wire.Connection` talks to a single Redis). Connection details
 arrive as a plain :class:`ClientSpec`. The Arrow batches come from ``mapInArrow`` or from the
 writer's own share of a Parquet table's row groups (:mod:`features_online.parquet_pieces`).
 
@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from features_online import layout, resp, wire
+from features_online import layout, wire
 from features_online.definitions import FeatureView
 from features_online.redis_client import ClientSpec, connect_spec
 
@@ -29,13 +29,13 @@ from features_online.redis_client import ClientSpec, connect_spec
 class _Connections:
     """One connection per Redis node that owns a bucket; replies read in order, later.
 
-    A bare socket (:mod:`features_online.resp`) for a plain Redis URL; redis-py connections for
+    A bare socket (:class:`features_online.wire.Connection`) for a plain Redis URL; redis-py connections for
     a cluster (node of each bucket from its slot) or a URL with options."""
 
     def __init__(self, spec: ClientSpec, keys: list[bytes]) -> None:
-        if resp.supports(spec):
+        if wire.supports(spec):
             self.client = None
-            raw = resp.Connection(spec)
+            raw = wire.Connection(spec)
             self.by_node: dict[str, tuple[Any, Any]] = {"": (None, raw)}  # node name -> (pool, connection)
             self.of_bucket = [raw] * len(keys)
             return
@@ -90,7 +90,7 @@ class _Connections:
 
 @dataclass(frozen=True)
 class _RedisPy:
-    """A redis-py connection with the two calls the writer makes of a :class:`resp.Connection`."""
+    """A redis-py connection with the two calls the writer makes of a :class:`wire.Connection`."""
 
     conn: Any
 
