@@ -8,8 +8,9 @@ One run, one private ``redis-server`` on a free port of 127.0.0.1, the layout's 
 
 1. Sync write rate, warm, in this process: every entity written once per round by each writer,
    the alternatives in a rotated order each round (Redis flushed, untimed, before each write).
-   - ``numpy frames + resp.py``: ``PartitionWriter.write`` as the sync runs it on a plain URL
-     (HSET commands framed by numpy, sent on resp.py's bare socket, replies read one batch behind);
+   - ``numpy frames + bare socket``: ``PartitionWriter.write`` as the sync runs it on a plain URL
+     (HSET commands framed by numpy, ``wire.hset_commands``, sent on ``wire.Connection``, replies
+     read one batch behind; before 2026-12-04 the socket was ``resp.py``'s, same code);
    - ``numpy frames + redis-py``: the same ``PartitionWriter.write``, sending the same framed bytes on
      a redis-py connection (``send_packed_command`` / ``read_response``, hiredis parser);
    - ``plain redis-py``: the same records and bucket grouping, but ``pipeline.hset(key, items=...)``
@@ -18,8 +19,9 @@ One run, one private ``redis-server`` on a free port of 127.0.0.1, the layout's 
    (alternatives alternating), timed from after numpy/pyarrow/the layout are imported and the
    batches built, to the last EXPIRE acknowledged: redis-py's import (or not) is inside.
 3. The gateway reader's latency, ``OnlineStore.read`` (asyncio) for 1 entity (one HMGET) and 100
-   entities (one EVALSHA), on two stores in one event loop: ``connect_async`` with the
-   ``_LinearPacking`` override, and a plain ``redis.asyncio`` pool; every call's ids go to both,
+   entities (one EVALSHA), on two stores in one event loop: ``connect_async``, whose connections
+   pack with ``wire.pack`` (the ``_LinearPacking`` override before 2026-12-04), and a plain
+   ``redis.asyncio`` pool; every call's ids go to both,
    which of the two goes first alternating call by call.
 
 Ratios are alternative ÷ hand-written for rows/s and hand-written ÷ alternative for latency: below
@@ -47,8 +49,8 @@ sys.path.insert(0, str(ROOT))
 
 from features_online.definitions import CUSTOMER_ACTIVITY as VIEW
 
-WRITERS = ("numpy frames + resp.py", "numpy frames + redis-py", "plain redis-py")
-READERS = ("_LinearPacking", "plain redis-py")
+WRITERS = ("numpy frames + bare socket", "numpy frames + redis-py", "plain redis-py")
+READERS = ("wire.pack", "plain redis-py")
 BATCH = 50_000  # rows per Arrow batch, as parquet_pieces.READ_BATCH_ROWS
 PREFIX = "wire"
 
@@ -71,7 +73,7 @@ def spec_for(url: str, writer: str):
     from features_online.redis_client import ClientSpec
 
     options = {"socket_connect_timeout": 0.2, "socket_timeout": 30.0}
-    if writer == "numpy frames + resp.py":
+    if writer == WRITERS[0]:
         return ClientSpec(url, False, options)
     # A query option that changes nothing (0 is redis-py's default) sends the writer to redis-py.
     return ClientSpec(url + "?health_check_interval=0", False, options)
@@ -208,7 +210,7 @@ async def reads(url: str, n: int, calls: int, warmup: int, blocks: int, seed: in
     stores = {}
     for name in READERS:
         store = OnlineStore(settings, FeatureSettings(pointer_refresh_s=3600), {VIEW.name: VIEW}, GatewayMetrics())
-        if name == "_LinearPacking":
+        if name == READERS[0]:
             store._client = connect_async(settings)
             assert store._client.connection_pool.connection_class.__name__.startswith("Linear")
         else:
