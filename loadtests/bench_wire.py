@@ -160,7 +160,8 @@ def child(url: str, writer: str, n: int, batch_rows: int) -> None:
     """One cold writer (a fresh interpreter): prints seconds from the batches built to the end."""
     import pyarrow  # noqa: F401  (imported in a Spark worker before the writer runs)
 
-    from features_online import layout, writer  # noqa: F401
+    import features_online.layout
+    import features_online.writer  # noqa: F401  (what the worker imports before the transport)
 
     data = batches(n)
     assert "redis" not in sys.modules, "redis-py imported before the timed part"
@@ -184,6 +185,7 @@ def cold_writes(url: str, client, n: int, runs: int, batch_rows: int, deadline: 
                                   timeout=120, cwd=ROOT)
             got = json.loads(proc.stdout.strip().splitlines()[-1])
             assert got["acked"] == n and stored(client, 2) == n, (writer, got)
+            assert got["redis_imported"] == (writer != WRITERS[0]), (writer, got)  # the path it says it took
             out[writer].append(n / got["seconds"])
         print(f"  cold run {r + 1}: " + ", ".join(f"{w} {out[w][-1]:,.0f}" for w in WRITERS), file=sys.stderr)
     return out
