@@ -1,13 +1,18 @@
-"""The sync's RESP framing: the bytes the partition writer sends are exactly the HSET commands
-redis-py would send for the layout's fields and values."""
+"""The Redis protocol mlgate writes itself (features_online/wire.py): every byte is redis-py's.
+The partition writer's HSET commands carry the layout's fields and values; the commands it and
+the gateway's connections pack are framed as redis-py frames them. Which Redis URLs the writers
+reach with a bare socket, and how it reads replies."""
 
+import socket
 from datetime import timedelta
 
 import numpy as np
+import pytest
 from redis.connection import Connection
 
-from features_online import layout, writer
+from features_online import layout, wire
 from features_online.definitions import Entity, Feature, FeatureView
+from features_online.redis_client import ClientSpec
 
 TINY = FeatureView(name="tiny", version=2, entity=Entity("user", "user_id"), ttl=timedelta(hours=1),
                    features=(Feature("clicks", "long", 0), Feature("spend", "double", 1.5)), buckets=8)
@@ -38,7 +43,7 @@ def frame(ids, batch_rows=1000):
     records = layout.encode_records(TINY, 1_700_000_000_000 + np.arange(len(ids)), columns)
     values = layout.encode(TINY, 1_700_000_000_000 + np.arange(len(ids)), columns)
     keys = [k.encode() for k in layout.bucket_keys("p", TINY, 3)]
-    commands = list(writer.hset_commands(keys, layout.bucket_of(TINY, ids), ids, records, batch_rows))
+    commands = list(wire.hset_commands(keys, layout.bucket_of(TINY, ids), ids, records, batch_rows))
     return commands, values, keys
 
 
@@ -72,3 +77,52 @@ def test_no_command_has_more_than_batch_rows_fields():
     commands, _, _ = frame(np.arange(1, 200), batch_rows=7)
     assert max(rows for _, _, rows in commands) == 7
     assert sum(rows for _, _, rows in commands) == 199
+
+
+def test_pack_is_redis_pys_packing_of_the_writers_commands():
+    for command in ((b"EXPIRE", b"p:fv:{tiny:2:3:b007}", b"172800"), (b"AUTH", b"user", b"pw \r\n"),
+                    (b"SELECT", b"3"), (b"CONFIG GET", b"maxmemory"), ("PING",)):
+        assert wire.pack(command) == b"".join(Connection().pack_command(*command))
+
+
+def test_pack_takes_only_bytes_unless_given_an_encoder():
+    with pytest.raises(TypeError, match="must be bytes, not int"):
+        wire.pack((b"EXPIRE", b"k", 600))
+    assert wire.pack((b"EXPIRE", b"k", 600), encode=lambda v: str(v).encode()) == wire.pack((b"EXPIRE", b"k", b"600"))
+
+
+def test_plain_urls_use_the_bare_connection_and_anything_else_redis_py():
+    assert wire.supports(ClientSpec("redis://127.0.0.1:6379/0", False))
+    assert wire.supports(ClientSpec("rediss://user:pw@cache.internal:6380/2", False))
+    assert not wire.supports(ClientSpec("redis://127.0.0.1:6379/0", True))  # a cluster
+    assert not wire.supports(ClientSpec("redis://127.0.0.1:6379?db=2&ssl_cert_reqs=none", False))
+    assert not wire.supports(ClientSpec("unix:///run/redis.sock", False))
+
+
+def test_replies_are_read_in_order_across_reads_and_errors_raise():
+    ours, server = socket.socketpair()
+    conn = wire.Connection.__new__(wire.Connection)
+    conn.sock, conn.buffer = ours, bytearray()
+    server.sendall(b":1000\r\n+OK\r\n:")
+    assert conn.read_reply() == b"1000" and conn.read_reply() == b"OK"
+    server.sendall(b"7\r\n-WRONGTYPE Operation against a key\r\n*1\r\n")
+    assert conn.read_reply() == b"7"
+    with pytest.raises(wire.ReplyError, match="WRONGTYPE"):
+        conn.read_reply()
+    with pytest.raises(wire.ReplyError, match="unexpected"):
+        conn.read_reply()
+    server.close()
+    with pytest.raises(ConnectionError):
+        conn.read_reply()
+    conn.close()
+
+
+def test_a_call_sends_redis_pys_bytes_and_returns_its_reply():
+    ours, server = socket.socketpair()
+    conn = wire.Connection.__new__(wire.Connection)
+    conn.sock, conn.buffer = ours, bytearray()
+    server.sendall(b"+OK\r\n")
+    assert conn.call(b"SELECT", b"3") == b"OK"
+    assert server.recv(100) == b"".join(Connection().pack_command(b"SELECT", b"3"))
+    conn.close()
+    server.close()
