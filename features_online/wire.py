@@ -1,18 +1,18 @@
-"""The Redis protocol that mlgate writes itself, all in this module (issue 17, "One Redis wire").
+"""The Redis protocol that mlgate frames itself: every hand-written byte of it is in this module.
 
 redis-py with hiredis does everything else: it parses the gateway's replies, runs clusters, pools,
-scripts and the lease, and sends the sync's own commands. Three things stay here because
-``loadtests/bench_wire.py`` measured redis-py 8.2 with hiredis slower on a hot path
-(loadtests/RESULTS.md, 2026-12-04):
+scripts and the lease, and sends the sync's other commands. Three things stay here because
+``loadtests/bench_wire.py`` measures redis-py slower on a hot path (figures in
+loadtests/RESULTS.md, "one Redis wire"):
 
 - :func:`pack`: one command as RESP, in one join. The gateway's asyncio connections pack with it
-  (:class:`LinearPacking`). redis-py's hiredis packer takes 68 µs for the 100-entity script call;
-  this takes 32 µs, and makes 100-entity reads 5-9% faster at p50 and p99.
+  (:class:`LinearPacking`): redis-py's packer encodes every argument in Python first, which
+  slows the 100-entity read.
 - :func:`hset_commands`: the sync writer's HSET commands, framed by numpy with no Python object
-  per row. It writes 2.3-2.5x the rows/s of redis-py's pipelined ``hset``.
+  per row, several times the rows/s of redis-py's pipelined ``hset``.
 - :class:`Connection`: a bare blocking socket that the writers use for a single plain Redis, so a
-  cold Spark worker never imports redis-py. That import costs about 0.1 s, and a cold writer of
-  300k rows is 27% slower with it. It sends only what this module frames and reads one-line replies.
+  cold Spark worker never imports redis-py (a noticeable share of a first sync). It sends only
+  what this module frames and reads one-line replies.
 
 Every byte is redis-py's: unit tests compare them with redis-py's own packing.
 """
