@@ -19,6 +19,7 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+
 class RedisSettings(Section):
     url: str = "redis://127.0.0.1:6379/0"
     """Online store (features, fallback scores). ``rediss://`` for TLS."""
@@ -34,6 +35,7 @@ class RedisSettings(Section):
     """Give up connecting after this long: Redis down must fail fast, never hang."""
     socket_timeout_ms: int = Field(500, gt=0)
     """Give up on an answer after this long (the request deadline may cut it shorter)."""
+
 
 class FeatureSettings(Section):
     on_missing: Literal["default", "error", "fallback"] = "fallback"
@@ -54,6 +56,7 @@ class FeatureSettings(Section):
     renews it every third of that. A sync killed without freeing it (SIGKILL, OOM, node loss)
     blocks the next one for at most this long; a sync that cannot renew it for this long (a
     stalled process, Redis out of reach) loses it and does not flip."""
+
 
 class SparkSettings(Section):
     master: str = "local[*]"

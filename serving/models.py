@@ -16,17 +16,13 @@ from typing import Callable, Mapping, Protocol
 import numpy as np
 
 from observability.metrics import GatewayMetrics
-from serving.errors import (
-    ModelNotFound,
-    ModelNotReady,
-    ModelValidationError,
-    VariantNotFound,
-)
+from serving.errors import ModelNotFound, ModelNotReady, ModelValidationError, VariantNotFound
 from serving.routing import CANARY, CHAMPION
 from serving.runtime.base import NUMPY_DTYPES, ModelRuntime, ModelSpec, predict_async
 from serving.settings import ModelSettings, RoutingSettings, Settings, VariantRef
 
 log = logging.getLogger(__name__)
+
 
 class ModelBackend(Protocol):
     """Something that scores decoded columns for one model version."""

@@ -35,7 +35,6 @@ from serving.shadow import ShadowMirror
 log = logging.getLogger(__name__)
 
 
-
 def model_deployment_name(model: str) -> str:
     return f"model-{model}"
 

@@ -184,8 +184,6 @@ class ModelSettings(Section):
         return f"models:/{self.name}/{self.version}" if self.version else f"models:/{self.name}@{self.alias}"
 
 
-
-
 class FallbackSettings(Section):
     enabled: bool = True
     """Serve precomputed batch scores when the online path cannot answer an entity-keyed request."""
@@ -196,8 +194,6 @@ class FallbackSettings(Section):
     redis: RedisSettings | None = None
     """Where batch scores live; None: the feature store's Redis. A separate instance keeps
     fallbacks available when the feature store itself is down or slow."""
-
-
 
 
 class AdminSettings(Section):
@@ -223,8 +219,6 @@ class RolloutSettings(Section):
     """Mirrored requests waiting for a shadow; more are dropped and counted."""
     shadow_concurrency: int = Field(2, gt=0)
     """Shadow requests running at once in one replica."""
-
-
 
 
 class RaySettings(Section):
