@@ -8,7 +8,7 @@ without the gateway. Nothing is read at import time.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -91,6 +91,14 @@ class StoreSettings(BaseSettings):
         # Ray workers and Spark executors may run elsewhere than the launching shell.
         return path.expanduser().resolve()
 
+    def without_secrets(self) -> dict[str, Any]:
+        """These settings as JSON values with every secret left out, for a config that other
+        processes read back (a Serve config's application args). A secret never travels as a
+        value, nor as the mask JSON makes of it: each process reads its own from its environment
+        (``MLGATE_REDIS__PASSWORD``, ``MLGATE_ADMIN__TOKEN``: a Kubernetes Secret, or the
+        environment ``mlgate serve`` hands the Ray processes it starts)."""
+        return self.model_dump(mode="json", exclude=_secret_fields(self) or None)
+
     @property
     def data_dir(self) -> Path:
         """Raw tables (Parquet): the lakehouse input of the feature and training jobs."""
@@ -100,3 +108,14 @@ class StoreSettings(BaseSettings):
     def offline_dir(self) -> Path:
         """Offline feature tables written by the Spark feature job."""
         return self.state_dir / "features"
+
+
+def _secret_fields(model: BaseModel) -> dict[str, Any]:
+    """``model_dump``'s ``exclude`` for every secret set in ``model``, at any depth."""
+    exclude: dict[str, Any] = {}
+    for name, value in model:
+        if isinstance(value, SecretStr):
+            exclude[name] = True
+        elif isinstance(value, BaseModel) and (inner := _secret_fields(value)):
+            exclude[name] = inner
+    return exclude

@@ -102,7 +102,7 @@ def resolved_config(config: dict[str, Any], settings: Settings) -> dict[str, Any
     http["port"] = settings.http.proxy_port if own_port else settings.http.port
     app = dict(config["applications"][0])
     app["name"] = settings.ray.app_name
-    app["args"] = settings.model_dump(mode="json")
+    app["args"] = settings.without_secrets()
     if settings.http.ingress in SHARED_PORT:  # a scrape reaches any replica: each renders all
         runtime_env = dict(app.get("runtime_env") or {})
         runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}),

@@ -197,9 +197,11 @@ def routing_config(settings: Settings) -> dict[str, Any]:
 
 
 def build(args: dict[str, Any] | None = None) -> serve.Application:
-    """Ray Serve application builder: ``args`` are :class:`Settings` fields (env fills the rest)."""
+    """Ray Serve application builder: ``args`` are :class:`Settings` fields (env fills the rest,
+    secrets included). The replicas get the settings as Python values: secrets stay ``SecretStr``
+    up to the replica that uses them, never the mask a JSON dump would make of them."""
     settings = Settings(**(args or {}))
-    dumped = settings.model_dump(mode="json")
+    dumped = settings.model_dump()
     handles = {
         m.name: ModelDeployment.options(name=model_deployment_name(m.name),
                                         user_config=settings.batching.model_dump())

@@ -104,9 +104,11 @@ def ensure_redis(settings: Settings) -> None:
     """Start a local redis-server when none answers at the configured URL (local URLs only)."""
     import redis
 
+    from features_online.redis_client import connect
+
     target = urlparse(settings.redis.url)
     try:
-        redis.Redis.from_url(settings.redis.url, socket_timeout=1).ping()
+        connect(settings.redis, socket_timeout_s=1, retries=0).ping()  # with its password, if any
         return
     except redis.RedisError:
         if target.hostname not in ("127.0.0.1", "localhost"):

@@ -1,5 +1,6 @@
 """The gateway end to end: the real CLI starts real Ray Serve (the default reuseport ingress) over a
-real MLflow registry; every check goes over real HTTP."""
+real MLflow registry and a password-protected Redis, with an admin token set, as in production
+(secrets from the environment, as a Kubernetes Secret gives them); every check goes over real HTTP."""
 
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ from examples.fraud.train import FEATURE_NAMES, REQUEST_NAMES
 from serving import codec
 from serving.runtime.loader import load_model
 from serving.settings import ModelSettings, Settings
-from tests.integration.conftest import DEMO_CUSTOMERS, gateway_env, run_cli
+from tests.integration.conftest import DEMO_CUSTOMERS, RedisServer, gateway_env, run_cli
 
 pytestmark = pytest.mark.integration
 
 MODEL = "fraud-detector"
 PYFUNC = "fraud-pyfunc"
+REDIS_PASSWORD = "redis-secret-4a1f"
+ADMIN_TOKEN = "admin-secret-0b7e-2c9d"
 
 
 def register_sklearn_model(settings: Settings, table: pd.DataFrame) -> None:
@@ -49,17 +52,29 @@ def register_sklearn_model(settings: Settings, table: pd.DataFrame) -> None:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory, redis_url, spark):
+def redis_server(tmp_path_factory):
+    """This module's own Redis, password-protected: the secret must reach every process."""
+    server = RedisServer(tmp_path_factory.mktemp("redis-auth"), password=REDIS_PASSWORD)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, redis_server, spark):
     """`mlgate data`, then `mlgate demo --detach` (features built and synced to a private Redis,
     champion trained, gateway up) on free ports; `mlgate stop` after."""
     state = tmp_path_factory.mktemp("demo-state")
+    redis_url = redis_server.url
     env = gateway_env(state, redis_url, MLGATE_LIMITS__DEADLINE_MS="1000",
+                      MLGATE_REDIS__PASSWORD=REDIS_PASSWORD, MLGATE_ADMIN__TOKEN=ADMIN_TOKEN,
                       MLGATE_FEATURES__ON_MISSING="default",  # the fallback policy has its own tests
                       MLGATE_MODELS=json.dumps([{"name": MODEL}, {"name": PYFUNC, "placement": "deployment"}]))
     port = int(env["MLGATE_HTTP__PORT"])
     done = run_cli(["data", "--customers", str(DEMO_CUSTOMERS)], env)
     assert done.returncode == 0, done.stderr[-3000:]
-    settings = Settings(state_dir=state, mlflow_tracking_uri=None, redis={"url": redis_url})
+    settings = Settings(state_dir=state, mlflow_tracking_uri=None,
+                        redis={"url": redis_url, "password": REDIS_PASSWORD})
     table = training_data(settings, spark)
     register_sklearn_model(settings, table)
     demo = run_cli(["demo", "--detach", "--customers", str(DEMO_CUSTOMERS)], env)
@@ -255,7 +270,8 @@ def test_redis_paused_or_down_gives_503_fast_and_the_gateway_recovers(gateway, r
 
     body = {"entities": [{"customer_id": 7}],
             "features": {k: v for k, v in rows(gateway["table"], 2)[0].items() if k in REQUEST_NAMES}}
-    redis.Redis(port=redis_server.port).execute_command("CLIENT", "PAUSE", "3000", "ALL")
+    client = redis.Redis(port=redis_server.port, password=REDIS_PASSWORD)
+    client.execute_command("CLIENT", "PAUSE", "3000", "ALL")
     started = time.monotonic()
     r = post(gateway["base"], body)
     assert time.monotonic() - started < 1.5  # the 1 s deadline, not the 3 s pause
@@ -288,6 +304,21 @@ def test_redis_paused_or_down_gives_503_fast_and_the_gateway_recovers(gateway, r
     assert r.json()["predictions"][0]["features"]["customer_activity"]["source"] == "online_store"
     text = httpx.get(f"{gateway['base']}/metrics").text
     assert re.search(r'mlgate_feature_store_errors_total\{reason="(timeout|unavailable)"\} [1-9]', text)
+
+
+def test_secrets_reach_the_replicas_and_show_nowhere(gateway):
+    """The replicas read features with the Redis password (the predictions above are online) and
+    guard the admin API with the token; neither secret, nor a mask of it, is shown anywhere."""
+    base = gateway["base"]
+    assert httpx.get(f"{base}/v1/admin/rollouts", timeout=10).status_code == 401  # loopback or not
+    ok = httpx.get(f"{base}/v1/admin/rollouts", headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+    assert ok.status_code == 200, ok.text
+    shown = [httpx.get(f"{base}{path}", timeout=10).text for path in ("/v1/models", f"/v1/models/{MODEL}",
+                                                                       "/metrics", "/openapi.json")]
+    logs = gateway["settings"].state_dir / "logs"
+    shown += [f.read_text(errors="replace") for f in logs.rglob("*") if f.is_file()]
+    for text in shown:
+        assert REDIS_PASSWORD not in text and ADMIN_TOKEN not in text
 
 
 def test_stop_ends_the_gateway(gateway):

@@ -91,3 +91,28 @@ def test_usable_cpus_honours_a_container_quota(tmp_path, monkeypatch):
     cpu_max.write_text("max 100000\n")
     assert usable_cpus(cpu_max) == 64
     assert usable_cpus(tmp_path / "absent") == 64
+
+
+def test_secrets_reach_the_replicas_but_never_the_serve_config(monkeypatch):
+    """The Serve config's args carry neither a secret nor JSON's mask of it (a replica rebuilding
+    its settings from the mask failed validation, or sent the mask as the Redis password); the
+    application builder reads them from the environment and hands them on as SecretStr."""
+    from serving.ray_app import build
+
+    token, password, scores_password = "t0ken-of-the-admin-123", "redis-pw-1", "scores-pw-2"
+    monkeypatch.setenv("MLGATE_ADMIN__TOKEN", token)
+    monkeypatch.setenv("MLGATE_REDIS__PASSWORD", password)
+    settings = Settings(fallback={"redis": {"url": "redis://scores:6379/0", "password": scores_password}})
+    args = resolved_config(read_config(), settings)["applications"][0]["args"]
+    text = repr(args)
+    assert token not in text and password not in text and scores_password not in text
+    assert "**" not in text and "password" not in args["redis"] and "token" not in args["admin"]
+
+    monkeypatch.setenv("MLGATE_FALLBACK__REDIS__PASSWORD", scores_password)  # as a Secret would
+    bound = build(args)._bound_deployment.init_args[0]
+    assert bound["admin"]["token"].get_secret_value() == token
+    assert bound["redis"]["password"].get_secret_value() == password
+    assert bound["fallback"]["redis"]["password"].get_secret_value() == scores_password
+    replica = Settings(**bound)  # what the Gateway replica builds
+    assert replica.admin.token.get_secret_value() == token
+    assert replica.redis.password.get_secret_value() == password
