@@ -103,7 +103,7 @@ class Gateway:
         logging.getLogger("serving").setLevel(self._settings.log_level)
         metrics = GatewayMetrics()
         handles = handles or {}
-        registry = Registry(self._settings.tracking_uri)
+        registry = self._registry = Registry(self._settings.tracking_uri)
         loop = asyncio.get_running_loop()
 
         def backend(model: ModelSettings) -> ModelBackend:
@@ -146,7 +146,8 @@ class Gateway:
         self._server: ReplicaServer | None = None
         http = self._settings.http
         if http.ingress == "reuseport":  # listens once Ray has passed the live routing: _serve_http
-            self._server = ReplicaServer(build_app(self._pipeline), http.host, http.port, http.drain_s)
+            self._server = ReplicaServer(build_app(self._pipeline, on_admin_change=self._registry.record_admin_change),
+                                         http.host, http.port, http.drain_s)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live routing: validate every model's new routing first, then apply them."""
@@ -165,7 +166,8 @@ class Gateway:
             await self._server.start()
 
     def __serve_build_asgi_app__(self):
-        return build_app(self._pipeline, echo_request_id=False)  # Ray's middleware sets it
+        # Ray's middleware sets X-Request-ID
+        return build_app(self._pipeline, echo_request_id=False, on_admin_change=self._registry.record_admin_change)
 
     async def check_health(self) -> None:
         """Replica liveness for Ray Serve. Readiness (models loaded) is /readyz."""

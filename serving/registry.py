@@ -20,6 +20,7 @@ from serving.settings import ModelSettings
 APPROVED_BY = "mlgate.approved_by"
 ROLLBACK = "mlgate.rollback"
 PROMOTED = "mlgate.promoted"
+ADMIN_CHANGE = "mlgate.last_admin_change"
 CHAMPION_ALIAS = "champion"
 
 
@@ -48,6 +49,10 @@ class Registry:
         if version.isdigit():
             note = {"check": breach.check, "detail": breach.detail, "at": _now()}
             self.client.set_model_version_tag(model, version, ROLLBACK, json.dumps(note))
+
+    def record_admin_change(self, model: str, version: str, record: dict[str, Any]) -> None:
+        """The last admin change of a model's rollout, on the version whose traffic it moved."""
+        self.client.set_model_version_tag(model, version, ADMIN_CHANGE, json.dumps(record))
 
     def approve(self, model: str, version: str, by: str) -> None:
         self.client.get_model_version(model, version)  # fails for a version that does not exist

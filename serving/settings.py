@@ -198,8 +198,18 @@ class FallbackSettings(Section):
 
 class AdminSettings(Section):
     token: SecretStr | None = Field(None, min_length=16)
-    """Bearer token (16 characters or more) for the admin API and the variant-forcing header. Unset: only callers on
-    the loopback interface may use them (the local demo); set it everywhere else."""
+    """Bearer token (16 characters or more) for the admin API and the variant-forcing header.
+    Unset: only direct loopback callers of a gateway bound to loopback (``http.host``) with the
+    ``reuseport`` or ``direct`` ingress, naming a loopback ``Host``, may use them (the local
+    demo); set it everywhere else."""
+    allowed_hosts: tuple[str, ...] = ()
+    """``Host`` names (without port) that admin calls may carry; empty: any (a token is still
+    required). Pins the admin API to the names it is meant to be reached by."""
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _lower(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(h.strip().lower() for h in hosts)
 
 
 class RegistrySettings(Section):

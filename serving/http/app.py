@@ -7,7 +7,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.responses import Response
 
 from serving import schemas
-from serving.http.admin import admin_router
+from serving.http.admin import AdminChange, AdminGuard, admin_router
 from serving.http.errors import install_error_handlers, json_response
 from serving.http.predict_route import GatewayApp, PredictRoute
 from serving.pipeline import Pipeline
@@ -25,13 +25,16 @@ _ERRORS = {status: {"model": schemas.ErrorResponse, "description": text} for sta
 }.items()}
 
 
-def build_app(pipeline: Pipeline, echo_request_id: bool = True) -> FastAPI:
+def build_app(pipeline: Pipeline, echo_request_id: bool = True,
+              on_admin_change: AdminChange | None = None) -> FastAPI:
     """The HTTP API over ``pipeline``. Pass ``echo_request_id=False`` behind a server that already
-    returns X-Request-ID (Ray Serve does), so the header is not sent twice."""
+    returns X-Request-ID (Ray Serve does), so the header is not sent twice; ``on_admin_change``
+    records each admin change on its model version (the registry)."""
     settings, models = pipeline.settings, pipeline.models
     app = GatewayApp(title="mlgate", version="1", description="Online inference gateway: "
                      "MLflow-registered models, served over HTTP.")
-    route = app.predict_route = PredictRoute(pipeline, echo_request_id)
+    guard = AdminGuard(settings.admin, settings.http)
+    route = app.predict_route = PredictRoute(pipeline, guard, echo_request_id)
     install_error_handlers(app, echo_request_id)
 
     @app.post("/v1/models/{name}/predict", response_model=schemas.PredictResponse,
@@ -84,7 +87,7 @@ def build_app(pipeline: Pipeline, echo_request_id: bool = True) -> FastAPI:
         """Prometheus metrics: of every replica on this node when they share a port, else of this one."""
         return Response(pipeline.metrics.render(), media_type=pipeline.metrics.content_type)
 
-    app.include_router(admin_router(pipeline.rollouts, settings.admin))
+    app.include_router(admin_router(pipeline.rollouts, guard, on_admin_change))
     _document_request_body(app)
     return app
 

@@ -19,7 +19,7 @@ from fastapi import FastAPI
 
 from serving.errors import (InternalError, InvalidRequest, MlgateError, Overloaded, PayloadTooLarge,
                             UnsupportedMediaType)
-from serving.http.admin import FORWARDING_HEADERS, check_admin
+from serving.http.admin import FORWARDING_HEADERS, AdminGuard
 from serving.http.errors import REQUEST_ID_HEADER, new_request_id, render_error
 from serving.pipeline import Pipeline, RouteHints
 
@@ -38,12 +38,12 @@ class ClientGone(Exception):
 
 
 class PredictRoute:
-    def __init__(self, pipeline: Pipeline, echo_request_id: bool = True) -> None:
+    def __init__(self, pipeline: Pipeline, guard: AdminGuard, echo_request_id: bool = True) -> None:
         self.pipeline = pipeline
         self.limit = pipeline.settings.http.max_body_bytes
         self.max_in_flight = pipeline.settings.http.max_in_flight
         self.in_flight = 0
-        self.admin = pipeline.settings.admin
+        self.guard = guard
         self.echo_request_id = echo_request_id
 
     @staticmethod
@@ -120,8 +120,9 @@ class PredictRoute:
     def _hints(self, name: str, headers: Mapping[bytes, bytes], client_host: str | None) -> RouteHints:
         forced = headers.get(VARIANT_HEADER.encode(), b"").decode("latin-1")
         if forced:
-            check_admin(headers.get(b"authorization", b"").decode("latin-1"), client_host, self.admin,
-                        relayed=any(h.encode() in headers for h in FORWARDING_HEADERS))
+            self.guard.check(headers.get(b"authorization", b"").decode("latin-1"), client_host,
+                             headers.get(b"host", b"").decode("latin-1"),
+                             relayed=any(h.encode() in headers for h in FORWARDING_HEADERS))
         key = headers.get(self.pipeline.rollouts.key_header(name).lower().encode())
         return RouteHints(key.decode("latin-1") if key is not None else None, forced or None)
 

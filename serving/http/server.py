@@ -2,8 +2,9 @@
 
 Ray Serve's direct ingress wraps every request in Ray's own request handling (metadata, a task
 per request for disconnect and timeout watching, Ray's request metrics) before the app sees it:
-as much CPU per request as a whole bare uvicorn app doing the same work (loadtests/RESULTS.md). Here the replica instead runs uvicorn itself, on its own event loop
-(the one the pipeline's Redis client lives on), and hands requests straight to the app.
+as much CPU per request as a whole bare uvicorn app doing the same work (loadtests/RESULTS.md).
+Here the replica instead runs uvicorn itself, on its own event loop (the one the pipeline's Redis
+client lives on), and hands requests straight to the app.
 
 Every replica on a node listens on the same public port with ``SO_REUSEPORT``: the kernel spreads
 new connections over the replicas, so a node takes as many replicas as it has cores without a

@@ -311,8 +311,18 @@ def test_secrets_reach_the_replicas_and_show_nowhere(gateway):
     guard the admin API with the token; neither secret, nor a mask of it, is shown anywhere."""
     base = gateway["base"]
     assert httpx.get(f"{base}/v1/admin/rollouts", timeout=10).status_code == 401  # loopback or not
-    ok = httpx.get(f"{base}/v1/admin/rollouts", headers={"authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+    auth = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    ok = httpx.get(f"{base}/v1/admin/rollouts", headers=auth, timeout=10)
     assert ok.status_code == 200, ok.text
+    # An admin change is audited on the model version it moves (the champion: no canary loaded).
+    change = httpx.patch(f"{base}/v1/admin/rollouts/{MODEL}", json={"canary_weight": 0}, headers=auth, timeout=10)
+    assert change.status_code == 200, change.text
+    from mlflow import MlflowClient
+
+    tracking = gateway["settings"].tracking_uri
+    champion = MlflowClient(tracking_uri=tracking, registry_uri=tracking).get_model_version_by_alias(MODEL, "champion")
+    audit = json.loads(champion.tags["mlgate.last_admin_change"])
+    assert audit["who"] == "token" and audit["after"]["canary_weight"] == 0
     shown = [httpx.get(f"{base}{path}", timeout=10).text for path in ("/v1/models", f"/v1/models/{MODEL}",
                                                                        "/metrics", "/openapi.json")]
     logs = gateway["settings"].state_dir / "logs"

@@ -4,6 +4,7 @@ each gateway keeps its own rollout state)."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import orjson
@@ -36,7 +37,7 @@ def runtimes(canary_fails=False, shadow=None):
             "shadow": shadow or ToyRuntime(make_spec(version="5"))}
 
 
-def run(scenario, table=None, client_host="127.0.0.1", routing=None, **settings):
+def run(scenario, table=None, client_host="127.0.0.1", routing=None, on_admin_change=None, **settings):
     routing = routing or {"canary": {"alias": "challenger", "weight": 0}}
     settings = Settings(models=[{"name": "toy", "routing": routing}], **settings)
     metrics = GatewayMetrics()
@@ -55,9 +56,9 @@ def run(scenario, table=None, client_host="127.0.0.1", routing=None, **settings)
         pipeline = Pipeline(settings, models, metrics, rollouts=rollouts)
         pipeline.mirror = ShadowMirror(pipeline.replay, metrics, queue_size=4, concurrency=1)
         pipeline.mirror.start()
-        app = build_app(pipeline)
+        app = build_app(pipeline, on_admin_change=on_admin_change)
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False, client=(client_host, 5000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
             try:
                 return await scenario(client, rollouts, pipeline, metrics)
             finally:
@@ -153,6 +154,54 @@ def test_admin_and_forced_variant_need_the_token_or_loopback():
         assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden")
 
     run(relayed, client_host="127.0.0.1")
+
+    async def rebinding(client, rollouts, pipeline, metrics):  # a browser tricked by DNS rebinding
+        r = await client.get("/v1/admin/rollouts", headers={"host": "evil.example:8000"})
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden")
+        r = await post(client, headers={"x-mlgate-variant": "canary", "host": "evil.example"})
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden")
+        for host in ("localhost:8000", "[::1]:8000", "127.0.0.1"):
+            assert (await client.get("/v1/admin/rollouts", headers={"host": host})).status_code == 200
+
+    run(rebinding, client_host="127.0.0.1")
+
+
+@pytest.mark.parametrize("http", [{"host": "0.0.0.0"}, {"ingress": "haproxy"}, {"ingress": "proxy"}])
+def test_without_a_token_loopback_is_trusted_only_on_a_loopback_bound_gateway_behind_no_proxy(http):
+    async def scenario(client, rollouts, pipeline, metrics):
+        r = await client.get("/v1/admin/rollouts")  # from 127.0.0.1: HAProxy and Ray's proxy are too
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden")
+
+    run(scenario, client_host="127.0.0.1", http=http)
+
+
+def test_with_a_token_the_host_must_be_allowed_when_a_list_is_set():
+    good = {"authorization": "Bearer s3cret-0123456789abcdef"}
+
+    async def scenario(client, rollouts, pipeline, metrics):
+        r = await client.get("/v1/admin/rollouts", headers={**good, "host": "mlgate.internal:8000"})
+        assert r.status_code == 200
+        r = await client.get("/v1/admin/rollouts", headers={**good, "host": "evil.example"})
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden")
+
+    run(scenario, client_host="10.0.0.5", http={"host": "0.0.0.0"},
+        admin={"token": "s3cret-0123456789abcdef", "allowed_hosts": ["MLGATE.internal"]})
+
+
+def test_every_admin_change_is_audited_in_the_log_and_on_the_model_version(caplog):
+    changes = []
+
+    async def scenario(client, rollouts, pipeline, metrics):
+        with caplog.at_level("INFO", logger="mlgate.audit"):
+            r = await client.patch("/v1/admin/rollouts/toy", json={"canary_weight": 25})
+        assert r.status_code == 200
+        (record,) = [json.loads(m.getMessage()) for m in caplog.records if m.name == "mlgate.audit"]
+        assert record["who"] == "loopback" and record["peer"] == "127.0.0.1"
+        assert (record["action"], record["model"]) == ("rollout.change", "toy")
+        assert record["before"]["canary_weight"] == 0 and record["after"]["canary_weight"] == 25
+        assert changes == [("toy", "4", record)]  # the canary's version (v4) carries it
+
+    run(scenario, on_admin_change=lambda model, version, record: changes.append((model, version, record)))
 
 
 def test_a_failing_canary_costs_no_answer_and_is_rolled_back_by_the_analysis():
