@@ -47,23 +47,40 @@ def _is_free(port: int) -> bool:
 
 
 class RedisServer:
-    """A private redis-server on a free port; tests may stop and restart it (same port)."""
+    """A private redis-server on a free port; tests may stop and restart it (same port). With
+    ``tls``, it speaks TLS only, with a certificate made for 127.0.0.1 (``url`` names its CA)."""
 
-    def __init__(self, folder: Path, password: str | None = None) -> None:
+    def __init__(self, folder: Path, password: str | None = None, tls: bool = False) -> None:
         self.port = free_port()
         self.folder = folder
         self.password = password
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.cert = folder / "redis-cert.pem" if tls else None
+        self.url = (f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.cert}" if tls
+                    else f"redis://127.0.0.1:{self.port}/0")
         self.proc: subprocess.Popen | None = None
+
+    def client(self):
+        import redis
+
+        return redis.Redis.from_url(self.url, password=self.password)
 
     def start(self) -> None:
         import redis
 
         auth = ["--requirepass", self.password] if self.password else []
-        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+        listen = ["--port", str(self.port)]
+        if self.cert is not None:
+            key = self.folder / "redis-key.pem"
+            if not self.cert.exists():
+                subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                                "-out", str(self.cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                                "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.cert),
+                      "--tls-key-file", str(key), "--tls-auth-clients", "no"]
+        self.proc = subprocess.Popen(["redis-server", *listen, "--bind", "127.0.0.1",
                                       "--save", "", "--appendonly", "no", "--dir", str(self.folder), *auth],
                                      stdout=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, password=self.password)
+        client = self.client()
         for _ in range(200):
             try:
                 client.ping()

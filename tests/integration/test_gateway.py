@@ -1,6 +1,7 @@
 """The gateway end to end: the real CLI starts real Ray Serve (the default reuseport ingress) over a
-real MLflow registry and a password-protected Redis, with an admin token set, as in production
-(secrets from the environment, as a Kubernetes Secret gives them); every check goes over real HTTP."""
+real MLflow registry and a password-protected Redis over TLS, with an admin token set, as in
+production (secrets from the environment, as a Kubernetes Secret gives them); every check goes over
+real HTTP."""
 
 from __future__ import annotations
 
@@ -53,8 +54,9 @@ def register_sklearn_model(settings: Settings, table: pd.DataFrame) -> None:
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory):
-    """This module's own Redis, password-protected: the secret must reach every process."""
-    server = RedisServer(tmp_path_factory.mktemp("redis-auth"), password=REDIS_PASSWORD)
+    """This module's own Redis, over TLS and password-protected: the secret and the CA must reach
+    every process (the CLI's Spark jobs, the gateway's replicas)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis-auth"), password=REDIS_PASSWORD, tls=True)
     server.start()
     yield server
     server.stop()
@@ -266,12 +268,9 @@ def test_describe_offers_an_entity_keyed_example_with_a_real_customer(gateway):
 
 
 def test_redis_paused_or_down_gives_503_fast_and_the_gateway_recovers(gateway, redis_server):
-    import redis
-
     body = {"entities": [{"customer_id": 7}],
             "features": {k: v for k, v in rows(gateway["table"], 2)[0].items() if k in REQUEST_NAMES}}
-    client = redis.Redis(port=redis_server.port, password=REDIS_PASSWORD)
-    client.execute_command("CLIENT", "PAUSE", "3000", "ALL")
+    redis_server.client().execute_command("CLIENT", "PAUSE", "3000", "ALL")
     started = time.monotonic()
     r = post(gateway["base"], body)
     assert time.monotonic() - started < 1.5  # the 1 s deadline, not the 3 s pause

@@ -526,40 +526,19 @@ def test_writers_authenticate_and_select_the_db_of_the_url(tmp_path, in_url):
 def test_sync_and_read_over_tls_with_a_password(spark, tmp_path, password_in):
     """``rediss://`` end to end: the writers and the reader verify the server's certificate
     against the CA given in the URL and authenticate with the password (URL or settings)."""
-    import shutil
-    import subprocess
+    from tests.integration.conftest import RedisServer
 
-    from tests.integration.conftest import free_port
-
-    if shutil.which("openssl") is None:
-        pytest.fail("openssl is needed to make the test's certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
-    port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-                               "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-auth-clients", "no",
-                               "--requirepass", "tls-s3cret", "--save", "", "--dir", str(tmp_path)],
-                              stdout=subprocess.DEVNULL)
+    server = RedisServer(tmp_path, password="tls-s3cret", tls=True)
+    server.start()
     try:
-        ca = f"ssl_ca_certs={cert}"
-        settings = (RedisSettings(url=f"rediss://:tls-s3cret@127.0.0.1:{port}/0?{ca}", prefix="tls")
-                    if password_in == "url" else
-                    RedisSettings(url=f"rediss://127.0.0.1:{port}/0?{ca}", password="tls-s3cret", prefix="tls"))
-        for _ in range(100):
-            try:
-                redis.Redis.from_url(settings.url, password="tls-s3cret").ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
+        url = server.url.replace("rediss://", "rediss://:tls-s3cret@") if password_in == "url" else server.url
+        settings = RedisSettings(url=url, password=None if password_in == "url" else "tls-s3cret", prefix="tls")
         at = now()
         assert syncer(settings).full(frame(spark, at), at, "tls").rows == N
         read = read_values(settings, [5, N + 1])
         assert read.present.tolist() == [True, False] and read.records["txn_count_7d"][0] == 5
-        plain = RedisSettings(url=f"redis://127.0.0.1:{port}/0", password="tls-s3cret", prefix="tls")
+        plain = RedisSettings(url=f"redis://127.0.0.1:{server.port}/0", password="tls-s3cret", prefix="tls")
         with pytest.raises(Exception):  # no TLS: the server does not answer in clear
             syncer(plain).meta()
     finally:
-        server.terminate()
-        server.wait(10)
+        server.stop()
