@@ -86,6 +86,9 @@ class GatewayMetrics:
         self.canary_rollbacks = Counter(
             "mlgate_canary_rollbacks", "Automatic canary rollbacks by breached check.",
             ["model", "reason"], registry=r)
+        self.canary_alerts = Counter(
+            "mlgate_canary_alerts", "Canary breaches reported without a rollback (checks set to alert), "
+            "once per canary version and check.", ["model", "reason"], registry=r)
         self.shadow_requests = Counter(
             "mlgate_shadow_requests", "Mirrored requests by outcome (ok, error, dropped).",
             ["model", "shadow", "outcome"], registry=r)

@@ -95,7 +95,8 @@ class Pipeline:
     async def predict(self, name: str, body: bytes, request_id: str,
                       hints: RouteHints = NO_HINTS) -> dict[str, Any]:
         started = time.perf_counter()
-        label, version, rows, variant = (name if self.settings.model(name) else UNKNOWN_MODEL), "", 0, CHAMPION
+        label, version, rows = (name if self.settings.model(name) else UNKNOWN_MODEL), "", 0
+        variant: str | None = None  # until routed, a failure is no variant's
         try:
             version = self.models.state(name).version or ""  # ModelNotFound: 404 before anything else
             payload = codec.parse_json(body)
@@ -179,13 +180,14 @@ class Pipeline:
         self.metrics.variant_requests.labels(name, CANARY, reason).inc()
         return None
 
-    def _observe(self, model: str, variant: str, version: str, outcome: str, started: float, rows: int,
+    def _observe(self, model: str, variant: str | None, version: str, outcome: str, started: float, rows: int,
                  failed: bool, judged: bool = True, score: float | None = None) -> None:
         """Request metrics; and, for routed requests (``judged``: not forced to a variant), the
-        canary analysis sample (the caller's own mistakes say nothing of the variant)."""
+        canary analysis sample (the caller's own mistakes say nothing of the variant, nor does a
+        request that failed before it was routed: ``variant`` None)."""
         seconds = time.perf_counter() - started
         self.metrics.observe_request(model, version, outcome, seconds, rows)
-        if model != UNKNOWN_MODEL:
+        if model != UNKNOWN_MODEL and variant is not None:
             self.metrics.child(self.metrics.variant_requests, model, variant, outcome).inc()
             if judged and (outcome == "ok" or failed):
                 self.rollouts.observe(model, variant, not failed, seconds, score)

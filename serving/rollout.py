@@ -97,6 +97,7 @@ class Rollouts:
         self._applied: dict[str, str] = {}  # digest of the routing this replica runs
         self._unsaved: set[str] = set()  # models whose last local change Redis has not taken
         self._canary_seen: dict[str, str | None] = {}  # canary version the analysis window is about
+        self._alerted: dict[str, set[tuple[str | None, str]]] = {}  # (canary version, check) reported
         self._tasks: list[asyncio.Task] = []
         for model in settings.models:  # dated 0: anything stored or configured later wins
             self._apply_routing(model.name, model.routing, 0.0)
@@ -289,8 +290,21 @@ class Rollouts:
                 continue
             if state.canary_weight > 0 and not state.halted:
                 breach = self._analysis[model].verdict()
-                if breach is not None:
+                if breach is None:
+                    continue
+                if breach.check == "score_shift" and self._routing[model].analysis.score_shift_action == "alert":
+                    self._alert(model, version, breach)
+                else:
                     await self.rollback(model, breach)
+
+    def _alert(self, model: str, version: str | None, breach: Breach) -> None:
+        """A breach reported, not acted on: once per canary version and check."""
+        if (version, breach.check) in self._alerted.setdefault(model, set()):
+            return
+        self._alerted[model].add((version, breach.check))
+        log.warning("rollout %s: canary v%s %s: %s (alert only: no rollback)", model, version, breach.check,
+                    breach.detail)
+        self._metrics.canary_alerts.labels(model, breach.check).inc()
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._every(self.settings.rollout.refresh_s, self.refresh)),

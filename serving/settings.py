@@ -129,6 +129,11 @@ class AnalysisSettings(Section):
     max_score_shift: float = Field(0.3, gt=0, le=1)
     """Roll back when the two-sample Kolmogorov-Smirnov distance between canary and champion
     scores exceeds this (both variants see random halves of the same population)."""
+    score_shift_action: Literal["rollback", "alert"] = "rollback"
+    """What a significant score shift (over ``max_score_shift``: an effect size, not significance
+    alone) does: roll the canary back, or only report it (log, ``mlgate_canary_alerts_total``) for
+    a challenger that is meant to score differently. Error-rate and latency breaches always roll
+    back."""
     significance: float = Field(0.001, gt=0, le=0.05)
     """Each check breaches only when chance alone would show what the window shows less often than
     this: a handful of slow or failed requests, or a small sample's KS distance, is noise, not a

@@ -95,7 +95,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{/* routing.analysis: chart (camelCase) keys -> Settings (snake_case) keys; unset keys are left
 to the gateway's defaults. */}}
 {{- define "mlgate.analysis" -}}
-{{- $names := dict "windowS" "window_s" "minRequests" "min_requests" "maxErrorRateDelta" "max_error_rate_delta" "maxP99Ratio" "max_p99_ratio" "minP99DeltaMs" "min_p99_delta_ms" "maxScoreShift" "max_score_shift" "significance" "significance" -}}
+{{- $names := dict "windowS" "window_s" "minRequests" "min_requests" "maxErrorRateDelta" "max_error_rate_delta" "maxP99Ratio" "max_p99_ratio" "minP99DeltaMs" "min_p99_delta_ms" "maxScoreShift" "max_score_shift" "scoreShiftAction" "score_shift_action" "significance" "significance" -}}
 {{- $out := dict -}}
 {{- range $k, $v := .Values.routing.analysis }}{{ $_ := set $out (get $names $k) $v }}{{ end -}}
 {{- toJson $out -}}

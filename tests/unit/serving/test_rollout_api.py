@@ -282,3 +282,48 @@ def test_a_forced_canary_that_is_not_loaded_is_503_not_the_champion():
         assert r.status_code == 200 and r.json()["variant"] == "champion"
 
     run(scenario, table=factory_table())
+
+
+class ShiftedRuntime(ToyRuntime):
+    """Scores every row higher than the champion does: a score shift, with no errors or delay."""
+
+    def predict(self, inputs):
+        out = super().predict(inputs)
+        return {**out, "probability": (out["probability"] * 0.5).astype(out["probability"].dtype)}
+
+
+@pytest.mark.parametrize("action", ["rollback", "alert"])
+def test_a_score_shift_rolls_back_or_only_alerts_as_configured(action):
+    async def scenario(client, rollouts, pipeline, metrics):
+        await client.patch("/v1/admin/rollouts/toy", json={"canary_weight": 50})
+        for k in range(200):
+            assert (await post(client, key=str(k))).status_code == 200
+        await rollouts.analyse()
+        await rollouts.analyse()  # the same breach again: one rollback, or one alert
+        state = rollouts.state("toy")
+        if action == "rollback":
+            assert state.halted and state.reason.startswith("score_shift")
+            assert sample(metrics, "mlgate_canary_rollbacks_total", model="toy", reason="score_shift") == 1
+        else:
+            assert not state.halted and state.canary_weight == 50
+            assert sample(metrics, "mlgate_canary_alerts_total", model="toy", reason="score_shift") == 1
+            assert sample(metrics, "mlgate_canary_rollbacks_total", model="toy", reason="score_shift") == 0
+
+    table = runtimes()
+    table["challenger"] = ShiftedRuntime(make_spec(version="4"))
+    run(scenario, table=table, routing={"canary": {"alias": "challenger", "weight": 0},
+                                        "analysis": {"min_requests": 20, "score_shift_action": action}})
+
+
+def test_a_request_that_fails_before_routing_counts_against_no_variant():
+    async def scenario(client, rollouts, pipeline, metrics):
+        await client.patch("/v1/admin/rollouts/toy", json={"canary_weight": 50})
+        r = await client.post("/v1/models/toy/predict", content=b"{not json",
+                              headers={"content-type": "application/json", "x-routing-key": "7"})
+        assert r.status_code == 400
+        for variant in ("champion", "canary"):
+            assert sample(metrics, "mlgate_variant_requests_total", model="toy", variant=variant,
+                          outcome="malformed_json") == 0
+        assert sample(metrics, "mlgate_requests_total", model="toy", version="3", outcome="malformed_json") == 1
+
+    run(scenario)
