@@ -85,6 +85,8 @@ class Pipeline:
         self.rollouts = rollouts if rollouts is not None else Rollouts(settings, models, metrics)
         self.mirror = mirror
         self._bindings: dict[tuple[str, str], FeatureBinding] = {}
+        secret = settings.routing_secret
+        self._routing_secret = secret.get_secret_value().encode() if secret is not None else b""
 
     def binding(self, spec: ModelSpec) -> FeatureBinding:
         key = (spec.name, spec.version)
@@ -107,7 +109,7 @@ class Pipeline:
                 variant = hints.variant
             else:
                 variant = routing.assign(name, routing.routing_key(payload, hints.key),
-                                         self.rollouts.canary_weight(name))
+                                         self.rollouts.canary_weight(name), self._routing_secret)
                 if variant == CANARY and self.models.backend(name, CANARY) is None:
                     variant = CHAMPION  # the canary is not serving (yet): its keys stay with the champion
             if variant == CANARY and not hints.variant:

@@ -21,19 +21,21 @@ CHAMPION = "champion"
 CANARY = "canary"
 
 
-def point(model: str, key: str) -> int:
-    """A stable, uniform point in [0, 10000) for a routing key of a model."""
-    digest = hashlib.blake2b(key.encode(), digest_size=8, person=model.encode()[:16]).digest()
+def point(model: str, key: str, secret: bytes = b"") -> int:
+    """A stable, uniform point in [0, 10000) for a routing key of a model. With a ``secret``
+    (``routing_secret``, the same on every replica) nobody outside can compute which keys land on
+    the canary, so nobody can pick keys to steer traffic into it."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8, person=model.encode()[:16], key=secret).digest()
     return int.from_bytes(digest, "little") % BASIS_POINTS
 
 
-def assign(model: str, key: str | None, canary_weight: float) -> str:
+def assign(model: str, key: str | None, canary_weight: float, secret: bytes = b"") -> str:
     """``canary`` or ``champion`` for a key (None: a random draw) at a weight in percent."""
     if canary_weight <= 0:
         return CHAMPION
     if canary_weight >= 100:
         return CANARY
-    p = point(model, key) if key is not None else random.randrange(BASIS_POINTS)
+    p = point(model, key, secret) if key is not None else random.randrange(BASIS_POINTS)
     return CANARY if p < canary_weight * (BASIS_POINTS // 100) else CHAMPION
 
 

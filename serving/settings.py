@@ -270,6 +270,10 @@ class Settings(StoreSettings):
     ray: RaySettings = RaySettings()
     fallback: FallbackSettings = FallbackSettings()
     admin: AdminSettings = AdminSettings()
+    routing_secret: SecretStr | None = Field(None, min_length=16, max_length=64)
+    """Key of the hash that places routing keys on the canary's side or the champion's (16-64
+    characters, the same on every replica): without it anyone can compute which keys (customer
+    ids) the canary answers and steer traffic there. Changing it reshuffles who sees the canary."""
     registry: RegistrySettings = RegistrySettings()
     rollout: RolloutSettings = RolloutSettings()
 

@@ -187,8 +187,9 @@ env:
   {{- . | nindent 2 }}
   {{- end }}
   {{- with .Values.admin.existingSecret | default (include "mlgate.ownSecret" .) }}
-  # Admin API and variant-forcing header (the jobs do not get it).
+  # Admin API and variant-forcing header, and the routing hash's key (the jobs get neither).
   {{- include "mlgate.secretEnvVar" (dict "env" "MLGATE_ADMIN__TOKEN" "secret" . "key" $.Values.admin.existingSecretKey) | nindent 2 }}
+  {{- include "mlgate.secretEnvVar" (dict "env" "MLGATE_ROUTING_SECRET" "secret" . "key" "routing-secret") | nindent 2 }}
   {{- end }}
   {{- with .Values.gateway.env }}
   {{- toYaml . | nindent 2 }}

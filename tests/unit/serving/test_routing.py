@@ -43,3 +43,15 @@ def test_mirrored_share():
     assert not mirrored(0) and mirrored(100)
     n = sum(mirrored(10) for _ in range(20_000))
     assert 1_700 < n < 2_300
+
+
+def test_a_routing_secret_reshuffles_assignment_unpredictably_but_stays_sticky():
+    keys = [str(k) for k in range(2000)]
+    secret = b"a-secret-of-the-gateway"
+    public = [assign("fraud", k, 30) for k in keys]
+    keyed = [assign("fraud", k, 30, secret) for k in keys]
+    assert keyed == [assign("fraud", k, 30, secret) for k in keys]  # sticky with the same secret
+    assert 0.27 < keyed.count(CANARY) / len(keys) < 0.33  # still the weight
+    differ = sum(a != b for a, b in zip(public, keyed)) / len(keys)
+    assert 0.3 < differ < 0.5  # about 2 * 0.3 * 0.7 of keys: independent of the public hash
+    assert point("fraud", "42") == point("fraud", "42", b"")
