@@ -28,6 +28,10 @@ class MalformedJson(InvalidRequest):
     code, default_message = "malformed_json", "the request body is not valid JSON"
 
 
+class NestingTooDeep(InvalidRequest):
+    code, default_message = "nesting_too_deep", "the request body is nested too deeply"
+
+
 class InvalidFeatureType(InvalidRequest):
     code = "invalid_feature_type"
 

@@ -94,6 +94,26 @@ def test_bad_input_gets_a_stable_code_and_4xx(body, status, code):
     run(scenario, limits={"max_instances": 5})
 
 
+DEEP = "[" * 1000 + "]" * 1000
+
+
+@pytest.mark.parametrize("body, code", [
+    ('{"instances": [' + DEEP + "]}", "invalid_request"),
+    ('{"instances": [{"amount": ' + DEEP + ', "count": 3, "is_online": true, "score": 0.5}]}',
+     "invalid_feature_type"),
+    ('{"entities": [{"customer_id": ' + DEEP + "}]}", "invalid_request"),  # str() of it recursed: 500
+    ('{"entities": [{"customer_id": 1}], "features": [' + DEEP + "]}", "invalid_request"),
+    ('{"instances": [' + "[" * 100_000 + "]}", "nesting_too_deep"),
+    ('{"instances": ' + "[" * 1000, "malformed_json"),
+    ('{"instances": [{"amount": ' + "[" * 1000 + "NaN", "malformed_json"),
+])
+def test_deeply_nested_bodies_are_400_never_500(body, code):
+    async def scenario(client, metrics):
+        r = await post(client, body.encode())
+        assert (r.status_code, r.json()["error"]["code"]) == (400, code), r.text
+    run(scenario)
+
+
 def test_oversized_body_is_413_by_header_and_by_stream():
     async def scenario(client, metrics):
         big = orjson.dumps({"instances": [ROW] * 50})
