@@ -93,6 +93,13 @@ class MethodNotAllowed(MlgateError):
     status, code, default_message = 405, "method_not_allowed", "method not allowed on this endpoint"
 
 
+class RequestTimeout(MlgateError):
+    """The caller did not send its whole request within the read timeout; the connection closes."""
+
+    status, code, retryable = 408, "request_timeout", True
+    default_message = "the request was not received in time"
+
+
 class PayloadTooLarge(MlgateError):
     status, code = 413, "payload_too_large"
 

@@ -50,7 +50,17 @@ class HttpSettings(Section):
     max_in_flight: int = Field(256, gt=0)
     """Most predict requests one replica works on at once; more are refused at once with 503
     ``overloaded`` and ``Retry-After`` instead of queueing (with ``reuseport`` Ray Serve's
-    ``max_ongoing_requests`` does not see them)."""
+    ``max_ongoing_requests`` does not see them). A request takes its slot only once its whole
+    body is in, so slow senders cannot hold the slots."""
+    body_timeout_s: float = Field(5.0, gt=0)
+    """Longest a predict request may take to send its body, from when its headers are in; past
+    it the caller gets 408 ``request_timeout`` and the connection is closed."""
+    max_body_buffer_bytes: int = Field(64 * 1_048_576, gt=0)
+    """Most bytes that predict bodies still arriving in several pieces may hold at once in one
+    replica; a body that would go past it is refused with 503 ``overloaded``. Requests reading
+    their bodies hold no in-flight slot, so without this many slow senders of large bodies could
+    hold ``max_body_bytes`` each. A budget of bytes, not of requests: senders of a byte or two
+    cannot use it up and crowd out real predictions (the body timeout sends those away)."""
 
 
 class LimitSettings(Section):
