@@ -108,6 +108,10 @@ class TooManyInstances(PayloadTooLarge):
     code = "too_many_instances"
 
 
+class HeadersTooLarge(MlgateError):
+    status, code, default_message = 431, "headers_too_large", "the request headers are too large"
+
+
 class UnsupportedMediaType(MlgateError):
     status, code, default_message = 415, "unsupported_media_type", "send Content-Type: application/json"
 
