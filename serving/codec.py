@@ -24,6 +24,7 @@ from serving.errors import (
     InvalidRequest,
     MalformedJson,
     ModelValidationError,
+    NestingTooDeep,
     NonFiniteValue,
     RequestFeaturesMissing,
     TooManyInstances,
@@ -38,14 +39,24 @@ _MAX_NAMES_SHOWN = 5
 
 
 def parse_json(body: bytes) -> Any:
-    """Parse a request body; NaN/Infinity literals get their own error, not 'malformed'."""
+    """Parse a request body; NaN/Infinity literals and too deep nesting get their own errors,
+    not 'malformed'.
+
+    Depth: orjson refuses bodies nested deeper than its fixed limit (1024) in C, without
+    recursing in Python; below it, the codec type-checks every item and value, so nothing nested
+    deeper than the envelope (object > list > row object > value) is ever accepted or walked.
+    A depth walk of every body would repeat those checks on the hot path for no gain.
+    """
     try:
         return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):
+            raise NestingTooDeep() from None
+    if b"NaN" not in body and b"Infinity" not in body:
+        raise MalformedJson()
     try:  # the stdlib parser accepts NaN/Infinity: if it succeeds, those literals were the cause
         json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # it recurses: deep bodies end here
         raise MalformedJson() from None
     raise NonFiniteValue("NaN and Infinity are not valid feature values")
 
@@ -165,6 +176,9 @@ def _request_rows(features: Any, n: int, binding: FeatureBinding) -> list[dict[s
     if isinstance(features, dict):  # one set of request-time values for every entity
         return [features] * n
     if isinstance(features, list) and len(features) == n:
+        for i, row in enumerate(features):
+            if not isinstance(row, dict):
+                raise InvalidRequest(f"features[{i}] must be an object of feature names to values")
         return features
     raise InvalidRequest("'features' must be an object, or a list with one object per entity")
 

@@ -28,6 +28,10 @@ class MalformedJson(InvalidRequest):
     code, default_message = "malformed_json", "the request body is not valid JSON"
 
 
+class NestingTooDeep(InvalidRequest):
+    code, default_message = "nesting_too_deep", "the request body is nested too deeply"
+
+
 class InvalidFeatureType(InvalidRequest):
     code = "invalid_feature_type"
 
@@ -89,12 +93,23 @@ class MethodNotAllowed(MlgateError):
     status, code, default_message = 405, "method_not_allowed", "method not allowed on this endpoint"
 
 
+class RequestTimeout(MlgateError):
+    """The caller did not send its whole request within the read timeout; the connection closes."""
+
+    status, code, retryable = 408, "request_timeout", True
+    default_message = "the request was not received in time"
+
+
 class PayloadTooLarge(MlgateError):
     status, code = 413, "payload_too_large"
 
 
 class TooManyInstances(PayloadTooLarge):
     code = "too_many_instances"
+
+
+class HeadersTooLarge(MlgateError):
+    status, code, default_message = 431, "headers_too_large", "the request headers are too large"
 
 
 class UnsupportedMediaType(MlgateError):

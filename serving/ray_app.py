@@ -146,8 +146,10 @@ class Gateway:
         self._server: ReplicaServer | None = None
         http = self._settings.http
         if http.ingress == "reuseport":  # listens once Ray has passed the live routing: _serve_http
-            self._server = ReplicaServer(build_app(self._pipeline, on_admin_change=self._registry.record_admin_change),
-                                         http.host, http.port, http.drain_s)
+            self._server = ReplicaServer(
+                build_app(self._pipeline, on_admin_change=self._registry.record_admin_change), http.host,
+                http.port, http.drain_s, http.keep_alive_s, http.header_timeout_s, http.max_header_bytes,
+                http.max_connections, http.backlog)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live routing: validate every model's new routing first, then apply them."""

@@ -46,7 +46,11 @@ def routing_key(payload: Any, header_value: str | None) -> str | None:
     if isinstance(payload, dict):
         entities = payload.get("entities")
         if isinstance(entities, list) and entities and isinstance(entities[0], dict) and entities[0]:
-            return str(next(iter(entities[0].values())))
+            key = next(iter(entities[0].values()))
+            # Only a scalar id: str() of a nested value recurses (a 1,000-deep one raised a 500),
+            # and the codec refuses anything but an integer id anyway.
+            if type(key) in (int, str):
+                return str(key)
     return None
 
 

@@ -50,7 +50,37 @@ class HttpSettings(Section):
     max_in_flight: int = Field(256, gt=0)
     """Most predict requests one replica works on at once; more are refused at once with 503
     ``overloaded`` and ``Retry-After`` instead of queueing (with ``reuseport`` Ray Serve's
-    ``max_ongoing_requests`` does not see them)."""
+    ``max_ongoing_requests`` does not see them). A request takes its slot only once its whole
+    body is in, so slow senders cannot hold the slots."""
+    keep_alive_s: float = Field(30.0, gt=0)
+    """How long an idle keep-alive connection stays open after a response (``reuseport``;
+    uvicorn's ``timeout_keep_alive``). Keep it above the idle timeout of a load balancer in
+    front, so that the balancer, not the gateway, closes idle connections."""
+    header_timeout_s: float = Field(5.0, gt=0)
+    """Longest a request may take to send its headers, from its first byte (from the connection's
+    start for a new one); past it the caller gets 408 ``request_timeout`` and the connection is
+    closed (``reuseport``; uvicorn has no such timeout of its own: serving/http/server.py)."""
+    max_header_bytes: int = Field(32_768, ge=1024)
+    """Most bytes of request line and headers; more get 431 ``headers_too_large`` and the
+    connection is closed (``reuseport``; uvicorn's ``h11_max_incomplete_event_size`` does not
+    apply to the httptools parser used here). Counted per read: up to one read (≤256 KiB) more
+    may be buffered before the refusal."""
+    max_connections: int | None = Field(4096, gt=0)
+    """Most open connections (idle keep-alive ones included) and requests in progress one replica
+    takes (``reuseport``; uvicorn's ``limit_concurrency``). A new request beyond it is answered
+    by uvicorn itself with a plain-text 503; None: no limit."""
+    backlog: int = Field(2048, gt=0)
+    """Connections the kernel queues for the replica before it accepts them (``reuseport``;
+    capped by ``net.core.somaxconn``)."""
+    body_timeout_s: float = Field(5.0, gt=0)
+    """Longest a predict request may take to send its body, from when its headers are in; past
+    it the caller gets 408 ``request_timeout`` and the connection is closed."""
+    max_body_buffer_bytes: int = Field(64 * 1_048_576, gt=0)
+    """Most bytes that predict bodies still arriving in several pieces may hold at once in one
+    replica; a body that would go past it is refused with 503 ``overloaded``. Requests reading
+    their bodies hold no in-flight slot, so without this many slow senders of large bodies could
+    hold ``max_body_bytes`` each. A budget of bytes, not of requests: senders of a byte or two
+    cannot use it up and crowd out real predictions (the body timeout sends those away)."""
 
 
 class LimitSettings(Section):

@@ -17,10 +17,12 @@ _ERRORS = {status: {"model": schemas.ErrorResponse, "description": text} for sta
     401: "X-Mlgate-Variant without a valid bearer token",
     403: "X-Mlgate-Variant from a non-loopback caller when no admin token is configured",
     404: "Unknown model, or unknown forced variant",
+    408: "Headers or body not received within their timeout; the connection is closed",
     413: "Body too large or too many instances",
     415: "Content-Type is not JSON",
     422: "Required features missing, or stored features missing/stale under an 'error' policy",
-    503: "Model not loaded yet, or the online feature store is down (see Retry-After)",
+    503: "Model not loaded yet, the online feature store is down, or the replica is at its limit "
+         "(see Retry-After)",
     504: "Deadline exceeded",
 }.items()}
 

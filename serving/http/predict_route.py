@@ -10,6 +10,7 @@ serves it through the same :meth:`PredictRoute.respond` when called directly.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, Awaitable, Callable, Mapping
@@ -18,7 +19,7 @@ import orjson
 from fastapi import FastAPI
 
 from serving.errors import (InternalError, InvalidRequest, MlgateError, Overloaded, PayloadTooLarge,
-                            UnsupportedMediaType)
+                            RequestTimeout, UnsupportedMediaType)
 from serving.http.admin import FORWARDING_HEADERS, AdminGuard
 from serving.http.errors import REQUEST_ID_HEADER, new_request_id, render_error
 from serving.pipeline import Pipeline, RouteHints
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 Headers = list[tuple[bytes, bytes]]
 _JSON = (b"content-type", b"application/json")
+_CLOSE = (b"connection", b"close")
 
 
 class ClientGone(Exception):
@@ -44,6 +46,9 @@ class PredictRoute:
         self.max_in_flight = pipeline.settings.http.max_in_flight
         self.in_flight = 0
         self.guard = guard
+        self.body_timeout_s = pipeline.settings.http.body_timeout_s
+        self.max_buffered = pipeline.settings.http.max_body_buffer_bytes
+        self.buffered = 0  # bytes held by bodies still arriving in pieces (read_body)
         self.echo_request_id = echo_request_id
 
     @staticmethod
@@ -78,32 +83,31 @@ class PredictRoute:
 
     async def respond(self, name: str, headers: Mapping[bytes, bytes], body: Callable[[], Awaitable[bytes]],
                       client_host: str | None) -> tuple[int, bytes, Headers]:
-        """Status, JSON body and extra headers of one predict call (errors included)."""
+        """Status, JSON body and extra headers of one predict call (errors included).
+
+        The in-flight slot is taken once the body is in: a caller still sending holds none."""
         started = time.perf_counter()
         rid = new_request_id(headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1"))
         extra: Headers = [(REQUEST_ID_HEADER.encode(), rid.encode())] if self.echo_request_id else []
+        try:
+            raw = await body()
+        except MlgateError as exc:
+            self.pipeline.reject(name, exc, started)
+            return self._error(exc, rid, extra)
         if self.in_flight >= self.max_in_flight:
             refused = Overloaded()
             self.pipeline.reject(name, refused, started)
             return self._error(refused, rid, extra)
         self.in_flight += 1
         try:
-            return await self._respond(name, headers, body, client_host, started, rid, extra)
+            return await self._respond(name, headers, raw, client_host, rid, extra)
         finally:
             self.in_flight -= 1
 
-    async def _respond(self, name: str, headers: Mapping[bytes, bytes], body: Callable[[], Awaitable[bytes]],
-                       client_host: str | None, started: float, rid: str, extra: Headers
-                       ) -> tuple[int, bytes, Headers]:
+    async def _respond(self, name: str, headers: Mapping[bytes, bytes], raw: bytes, client_host: str | None,
+                       rid: str, extra: Headers) -> tuple[int, bytes, Headers]:
         try:
-            try:
-                raw = await body()
-            except MlgateError as exc:
-                self.pipeline.reject(name, exc, started)
-                raise
             result = await self.pipeline.predict(name, raw, rid, self._hints(name, headers, client_host))
-        except ClientGone:
-            raise
         except MlgateError as exc:
             return self._error(exc, rid, extra)
         except Exception:
@@ -115,7 +119,10 @@ class PredictRoute:
     @staticmethod
     def _error(exc: MlgateError, rid: str, extra: Headers) -> tuple[int, bytes, Headers]:
         status, body, headers = render_error(exc, rid)
-        return status, body, extra + [(k.encode(), v.encode()) for k, v in headers.items()]
+        extra = extra + [(k.encode(), v.encode()) for k, v in headers.items()]
+        if isinstance(exc, RequestTimeout):  # the rest of the body may still come: drop the connection
+            extra.append(_CLOSE)
+        return status, body, extra
 
     def _hints(self, name: str, headers: Mapping[bytes, bytes], client_host: str | None) -> RouteHints:
         forced = headers.get(VARIANT_HEADER.encode(), b"").decode("latin-1")
@@ -139,18 +146,40 @@ class PredictRoute:
                 raise InvalidRequest("invalid Content-Length header")
             if int(declared) > self.limit:
                 raise PayloadTooLarge(f"body of {declared.decode()} bytes exceeds the {self.limit}-byte limit")
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:  # chunked upload, or more bytes than declared: count as it arrives
-                raise PayloadTooLarge(f"body exceeds the {self.limit}-byte limit")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                return await self._receive(receive)
+        except TimeoutError:
+            raise RequestTimeout(f"the body was not received within {self.body_timeout_s:g} s") from None
+
+    async def _receive(self, receive: Callable[[], Awaitable[dict]]) -> bytes:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        if len(chunk) > self.limit:
+            raise PayloadTooLarge(f"body exceeds the {self.limit}-byte limit")
+        if not message.get("more_body", False):  # the usual case: the whole body in one message
+            return chunk
+        chunks, size = [chunk], len(chunk)
+        self.buffered += size
+        try:  # a body in pieces is held across awaits: it counts against the replica's budget
+            while True:
+                if self.buffered > self.max_buffered:
+                    raise Overloaded("too many request bodies are arriving at once; retry shortly")
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                self.buffered += len(chunk)
+                if size > self.limit:  # chunked upload, or more bytes than declared: count as it arrives
+                    raise PayloadTooLarge(f"body exceeds the {self.limit}-byte limit")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+        finally:
+            self.buffered -= size
 
 
 class GatewayApp(FastAPI):

@@ -10,6 +10,15 @@ Every replica on a node listens on the same public port with ``SO_REUSEPORT``: t
 new connections over the replicas, so a node takes as many replicas as it has cores without a
 proxy hop. Ray Serve still owns the replicas' life (placement, health checks, restarts, rolling
 updates, ``user_config``); only the HTTP path bypasses it.
+
+Slow and abusive clients. uvicorn (0.55, httptools) times out only idle keep-alive connections
+(``timeout_keep_alive``, armed after a response): a connection that sends nothing, or its headers
+a byte at a time, is held forever, and httptools bounds no header size (uvicorn's
+``h11_max_incomplete_event_size`` applies to its h11 parser only). :class:`_GuardedHttpTools`
+adds both: the headers of a request must be in within ``header_timeout_s`` of its first byte (of
+the connection, for a new one), else 408 and close; past ``max_header_bytes`` of headers, 431
+and close. Body timeouts are the predict route's (serving/http/predict_route.py), which knows
+which requests have bodies worth waiting for.
 """
 
 from __future__ import annotations
@@ -21,8 +30,86 @@ import socket
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from serving.errors import HeadersTooLarge, MlgateError, RequestTimeout
+from serving.http.errors import new_request_id, render_error
 
 log = logging.getLogger(__name__)
+
+
+class _GuardedHttpTools(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header timeout and a header size limit (module doc).
+
+    Costs nothing per request whose headers come in one read: the timer is armed only for a new
+    connection and for headers split over reads."""
+
+    header_timeout_s = 5.0
+    max_header_bytes = 32_768
+    _header_timer: asyncio.TimerHandle | None = None
+    _in_headers = False  # between a request's first byte and the end of its headers
+    _header_bytes = 0  # bytes read since then, counted per read after the first (a bound, not exact)
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()  # a connection that never sends a request is closed too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_headers:
+            self._header_bytes += len(data)
+            if self._header_bytes > self.max_header_bytes:
+                self._refuse(HeadersTooLarge(f"request headers exceed {self.max_header_bytes} bytes"))
+                return
+        super().data_received(data)
+        if self._in_headers and self._header_timer is None and not self.transport.is_closing():
+            self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers, self._header_bytes = True, 0
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._disarm()
+        super().on_headers_complete()
+
+    def _arm(self) -> None:
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if self._in_headers:
+            self._refuse(RequestTimeout(f"the request headers were not received within {self.header_timeout_s:g} s"))
+        elif self.cycle is None:  # a new connection that sent nothing: no request to answer
+            self.transport.close()
+
+    def _refuse(self, error: MlgateError) -> None:
+        """Answer ``error`` before any request reached the app, and close the connection."""
+        self._disarm()
+        self._in_headers = False
+        status, body, headers = render_error(error, new_request_id(None))
+        head = [STATUS_LINE[status], b"content-type: application/json\r\n",
+                b"content-length: %d\r\n" % len(body), b"connection: close\r\n"]
+        head += [b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers.items()]
+        self.transport.write(b"".join(head) + b"\r\n" + body)
+        self.transport.close()
+
+
+def guarded_protocol(header_timeout_s: float, max_header_bytes: int) -> type[_GuardedHttpTools]:
+    """The protocol class uvicorn builds per connection, with these limits."""
+    return type("GuardedHttpTools", (_GuardedHttpTools,),
+                {"header_timeout_s": header_timeout_s, "max_header_bytes": max_header_bytes})
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -52,22 +139,25 @@ def shared_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
 class ReplicaServer:
     """uvicorn serving ``app`` on a shared port, as a task of the running event loop."""
 
-    def __init__(self, app: Any, host: str, port: int, drain_s: float,
-                 keep_alive_s: float = 30.0) -> None:
-        self.host, self.port = host, port
+    def __init__(self, app: Any, host: str, port: int, drain_s: float, keep_alive_s: float = 30.0,
+                 header_timeout_s: float = 5.0, max_header_bytes: int = 32_768,
+                 max_connections: int | None = 4096, backlog: int = 2048) -> None:
+        """Limits as :class:`serving.settings.HttpSettings` documents them."""
+        self.host, self.port, self.backlog = host, port, backlog
         # proxy_headers off: the caller's address is the socket's, never an X-Forwarded-For
         # header (it also drops one ASGI layer per request). Admin calls from loopback that carry
         # forwarding headers are refused (serving/http/admin.py): a local proxy relays others.
         config = uvicorn.Config(
-            app, http="httptools", lifespan="off", access_log=False, log_config=None,
-            proxy_headers=False, server_header=False,
-            timeout_keep_alive=keep_alive_s, timeout_graceful_shutdown=max(drain_s, 0.1))
+            app, http=guarded_protocol(header_timeout_s, max_header_bytes), lifespan="off",
+            access_log=False, log_config=None, proxy_headers=False, server_header=False,
+            timeout_keep_alive=keep_alive_s, timeout_graceful_shutdown=max(drain_s, 0.1),
+            limit_concurrency=max_connections, backlog=backlog)
         self._server = _EmbeddedServer(config)
         self._task: asyncio.Task | None = None
 
     async def start(self, timeout_s: float = 10.0) -> None:
         """Bind and serve; return once the server accepts connections (raise if it cannot)."""
-        sock = shared_socket(self.host, self.port)
+        sock = shared_socket(self.host, self.port, self.backlog)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="mlgate-http")
         deadline = asyncio.get_running_loop().time() + timeout_s
         while not self._server.started:

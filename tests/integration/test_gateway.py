@@ -164,6 +164,9 @@ TOO_BIG = b'{"instances": [' + b",".join([b'{"amount": 1.0}'] * 80_000) + b"]}"
     ("too_many_rows", {}, 413, "too_many_instances"),
     (TOO_BIG, {}, 413, "payload_too_large"),
     (b"amount=1", {"content-type": "text/plain"}, 415, "unsupported_media_type"),
+    ({"entities": [{"customer_id": 1}], "features": [1]}, {}, 400, "invalid_request"),
+    (b'{"entities": [{"customer_id": ' + b"[" * 1000 + b"]" * 1000 + b"}]}", {}, 400, "invalid_request"),
+    (b'{"instances": ' + b"[" * 100_000, {}, 400, "nesting_too_deep"),
 ])
 def test_every_bad_input_gets_its_code_over_http_never_a_500(gateway, body, headers, status, code):
     row = rows(gateway["table"], 2)[0]

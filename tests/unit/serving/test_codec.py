@@ -8,6 +8,7 @@ from serving.errors import (
     InvalidFeatureType,
     InvalidRequest,
     MalformedJson,
+    NestingTooDeep,
     NonFiniteValue,
     RequestFeaturesMissing,
     TooManyInstances,
@@ -77,6 +78,17 @@ def test_parse_json_tells_nan_literals_from_malformed_json():
         codec.parse_json(b'{"a": -Infinity}')
     for bad in (b'{"a": ', b"", b"\xff\xfe", b"[1,]"):
         with pytest.raises(MalformedJson):
+            codec.parse_json(bad)
+
+
+def test_parse_json_refuses_deep_nesting_with_a_400_never_a_recursion_error():
+    deep = b"[" * 1000 + b"]" * 1000
+    assert codec.parse_json(deep)  # within orjson's fixed limit (1024): the codec refuses it later
+    with pytest.raises(NestingTooDeep) as err:
+        codec.parse_json(b"[" * 100_000 + b"]" * 100_000)
+    assert (err.value.status, err.value.code) == (400, "nesting_too_deep")
+    for bad in (b"[" * 1000, b"[" * 1000 + b"NaN", b'{"a": ' * 2000):  # the stdlib parser recursed
+        with pytest.raises((MalformedJson, NestingTooDeep)):
             codec.parse_json(bad)
 
 

@@ -94,6 +94,26 @@ def test_bad_input_gets_a_stable_code_and_4xx(body, status, code):
     run(scenario, limits={"max_instances": 5})
 
 
+DEEP = "[" * 1000 + "]" * 1000
+
+
+@pytest.mark.parametrize("body, code", [
+    ('{"instances": [' + DEEP + "]}", "invalid_request"),
+    ('{"instances": [{"amount": ' + DEEP + ', "count": 3, "is_online": true, "score": 0.5}]}',
+     "invalid_feature_type"),
+    ('{"entities": [{"customer_id": ' + DEEP + "}]}", "invalid_request"),  # str() of it recursed: 500
+    ('{"entities": [{"customer_id": 1}], "features": [' + DEEP + "]}", "invalid_request"),
+    ('{"instances": [' + "[" * 100_000 + "]}", "nesting_too_deep"),
+    ('{"instances": ' + "[" * 1000, "malformed_json"),
+    ('{"instances": [{"amount": ' + "[" * 1000 + "NaN", "malformed_json"),
+])
+def test_deeply_nested_bodies_are_400_never_500(body, code):
+    async def scenario(client, metrics):
+        r = await post(client, body.encode())
+        assert (r.status_code, r.json()["error"]["code"]) == (400, code), r.text
+    run(scenario)
+
+
 def test_oversized_body_is_413_by_header_and_by_stream():
     async def scenario(client, metrics):
         big = orjson.dumps({"instances": [ROW] * 50})
@@ -293,3 +313,48 @@ def test_past_its_limit_in_flight_a_replica_answers_503_overloaded_at_once():
             return await super().predict(columns)
 
     run(scenario, factory=lambda m: Slowish(ToyRuntime(), GatewayMetrics()), http={"max_in_flight": 2})
+
+
+async def _trickle(first: bytes, pause_s: float):
+    """A request body that sends ``first`` and then nothing for ``pause_s``."""
+    yield first
+    await asyncio.sleep(pause_s)
+    yield b"]}"
+
+
+def test_a_body_not_sent_within_the_body_timeout_is_408_and_closes_the_connection():
+    async def scenario(client, metrics):
+        started = asyncio.get_running_loop().time()
+        r = await client.post("/v1/models/toy/predict", content=_trickle(b'{"instances": [', 3.0),
+                              headers={"content-type": "application/json"})
+        assert asyncio.get_running_loop().time() - started < 1.0
+        assert (r.status_code, r.json()["error"]["code"]) == (408, "request_timeout")
+        assert r.headers["connection"] == "close" and r.json()["error"]["retryable"] is True
+        assert sample(metrics, "mlgate_requests_total", model="toy", version="",
+                      outcome="request_timeout") == 1
+    run(scenario, http={"body_timeout_s": 0.2})
+
+
+def test_a_caller_still_sending_its_body_holds_no_in_flight_slot():
+    async def scenario(client, metrics):
+        slow = [asyncio.create_task(client.post("/v1/models/toy/predict", content=_trickle(
+            orjson.dumps({"instances": [ROW]})[:-2], 0.5), headers={"content-type": "application/json"}))
+            for _ in range(3)]
+        await asyncio.sleep(0.1)  # all three are reading their bodies now
+        assert (await post(client, {"instances": [ROW]})).status_code == 200
+        assert [s.status_code for s in await asyncio.gather(*slow)] == [200] * 3
+    run(scenario, http={"max_in_flight": 1})
+
+
+def test_bodies_arriving_in_pieces_share_a_byte_budget_past_which_they_get_503():
+    async def scenario(client, metrics):
+        body = orjson.dumps({"instances": [ROW]})
+        holder = asyncio.create_task(client.post("/v1/models/toy/predict", content=_trickle(
+            body[:-2] + b" " * 200, 0.5), headers={"content-type": "application/json"}))
+        await asyncio.sleep(0.1)  # it holds ~260 bytes of the 300-byte budget
+        r = await client.post("/v1/models/toy/predict", content=_trickle(body[:-2], 0.0),
+                              headers={"content-type": "application/json"})
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "overloaded")
+        assert (await holder).status_code == 200
+        assert (await post(client, {"instances": [ROW]})).status_code == 200  # one piece: no budget used
+    run(scenario, http={"max_body_buffer_bytes": 300})

@@ -61,6 +61,10 @@ def test_entity_rows_with_shared_or_per_row_request_features():
     ({"entities": [{"customer_id": -1}]}, "non-negative integer"),
     ({"entities": [{"user": 1}]}, "exactly: customer_id"),
     ({"entities": [{"customer_id": 1}], "features": [{}, {}]}, "one object per entity"),
+    ({"entities": [{"customer_id": 1}], "features": [1]}, r"features\[0\] must be an object"),
+    ({"entities": [{"customer_id": 1}, {"customer_id": 2}], "features": [{"amount": 1.0}, [1.0]]},
+     r"features\[1\] must be an object"),
+    ({"entities": [{"customer_id": 1}], "features": [None]}, r"features\[0\] must be an object"),
     ({"entities": [{"customer_id": 1}], "extra": 1}, "unknown top-level"),
 ])
 def test_entity_body_errors_are_400(body, message):
