@@ -122,6 +122,12 @@ def test_media_type_unknown_model_route_and_method():
         assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
         r = await client.get("/v1/models/toy/predict")
         assert (r.status_code, r.json()["error"]["code"]) == (405, "method_not_allowed")
+        assert r.headers["allow"] == "POST"
+        r = await client.delete("/v1/models/toy")
+        assert (r.status_code, r.headers["allow"]) == (405, "GET")
+        r = await client.post("/v1/admin/rollouts/toy", json={})  # GET and PATCH are two routes
+        assert (r.status_code, r.headers["allow"]) == (405, "GET, PATCH")
+        assert r.json()["error"]["code"] == "method_not_allowed"
     run(scenario)
 
 
@@ -203,10 +209,13 @@ def test_openapi_documents_request_response_and_errors():
         op = schema["paths"]["/v1/models/{name}/predict"]["post"]
         ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         request_schema = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
-        assert set(request_schema["properties"]) == {"instances", "entities", "features", "timeout_ms"}
+        bodies = [schema["components"]["schemas"][b["$ref"].rsplit("/", 1)[1]] for b in request_schema["oneOf"]]
+        assert [set(b["properties"]) for b in bodies] == [{"instances", "timeout_ms"},
+                                                          {"entities", "features", "timeout_ms"}]
         prediction = schema["components"]["schemas"]["Prediction"]["properties"]
         assert {"source", "model_version", "fallback_reason", "score_age_s", "features"} <= set(prediction)
-        assert set(op["responses"]) >= {"200", "400", "404", "413", "415", "422", "503", "504"}
+        assert set(op["responses"]) == {"200", "400", "401", "403", "404", "413", "415", "422", "500",
+                                        "503", "504"}
         assert "PredictResponse" in json.dumps(op["responses"]["200"])
         for path in ("/v1/models", "/v1/models/{name}", "/healthz", "/readyz", "/metrics"):
             assert path in schema["paths"]
