@@ -40,13 +40,13 @@ scalars = (st.none() | st.booleans() | st.text(max_size=8)
            | st.floats(allow_nan=False, allow_infinity=False))
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=16)
-feature_values = (scalars | st.sampled_from([0, 1, -1, 2**31, 2**53 + 1, 2**63, -2**63 - 1, 0.5, 1e38, 3.5e38, -1e300])
-                  | st.lists(scalars, max_size=2))
+edges = st.sampled_from([0, 1, -1, 2**31, 2**53 + 1, 2**63, -2**63 - 1, 0.5, 1e38, 3.5e38, -1e300])
+feature_values = scalars | edges | st.lists(scalars, max_size=2)
 # Rows with the model's own feature names (some left out, some extra) reach the type checks.
 rows = st.fixed_dictionaries({}, optional={name: feature_values for name in [*FEATURES, "extra"]}) \
     | st.dictionaries(st.text(max_size=8), feature_values, max_size=5)
-entity_keys = st.fixed_dictionaries({}, optional={"customer_id": feature_values, "other_id": feature_values}) \
-    | json_values
+entity_keys = json_values | st.fixed_dictionaries(
+    {}, optional={"customer_id": feature_values, "other_id": feature_values})
 timeouts = st.sampled_from([None, 0, -1, 60_001, 1.5, "100", True, 5_000, 60_000])
 envelopes = st.fixed_dictionaries({}, optional={
     "instances": st.lists(rows, max_size=MAX_INSTANCES + 2) | json_values,
@@ -72,8 +72,9 @@ def near_valid_rows(draw):
     return row
 
 
-near_valid = st.fixed_dictionaries({"instances": st.lists(near_valid_rows(), min_size=1, max_size=MAX_INSTANCES)},
-                                   optional={"timeout_ms": st.sampled_from([5_000, 60_000, None])})
+near_valid = st.fixed_dictionaries(
+    {"instances": st.lists(near_valid_rows(), min_size=1, max_size=MAX_INSTANCES)},
+    optional={"timeout_ms": st.sampled_from([5_000, 60_000, None])})
 # The predict body as bytes: any JSON, an envelope, NaN/Infinity literals, or any bytes at all.
 bodies = (st.one_of(json_values, envelopes, near_valid, near_valid)
           .map(lambda v: json.dumps(v).encode())
@@ -145,7 +146,8 @@ def gateway():
 
     with start_blocking_portal() as portal:
         table, client = portal.call(start)
-        yield lambda body, **kw: portal.call(lambda: client.post("/v1/models/toy/predict", content=body, **kw))
+        yield lambda body, **kw: portal.call(
+            lambda: client.post("/v1/models/toy/predict", content=body, **kw))
         portal.call(stop, table, client)
 
 
