@@ -165,6 +165,9 @@ def _request_rows(features: Any, n: int, binding: FeatureBinding) -> list[dict[s
     if isinstance(features, dict):  # one set of request-time values for every entity
         return [features] * n
     if isinstance(features, list) and len(features) == n:
+        for i, row in enumerate(features):
+            if not isinstance(row, dict):
+                raise InvalidRequest(f"features[{i}] must be an object of feature names to values")
         return features
     raise InvalidRequest("'features' must be an object, or a list with one object per entity")
 

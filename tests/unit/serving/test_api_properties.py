@@ -75,8 +75,13 @@ def near_valid_rows(draw):
 near_valid = st.fixed_dictionaries(
     {"instances": st.lists(near_valid_rows(), min_size=1, max_size=MAX_INSTANCES)},
     optional={"timeout_ms": st.sampled_from([5_000, 60_000, None])})
+# Entity keys the stored-feature spec takes, so that 'features' (any shape) is what is judged.
+near_valid_entities = st.integers(1, 3).flatmap(lambda n: st.fixed_dictionaries(
+    {"entities": st.lists(st.fixed_dictionaries({"customer_id": st.integers(0, 2**63 - 1)}),
+                          min_size=n, max_size=n)},
+    optional={"features": json_values | rows | st.lists(rows | json_values, min_size=n, max_size=n)}))
 # The predict body as bytes: any JSON, an envelope, NaN/Infinity literals, or any bytes at all.
-bodies = (st.one_of(json_values, envelopes, near_valid, near_valid)
+bodies = (st.one_of(json_values, envelopes, near_valid, near_valid, near_valid_entities)
           .map(lambda v: json.dumps(v).encode())
           | st.sampled_from([b'{"instances": [{"amount": NaN}]}', b"[Infinity]", b"", b"\xff\xfe"])
           | st.binary(max_size=64))
