@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from observability.metrics import GatewayMetrics
@@ -33,9 +34,7 @@ def test_the_openapi_document_matches_the_reviewed_snapshot():
         "the API changed: review it, then MLGATE_UPDATE_SNAPSHOTS=1 pytest tests/contract"
 
 
-def _validator(document: dict, name: str):
-    import jsonschema
-
+def _validator(document: dict, name: str) -> jsonschema.Validator:
     return jsonschema.Draft202012Validator({"$ref": f"#/components/schemas/{name}",
                                             "components": document["components"]})
 

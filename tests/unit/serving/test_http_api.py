@@ -7,6 +7,7 @@ import json
 import threading
 
 import httpx
+import jsonschema
 import orjson
 import pytest
 
@@ -197,6 +198,9 @@ def test_model_listing_detail_and_example_request_round_trip():
         assert detail["outputs"] == ["label", "probability"]
         r = await post(client, detail["example_request"])
         assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+        components = (await client.get("/openapi.json")).json()["components"]
+        jsonschema.validate(detail["example_request"], {"$ref": "#/components/schemas/PredictRequest",
+                                                        "components": components})
         assert (await client.get("/v1/models/nope")).status_code == 404
         text = (await client.get("/metrics")).text
         assert 'mlgate_model_ready{model="toy"} 1.0' in text
