@@ -1,8 +1,9 @@
 """Property-based: whatever JSON (or bytes) a caller sends, the codec refuses it with a 4xx error
 or decodes it, and the HTTP app answers 2xx or 4xx, never 5xx (issue 13, item 5).
 
-Bodies come from two strategies: arbitrary JSON values (``recursive``), and bodies shaped like the
-real envelope with arbitrary contents, which get past the envelope checks into decoding."""
+Bodies come from arbitrary JSON values (``recursive``), bodies shaped like the real envelope with
+arbitrary contents, and rows or entity keys the model takes with one part spoiled, which get past
+the envelope checks into decoding. The admin PATCH gets the same treatment."""
 
 from __future__ import annotations
 
@@ -151,8 +152,10 @@ def gateway():
 
     with start_blocking_portal() as portal:
         table, client = portal.call(start)
-        yield lambda body, **kw: portal.call(
-            lambda: client.post("/v1/models/toy/predict", content=body, **kw))
+        def call(body, path="/v1/models/toy/predict", method="POST", **kw):
+            return portal.call(lambda: client.request(method, path, content=body, **kw))
+
+        yield call
         portal.call(stop, table, client)
 
 
@@ -170,3 +173,16 @@ def test_the_app_answers_any_body_with_2xx_or_4xx_never_5xx(gateway, body, media
         ErrorResponse.model_validate(r.json())
         if media != "text/plain":  # the app and the codec agree on what is refused, and how
             assert r.status_code == decode_body(body, SPEC)
+
+
+changes = st.fixed_dictionaries({}, optional={
+    "canary_weight": json_values | st.floats(-1, 101), "shadow_shares": json_values,
+    "other": json_values}) | json_values
+
+
+@PROPERTY
+@given(st.one_of(changes.map(lambda v: json.dumps(v).encode()), st.binary(max_size=32)))
+def test_the_admin_patch_answers_any_body_with_a_4xx_or_a_change(gateway, body):
+    r = gateway(body, "/v1/admin/rollouts/toy", "PATCH", headers={"content-type": "application/json"})
+    event(f"{r.status_code} {r.json().get('error', {}).get('code', 'ok')}")
+    assert r.status_code in (200, 400, 404, 409), (r.status_code, r.text)
