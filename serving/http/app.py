@@ -8,7 +8,7 @@ from starlette.responses import Response
 from serving import schemas
 from serving.http.admin import admin_router
 from serving.http.errors import install_error_handlers, json_response
-from serving.http.openapi import PREDICT_ERRORS, PREDICT_PARAMETERS, errors, install_openapi
+from serving.http.openapi import PREDICT_PARAMETERS, PREDICT_RESPONSES, errors, install_openapi
 from serving.http.predict_route import GatewayApp, PredictRoute
 from serving.pipeline import Pipeline
 
@@ -23,7 +23,7 @@ def build_app(pipeline: Pipeline, echo_request_id: bool = True) -> FastAPI:
     install_error_handlers(app, echo_request_id)
 
     @app.post("/v1/models/{name}/predict", response_model=schemas.PredictResponse,
-              responses=PREDICT_ERRORS, openapi_extra={"parameters": PREDICT_PARAMETERS, "requestBody": {
+              responses=PREDICT_RESPONSES, openapi_extra={"parameters": PREDICT_PARAMETERS, "requestBody": {
                   "required": True, "content": {"application/json": {
                       "schema": {"$ref": "#/components/schemas/PredictRequest"}}}}})
     async def predict(name: str, request: Request) -> Response:

@@ -28,11 +28,17 @@ ERROR_TEXT = {
 }
 
 
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "required": True,
+                               "schema": {"type": "integer", "minimum": 0}}}
+
+
 def errors(*statuses: int, **texts: str) -> dict[int | str, dict[str, Any]]:
     """``responses=`` entries with the ErrorResponse body; ``texts`` (``s404="..."``) replace the
-    generic description of a status where a route means something narrower."""
+    generic description of a status where a route means something narrower. Every 503 here is
+    retryable and says when, in Retry-After."""
     return {status: {"model": schemas.ErrorResponse,
-                     "description": texts.get(f"s{status}", ERROR_TEXT[status])} for status in statuses}
+                     "description": texts.get(f"s{status}", ERROR_TEXT[status]),
+                     **({"headers": RETRY_AFTER} if status == 503 else {})} for status in statuses}
 
 
 PREDICT_ERRORS = errors(
@@ -42,6 +48,11 @@ PREDICT_ERRORS = errors(
     s404="Unknown model, or unknown forced variant",
     s503="Model not loaded yet, replica overloaded, or the online feature store is down "
          "(see Retry-After)")
+PREDICT_RESPONSES = {200: {"headers": {
+    "X-Model-Version": {"description": "Registered model version that answered.", "required": True,
+                        "schema": {"type": "string"}},
+    "X-Mlgate-Variant": {"description": "Variant that answered: champion or canary.", "required": True,
+                         "schema": {"type": "string"}}}}, **PREDICT_ERRORS}
 PREDICT_PARAMETERS = [{
     "in": "header", "name": "X-Mlgate-Variant", "required": False, "schema": {"type": "string"},
     "description": "Force a variant (champion, canary or a shadow's name) for testing: needs the "
