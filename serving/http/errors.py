@@ -81,7 +81,8 @@ def allowed_methods(routes: Iterable[tuple[re.Pattern, set[str]]], scope: dict,
 
 def documented_routes(app: FastAPI) -> list[tuple[re.Pattern, set[str]]]:
     """Each path of the OpenAPI document as a pattern, with its methods."""
-    return [(compile_path(path)[0], {m.upper() for m in ops}) for path, ops in app.openapi()["paths"].items()]
+    return [(compile_path(path)[0], {method.upper() for method in operations})
+            for path, operations in app.openapi()["paths"].items()]
 
 
 def error_response(error: MlgateError, rid: str, echo_request_id: bool = True,
