@@ -6,12 +6,22 @@ pydantic cannot know ahead of time); these models state the same contract for cl
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
-FeatureValue = float | int | bool | None
+F32_MAX = 3.4028234663852886e38
+"""The largest finite feature value: inputs reach models as float32 at the narrowest."""
+MAX_ENTITY_ID = 2**63 - 1
 MAX_TIMEOUT_MS = 60_000
+FeatureValue = Annotated[float, Field(ge=-F32_MAX, le=F32_MAX)] | bool | None
+FeatureRow = dict[str, FeatureValue]
+EntityKey = Annotated[dict[str, Annotated[int, Field(ge=0, le=MAX_ENTITY_ID)]], Field(min_length=1)]
+TimeoutMs = Annotated[int | None, Field(
+    None, ge=1, le=MAX_TIMEOUT_MS,
+    description="This request's deadline in milliseconds (default: the gateway's "
+                "limits.deadline_ms). Entity-keyed rows the online path cannot answer in time "
+                "are answered from batch scores; otherwise 504.")]
 FallbackReason = Literal["model_not_ready", "model_error", "deadline_exceeded", "feature_store_unavailable",
                          "features_missing", "features_stale"]
 
@@ -20,28 +30,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PredictRequest(_Strict):
-    """Either ``instances`` (every feature given) or ``entities`` (stored features looked up)."""
+class InstancesRequest(_Strict):
+    """Every feature spelled out, row by row."""
 
-    instances: list[dict[str, FeatureValue]] | None = Field(
-        None, min_length=1,
+    instances: list[FeatureRow] = Field(
+        min_length=1,
         description="Rows of named features (KServe v1 / TF Serving row format). Every feature of "
                     "the model's signature must be present; null only where the signature marks a "
                     "feature optional. NaN and Infinity are refused.",
         examples=[[{"amount": 42.5, "hour_of_day": 13}]])
-    entities: list[dict[str, int]] | None = Field(
-        None, min_length=1,
+    timeout_ms: TimeoutMs
+
+
+class EntitiesRequest(_Strict):
+    """Entity keys: the gateway looks the stored features up."""
+
+    entities: list[EntityKey] = Field(
+        min_length=1,
         description="Entity keys, e.g. [{\"customer_id\": 42}]: the gateway reads the model's stored "
-                    "features for each from the online store in one round trip.",
+                    "features for each from the online store in one round trip. Each object holds "
+                    "exactly the model's entity keys.",
         examples=[[{"customer_id": 42}]])
-    features: dict[str, FeatureValue] | list[dict[str, FeatureValue]] | None = Field(
-        None, description="With 'entities': the request-time features, one object for every "
-                          "entity or a list with one object per entity.")
-    timeout_ms: int | None = Field(
-        None, ge=1, le=MAX_TIMEOUT_MS,
-        description="This request's deadline in milliseconds (default: the gateway's "
-                    "limits.deadline_ms). Entity-keyed rows the online path cannot answer in time "
-                    "are answered from batch scores; otherwise 504.")
+    features: FeatureRow | list[FeatureRow] | None = Field(
+        None, description="The request-time features, one object for every entity or a list with "
+                          "one object per entity. Omit it (or send null) only when the model takes "
+                          "no request-time features.")
+    timeout_ms: TimeoutMs
+
+
+class PredictRequest(RootModel[InstancesRequest | EntitiesRequest]):
+    """Exactly one of ``instances`` (every feature given) or ``entities`` (stored features
+    looked up). The schema cannot know each model's feature names: a body it allows may still
+    be refused by the model's signature (400 wrong or unknown feature, 422 missing feature)."""
 
 
 class FeatureOrigin(BaseModel):
@@ -122,17 +142,16 @@ class Health(BaseModel):
     models: dict[str, bool] = {}
 
 
+Percent = Annotated[float, Field(ge=0, le=100)]
+
+
 class RolloutChange(_Strict):
     """Body of PATCH /v1/admin/rollouts/{model}: what to change; omitted fields stay."""
 
-    canary_weight: float | None = Field(None, ge=0, le=100, description="Percent of routing keys "
-                                        "answered by the canary. Also lifts a rollback halt.")
-    shadow_shares: dict[str, float] | None = Field(None, description="Percent of requests mirrored, "
-                                                   "by shadow name (0-100).")
+    # strict: "5" or true is not a weight; the schema says number, and so does the server
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    @field_validator("shadow_shares")
-    @classmethod
-    def _percent(cls, shares: dict[str, float] | None) -> dict[str, float] | None:
-        if shares and any(not 0 <= v <= 100 for v in shares.values()):
-            raise ValueError("shares are percentages from 0 to 100")
-        return shares
+    canary_weight: Percent | None = Field(None, description="Percent of routing keys answered by "
+                                          "the canary. Also lifts a rollback halt.")
+    shadow_shares: dict[str, Percent] | None = Field(None, description="Percent of requests mirrored, "
+                                                     "by shadow name (0-100).")

@@ -15,8 +15,9 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from serving import schemas
-from serving.errors import Forbidden, InvalidRequest, Unauthorized
-from serving.http.errors import json_response
+from serving.errors import Forbidden, InvalidRequest, Unauthorized, UnsupportedMediaType
+from serving.http.errors import is_json_media, json_response
+from serving.http.openapi import errors
 from serving.rollout import Rollouts
 from serving.settings import AdminSettings, HttpSettings
 
@@ -81,14 +82,14 @@ class AdminGuard:
 def admin_router(rollouts: Rollouts, guard: AdminGuard, on_change: AdminChange | None = None) -> APIRouter:
     router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
-    @router.get("/rollouts")
+    @router.get("/rollouts", responses=errors(401, 403))
     async def list_rollouts(request: Request) -> Response:
         """Rollout state of every model: weights, halts, variants and the canary analysis."""
         guard.authorize(request)
         await rollouts.refresh()  # the shared state, not this replica's copy of up to refresh_s ago
         return json_response({"rollouts": [rollouts.describe(m.name) for m in rollouts.settings.models]})
 
-    @router.get("/rollouts/{model}")
+    @router.get("/rollouts/{model}", responses=errors(401, 403, 404))
     async def get_rollout(model: str, request: Request) -> Response:
         """Rollout state of one model."""
         guard.authorize(request)
@@ -96,13 +97,19 @@ def admin_router(rollouts: Rollouts, guard: AdminGuard, on_change: AdminChange |
         await rollouts.refresh()
         return json_response(rollouts.describe(model))
 
-    @router.patch("/rollouts/{model}", openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": schemas.RolloutChange.model_json_schema()}}}})
+    @router.patch("/rollouts/{model}", responses=errors(
+        400, 401, 403, 404, 409, 415, 503, s404="Unknown model, or unknown shadow",
+        s409="A canary weight above 0 for a model with no canary configured",
+        s503="The rollout state store (Redis) is unavailable: nothing changed (see Retry-After)"),
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": schemas.RolloutChange.model_json_schema()}}}})
     async def change_rollout(model: str, request: Request) -> Response:
         """Change the canary weight and/or shadow shares, on every replica, without a restart.
         Every change is audited: the ``mlgate.audit`` log and a tag on the model version."""
         who = guard.authorize(request)
         rollouts.state(model)  # 404 for an unknown model before looking at the body
+        if not is_json_media(dict(request.scope["headers"]).get(b"content-type")):
+            raise UnsupportedMediaType()
         change = parse_change(await request.body())
         await rollouts.refresh()
         before = _traffic(rollouts.describe(model))

@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
-from fastapi.openapi.utils import get_openapi
 from starlette.responses import Response
 
 from serving import schemas
 from serving.http.admin import AdminChange, AdminGuard, admin_router
 from serving.http.errors import install_error_handlers, json_response
+from serving.http.openapi import PREDICT_PARAMETERS, PREDICT_RESPONSES, errors, install_openapi
 from serving.http.predict_route import GatewayApp, PredictRoute
 from serving.pipeline import Pipeline
-
-_ERRORS = {status: {"model": schemas.ErrorResponse, "description": text} for status, text in {
-    400: "Malformed JSON, wrong types, unknown features, NaN/Infinity",
-    401: "X-Mlgate-Variant without a valid bearer token",
-    403: "X-Mlgate-Variant from a non-loopback caller when no admin token is configured",
-    404: "Unknown model, or unknown forced variant",
-    408: "Headers or body not received within their timeout; the connection is closed",
-    413: "Body too large or too many instances",
-    415: "Content-Type is not JSON",
-    422: "Required features missing, or stored features missing/stale under an 'error' policy",
-    503: "Model not loaded yet, the online feature store is down, or the replica is at its limit "
-         "(see Retry-After)",
-    504: "Deadline exceeded",
-}.items()}
-
 
 def build_app(pipeline: Pipeline, echo_request_id: bool = True,
               on_admin_change: AdminChange | None = None) -> FastAPI:
@@ -34,13 +19,14 @@ def build_app(pipeline: Pipeline, echo_request_id: bool = True,
     records each admin change on its model version (the registry)."""
     settings, models = pipeline.settings, pipeline.models
     app = GatewayApp(title="mlgate", version="1", description="Online inference gateway: "
-                     "MLflow-registered models, served over HTTP.")
+                     "MLflow-registered models, served over HTTP. Every error answers with an "
+                     "ErrorResponse body; a method a path does not list answers 405 with Allow.")
     guard = AdminGuard(settings.admin, settings.http)
     route = app.predict_route = PredictRoute(pipeline, guard, echo_request_id)
     install_error_handlers(app, echo_request_id)
 
     @app.post("/v1/models/{name}/predict", response_model=schemas.PredictResponse,
-              responses=_ERRORS, openapi_extra={"requestBody": {
+              responses=PREDICT_RESPONSES, openapi_extra={"parameters": PREDICT_PARAMETERS, "requestBody": {
                   "required": True, "content": {"application/json": {
                       "schema": {"$ref": "#/components/schemas/PredictRequest"}}}}})
     async def predict(name: str, request: Request) -> Response:
@@ -58,7 +44,7 @@ def build_app(pipeline: Pipeline, echo_request_id: bool = True,
         """Every configured model and whether it is serving."""
         return json_response({"models": [_summary(models.state(n)) for n in models.names()]})
 
-    @app.get("/v1/models/{name}", response_model=schemas.ModelDetail, responses={404: _ERRORS[404]})
+    @app.get("/v1/models/{name}", response_model=schemas.ModelDetail, responses=errors(404))
     async def describe_model(name: str) -> Response:
         """Version, alias, signature and a ready-to-send example request."""
         state = models.state(name)
@@ -90,7 +76,7 @@ def build_app(pipeline: Pipeline, echo_request_id: bool = True,
         return Response(pipeline.metrics.render(), media_type=pipeline.metrics.content_type)
 
     app.include_router(admin_router(pipeline.rollouts, guard, on_admin_change))
-    _document_request_body(app)
+    install_openapi(app, settings)
     return app
 
 
@@ -101,19 +87,3 @@ def _summary(state) -> dict:
             "alias": backend.spec.alias if backend else state.settings.alias,
             "error": state.error}
 
-
-def _document_request_body(app: FastAPI) -> None:
-    """Put PredictRequest into the schema: the route reads raw bytes for speed and exact errors."""
-
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes)
-            extra = schemas.PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(extra.pop("$defs", {}))
-            components["PredictRequest"] = extra
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

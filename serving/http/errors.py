@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from typing import Iterable
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import compile_path
 
 from serving.errors import (
     InternalError,
@@ -54,8 +56,39 @@ def render_error(error: MlgateError, rid: str) -> tuple[int, bytes, dict[str, st
     return error.status, body, headers
 
 
-def error_response(error: MlgateError, rid: str, echo_request_id: bool = True) -> Response:
-    status, body, headers = render_error(error, rid)
+def is_json_media(content_type: bytes | None) -> bool:
+    """Whether a Content-Type names JSON (``application/json`` or ``*+json``); no header counts."""
+    if content_type is None:
+        return True
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or media.endswith(b"+json")
+
+
+def allowed_methods(routes: Iterable[tuple[re.Pattern, set[str]]], scope: dict,
+                    given: str | None) -> str:
+    """The ``Allow`` header of a 405: every method of the requested path. Starlette's own header
+    (``given``) names only the methods of the first route on the path, and this API declares one
+    route per method; ``routes`` (:func:`documented_routes`) add the others."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    methods = {m.strip() for m in (given or "").split(",") if m.strip()}
+    for pattern, verbs in routes:
+        if pattern.match(path):
+            methods |= verbs
+    return ", ".join(sorted(methods))
+
+
+def documented_routes(app: FastAPI) -> list[tuple[re.Pattern, set[str]]]:
+    """Each path of the OpenAPI document as a pattern, with its methods."""
+    return [(compile_path(path)[0], {method.upper() for method in operations})
+            for path, operations in app.openapi()["paths"].items()]
+
+
+def error_response(error: MlgateError, rid: str, echo_request_id: bool = True,
+                   headers: dict[str, str] | None = None) -> Response:
+    status, body, extra = render_error(error, rid)
+    headers = {**extra, **(headers or {})}
     if echo_request_id:
         headers[REQUEST_ID_HEADER] = rid
     return Response(body, status_code=status, media_type="application/json", headers=headers)
@@ -64,8 +97,10 @@ def error_response(error: MlgateError, rid: str, echo_request_id: bool = True) -
 def install_error_handlers(app: FastAPI, echo_request_id: bool = True) -> None:
     """``echo_request_id=False`` when a middleware in front (Ray Serve's) already sets the header."""
 
-    def respond(error: MlgateError, request: Request) -> Response:
-        return error_response(error, request_id(request), echo_request_id)
+    routes: list[tuple[re.Pattern, set[str]]] = []
+
+    def respond(error: MlgateError, request: Request, headers: dict[str, str] | None = None) -> Response:
+        return error_response(error, request_id(request), echo_request_id, headers)
 
     async def on_mlgate_error(request: Request, exc: MlgateError) -> Response:
         return respond(exc, request)
@@ -74,7 +109,10 @@ def install_error_handlers(app: FastAPI, echo_request_id: bool = True) -> None:
         if exc.status_code == 404:
             error: MlgateError = RouteNotFound()
         elif exc.status_code == 405:
-            error = MethodNotAllowed()
+            if not routes:  # built on the first 405, from the document built once
+                routes.extend(documented_routes(app))
+            allow = allowed_methods(routes, request.scope, (exc.headers or {}).get("Allow"))
+            return respond(MethodNotAllowed(), request, {"allow": allow})
         elif exc.status_code < 500:
             error = InvalidRequest()
             error.status = exc.status_code

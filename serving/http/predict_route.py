@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from serving.errors import (InternalError, InvalidRequest, MlgateError, Overloaded, PayloadTooLarge,
                             RequestTimeout, UnsupportedMediaType)
 from serving.http.admin import FORWARDING_HEADERS, AdminGuard
-from serving.http.errors import REQUEST_ID_HEADER, new_request_id, render_error
+from serving.http.errors import REQUEST_ID_HEADER, is_json_media, new_request_id, render_error
 from serving.pipeline import Pipeline, RouteHints
 
 # Set by an authorised caller to force a variant (testing); always set on responses.
@@ -135,11 +135,8 @@ class PredictRoute:
 
     async def read_body(self, headers: Mapping[bytes, bytes], receive: Callable[[], Awaitable[dict]]) -> bytes:
         """The body, refusing non-JSON media types and bodies over the limit (declared or sent)."""
-        ctype = headers.get(b"content-type")
-        if ctype is not None:
-            media = ctype.split(b";", 1)[0].strip().lower()
-            if media != b"application/json" and not media.endswith(b"+json"):
-                raise UnsupportedMediaType()
+        if not is_json_media(headers.get(b"content-type")):
+            raise UnsupportedMediaType()
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():

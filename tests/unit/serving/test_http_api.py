@@ -7,6 +7,7 @@ import json
 import threading
 
 import httpx
+import jsonschema
 import orjson
 import pytest
 
@@ -142,6 +143,12 @@ def test_media_type_unknown_model_route_and_method():
         assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
         r = await client.get("/v1/models/toy/predict")
         assert (r.status_code, r.json()["error"]["code"]) == (405, "method_not_allowed")
+        assert r.headers["allow"] == "POST"
+        r = await client.delete("/v1/models/toy")
+        assert (r.status_code, r.headers["allow"]) == (405, "GET")
+        r = await client.post("/v1/admin/rollouts/toy", json={})  # GET and PATCH are two routes
+        assert (r.status_code, r.headers["allow"]) == (405, "GET, PATCH")
+        assert r.json()["error"]["code"] == "method_not_allowed"
     run(scenario)
 
 
@@ -211,6 +218,9 @@ def test_model_listing_detail_and_example_request_round_trip():
         assert detail["outputs"] == ["label", "probability"]
         r = await post(client, detail["example_request"])
         assert r.status_code == 200 and len(r.json()["predictions"]) == 1
+        components = (await client.get("/openapi.json")).json()["components"]
+        jsonschema.validate(detail["example_request"], {"$ref": "#/components/schemas/PredictRequest",
+                                                        "components": components})
         assert (await client.get("/v1/models/nope")).status_code == 404
         text = (await client.get("/metrics")).text
         assert 'mlgate_model_ready{model="toy"} 1.0' in text
@@ -223,10 +233,13 @@ def test_openapi_documents_request_response_and_errors():
         op = schema["paths"]["/v1/models/{name}/predict"]["post"]
         ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         request_schema = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
-        assert set(request_schema["properties"]) == {"instances", "entities", "features", "timeout_ms"}
+        bodies = [schema["components"]["schemas"][b["$ref"].rsplit("/", 1)[1]] for b in request_schema["oneOf"]]
+        assert [set(b["properties"]) for b in bodies] == [{"instances", "timeout_ms"},
+                                                          {"entities", "features", "timeout_ms"}]
         prediction = schema["components"]["schemas"]["Prediction"]["properties"]
         assert {"source", "model_version", "fallback_reason", "score_age_s", "features"} <= set(prediction)
-        assert set(op["responses"]) >= {"200", "400", "404", "413", "415", "422", "503", "504"}
+        assert set(op["responses"]) == {"200", "400", "401", "403", "404", "408", "413", "415", "422", "500",
+                                        "503", "504"}
         assert "PredictResponse" in json.dumps(op["responses"]["200"])
         for path in ("/v1/models", "/v1/models/{name}", "/healthz", "/readyz", "/metrics"):
             assert path in schema["paths"]

@@ -101,11 +101,15 @@ def test_admin_patch_moves_traffic_and_every_response_names_its_variant():
     (b"{", 400, "invalid_request"),
     (b'{"canary_weight": 150}', 400, "invalid_request"),
     (b'{"canary_weight": 5, "extra": 1}', 400, "invalid_request"),
+    (b'{"canary_weight": "5"}', 400, "invalid_request"),  # a number, as the schema says
+    (b'{"canary_weight": true}', 400, "invalid_request"),
     (b'{"shadow_shares": {"nope": 5}}', 404, "variant_not_found"),
+    (b'canary_weight=5', 415, "unsupported_media_type"),
 ])
 def test_admin_bad_changes_are_refused_and_change_nothing(body, status, code):
     async def scenario(client, rollouts, pipeline, metrics):
-        r = await client.patch("/v1/admin/rollouts/toy", content=body)
+        media = "application/json" if body.startswith(b"{") else "application/x-www-form-urlencoded"
+        r = await client.patch("/v1/admin/rollouts/toy", content=body, headers={"content-type": media})
         assert (r.status_code, r.json()["error"]["code"]) == (status, code)
         assert rollouts.state("toy").canary_weight == 0
         r = await client.patch("/v1/admin/rollouts/nope", json={"canary_weight": 1})

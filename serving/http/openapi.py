@@ -1,0 +1,111 @@
+"""The OpenAPI document: every status each route answers, and request bodies as the server checks
+them, so that a body the document allows is one the server takes (up to what only a model's
+signature knows). Built once, on the first request for ``/openapi.json``; nothing here runs per
+predict call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from serving import schemas
+from serving.settings import Settings
+
+ERROR_TEXT = {
+    400: "Malformed JSON, wrong types, unknown features, NaN/Infinity",
+    401: "A bearer token is required (admin token configured) and was missing or wrong",
+    403: "No admin token is configured and the caller is not a direct loopback caller of a "
+         "loopback-bound gateway naming a loopback Host, or the Host is not allowed",
+    404: "Unknown model",
+    408: "Headers or body not received within their timeout; the connection is closed",
+    409: "The change does not fit the model's configuration",
+    413: "Body too large or too many instances",
+    415: "Content-Type is not JSON",
+    422: "Required features missing, or stored features missing/stale under an 'error' policy",
+    500: "Unexpected failure: a masked message and the request id (the cause is in the log)",
+    503: "Not ready, overloaded, or a dependency is down (see Retry-After)",
+    504: "Deadline exceeded",
+}
+
+
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "required": True,
+                               "schema": {"type": "integer", "minimum": 0}}}
+
+
+def errors(*statuses: int, **texts: str) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries with the ErrorResponse body; ``texts`` (``s404="..."``) replace the
+    generic description of a status where a route means something narrower. Every 503 here is
+    retryable and says when, in Retry-After."""
+    return {status: {"model": schemas.ErrorResponse,
+                     "description": texts.get(f"s{status}", ERROR_TEXT[status]),
+                     **({"headers": RETRY_AFTER} if status == 503 else {})} for status in statuses}
+
+
+PREDICT_ERRORS = errors(
+    400, 401, 403, 404, 408, 413, 415, 422, 500, 503, 504,
+    s401="X-Mlgate-Variant without a valid bearer token (admin token configured)",
+    s403="X-Mlgate-Variant from a non-loopback caller when no admin token is configured",
+    s404="Unknown model, or unknown forced variant",
+    s503="Model not loaded yet, replica overloaded, or the online feature store is down "
+         "(see Retry-After)")
+PREDICT_RESPONSES = {200: {"headers": {
+    "X-Model-Version": {"description": "Registered model version that answered.", "required": True,
+                        "schema": {"type": "string"}},
+    "X-Mlgate-Variant": {"description": "Variant that answered: champion or canary.", "required": True,
+                         "schema": {"type": "string"}}}}, **PREDICT_ERRORS}
+PREDICT_PARAMETERS = [{
+    "in": "header", "name": "X-Mlgate-Variant", "required": False, "schema": {"type": "string"},
+    "description": "Force a variant (champion, canary or a shadow's name) for testing: needs the "
+                   "admin bearer token, or a direct loopback caller when none is configured."}]
+ADMIN_SECURITY_SCHEME = {
+    "type": "http", "scheme": "bearer",
+    "description": "The gateway's admin.token. Without one configured, only direct loopback "
+                   "callers may use the admin API (403 for others)."}
+_FASTAPI_VALIDATION = ("HTTPValidationError", "ValidationError")
+
+
+def install_openapi(app: FastAPI, settings: Settings) -> None:
+    """Serve :func:`document` as ``app``'s OpenAPI document, built on first use."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document(app, settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def document(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """The OpenAPI document of ``app``, with the predict body (the route reads raw bytes, so
+    FastAPI cannot see it), the admin security scheme, and without FastAPI's default 422s (this
+    API answers 400 for malformed parameters, and no route here has a parameter that can fail)."""
+    doc = get_openapi(title=app.title, version=app.version, description=app.description,
+                      routes=app.routes)
+    components = doc.setdefault("components", {})
+    models = components.setdefault("schemas", {})
+    for name in _FASTAPI_VALIDATION:
+        models.pop(name, None)
+    models.update(_predict_request(settings.limits.max_instances))
+    components["securitySchemes"] = {"adminToken": ADMIN_SECURITY_SCHEME}
+    # With a token, every admin call needs it; without, the loopback check stands in (no header).
+    security = [{"adminToken": []}] if settings.admin.token is not None else [{"adminToken": []}, {}]
+    for path, operations in doc["paths"].items():
+        for operation in operations.values():
+            default = operation["responses"].get("422", {})
+            if "HTTPValidationError" in str(default.get("content", "")):
+                del operation["responses"]["422"]
+            if path.startswith("/v1/admin/"):
+                operation["security"] = security
+    return doc
+
+
+def _predict_request(max_instances: int) -> dict[str, Any]:
+    """PredictRequest and the two bodies it is exactly one of, with this gateway's row limit."""
+    schema = schemas.PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    bodies = schema.pop("$defs")
+    schema["oneOf"] = schema.pop("anyOf")  # the two forbid each other's fields: exactly one holds
+    bodies["InstancesRequest"]["properties"]["instances"]["maxItems"] = max_instances
+    bodies["EntitiesRequest"]["properties"]["entities"]["maxItems"] = max_instances
+    return {**bodies, "PredictRequest": schema}

@@ -1,0 +1,62 @@
+"""The OpenAPI document is a contract the live gateway keeps: schemathesis with every check, run
+against a gateway the real CLI started (issue 13, item 5).
+
+Bounded: 100 examples per operation, one worker, on 127.0.0.1 only; the run takes about 15 s
+after the gateway is up. The PATCH of the admin API runs too: this module's gateway has no canary
+or shadow configured, so a change is a conflict (409), an unknown shadow (404), or a no-op.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+# The same gateway as test_gateway.py (real CLI, real Ray Serve, admin token, two models), started
+# once more for this module: schemathesis changes rollout state, which that module must not see.
+from tests.integration.test_gateway import ADMIN_TOKEN, MODEL, PYFUNC, gateway, redis_server  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES_PER_OPERATION = 100
+
+# What each check accepts beyond schemathesis' defaults, and why:
+# - a too-long list is refused with 413 (too_many_instances), which is a refusal like 400;
+# - the document cannot know each model's feature names and entity keys, so a body it allows may
+#   still be refused by the model's signature: 400 (unknown or mistyped feature), 422 (missing);
+# - a body may set its own deadline from 1 ms: the 504 that follows is documented and retryable.
+CONFIG = """
+[checks.negative_data_rejection]
+expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429]
+
+[dictionaries.models]
+values = {models}
+
+[parameters]
+"path.name" = {{ dictionary = "models", probability = 0.7 }}
+"path.model" = {{ dictionary = "models", probability = 0.7 }}
+
+[[operations]]
+include-path = "/v1/models/{{name}}/predict"
+checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 422, 429, "5xx"]
+checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", 504]
+"""
+
+
+def test_schemathesis_with_every_check_passes_against_the_live_gateway(gateway, tmp_path):
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(CONFIG.format(models=f'["{MODEL}", "{PYFUNC}"]'))
+    run = subprocess.run(
+        [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
+         f"{gateway['base']}/openapi.json", "--checks", "all", "--workers", "1",
+         "--max-examples", str(EXAMPLES_PER_OPERATION), "--request-timeout", "30", "--seed", "13",
+         "--header", f"Authorization: Bearer {ADMIN_TOKEN}", "--no-color", "--output-truncate", "true"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    out = run.stdout + run.stderr
+    print(*out.splitlines()[-12:], sep="\n")  # the summary, with the run's own duration (pytest -s)
+    assert run.returncode == 0, out[-8000:]
+    assert re.search(r"Tested:\s+9\b", out), out[-3000:]  # every operation of the document
+    generated, passed = map(int, re.search(r"(\d+) generated, (\d+) passed", out).groups())
+    assert generated == passed > 9 * 10, out[-3000:]
