@@ -75,6 +75,10 @@ class OnnxSettings(Section):
     """onnxruntime threads across operators (only used in parallel execution mode)."""
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     """onnxruntime graph optimisation level."""
+    max_model_bytes: int = Field(512 * 1024 * 1024, gt=0)
+    """Largest ONNX file a session is opened on (default 512 MiB); a larger one is refused
+    before onnxruntime parses it, so a runaway or hostile artifact cannot exhaust a replica's
+    memory. Weights kept in ONNX external-data files are not counted."""
 
 
 ALIAS_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$"
