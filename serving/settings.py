@@ -173,6 +173,11 @@ class ModelSettings(Section):
     ``inprocess``."""
     routing: RoutingSettings = RoutingSettings()
     """Canary and shadows of this model (live: see the Gateway's ``user_config``)."""
+    allow_pyfunc: bool = False
+    """Serve versions without the onnx flavour through ``mlflow.pyfunc``. Off by default:
+    loading a pyfunc model unpickles code from the registry and runs it inside the gateway,
+    so whoever can register a version can run code here. Turn it on only for models whose
+    registry writers you trust; without it such a version is refused at load."""
 
     @model_validator(mode="after")
     def _needs_a_reference(self) -> ModelSettings:

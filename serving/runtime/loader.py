@@ -210,11 +210,16 @@ def load_model(model: ModelSettings, *, tracking_uri: str, cache_dir: Path,
         from serving.runtime.onnx_runtime import OnnxRuntime
 
         runtime = OnnxRuntime(onnx_file, spec, onnx)
+    elif not model.allow_pyfunc:
+        raise ModelValidationError(
+            f"{uri} has no onnx flavour, and loading it through mlflow.pyfunc would run code from "
+            f"the registry inside the gateway: log it with the onnx flavour, or set allow_pyfunc: "
+            f"true on model {model.name!r} if you trust whoever can register its versions")
     else:
         from serving.runtime.pyfunc_runtime import PyfuncRuntime
 
-        log.warning("model %s v%s has no onnx flavour: serving it through mlflow.pyfunc (slower)",
-                    model.name, version)
+        log.warning("model %s v%s has no onnx flavour: serving it through mlflow.pyfunc (slower; "
+                    "allowed by allow_pyfunc)", model.name, version)
         runtime = PyfuncRuntime(str(path), spec)
     validate(runtime)
     seconds = time.perf_counter() - started

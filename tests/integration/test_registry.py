@@ -207,17 +207,27 @@ def test_bad_models_are_refused(settings, experiment, register, alias, message, 
     name = unique("refused")
     with tracking(settings.tracking_uri):
         register(experiment, name, *tiny_frame())
-    with pytest.raises(ModelValidationError, match=message):
-        load(settings.tracking_uri, tmp_path, name, alias=alias)
+    with pytest.raises(ModelValidationError, match=message):  # pyfunc allowed: its checks are the point
+        load(settings.tracking_uri, tmp_path, name, alias=alias, allow_pyfunc=True)
 
 
-# --- 5. no ONNX flavour: the pyfunc fallback -------------------------------------------------
+# --- 5. no ONNX flavour: the pyfunc fallback, only where allowed -----------------------------
 
-def test_an_sklearn_model_is_served_through_pyfunc(settings, experiment, tmp_path):
+def test_a_model_without_the_onnx_flavour_is_refused_unless_allowed(settings, experiment, monkeypatch,
+                                                                    tmp_path):
+    name, (x, y) = unique("unsafe"), tiny_frame()
+    with tracking(settings.tracking_uri):
+        _sklearn()(experiment, name, x, y)
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", lambda *a, **kw: pytest.fail("pickle loaded"))
+    with pytest.raises(ModelValidationError, match="no onnx flavour.*set allow_pyfunc: true on model"):
+        load(settings.tracking_uri, tmp_path, name, alias="live")
+
+
+def test_an_sklearn_model_is_served_through_pyfunc_when_allowed(settings, experiment, tmp_path):
     name, (x, y) = unique("sklearn"), tiny_frame()
     with tracking(settings.tracking_uri):
         model = _sklearn()(experiment, name, x, y)
-    runtime = load(settings.tracking_uri, tmp_path, name, alias="live")
+    runtime = load(settings.tracking_uri, tmp_path, name, alias="live", allow_pyfunc=True)
     spec = runtime.spec
     assert (spec.flavor, spec.version, spec.outputs, spec.feature_names) == (
         "pyfunc", "1", ("prediction",), ("a", "b"))
