@@ -217,6 +217,11 @@ class RegistrySettings(Section):
     retry_initial_s: float = Field(2.0, gt=0)
     """First wait before retrying a load that failed for a reason other than validation."""
     retry_max_s: float = Field(60.0, gt=0)
+    """Longest wait between retries (the wait doubles from ``retry_initial_s``)."""
+    require_digest: bool = False
+    """Refuse versions that carry no ``mlgate.artifact_sha256`` tag (``mlgate rollout approve``
+    records it). A version with the tag is always checked against it, whatever this says; off,
+    a version without the tag loads unchecked."""
 
 
 class RolloutSettings(Section):

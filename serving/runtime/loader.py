@@ -3,7 +3,13 @@
 Resolve the reference to a version in the MLflow registry, download its artifacts once into a
 local cache, read the input schema from the signature, open the fastest runtime the flavour
 allows, then score the logged input example. A model that fails any step is refused with a
-:class:`ModelValidationError` and never serves.
+:class:`ModelValidationError` and never serves. What is enforced on the way:
+
+- a version without the onnx flavour loads through ``mlflow.pyfunc`` (unpickling code from the
+  registry) only when its model setting says ``allow_pyfunc``;
+- a version tagged ``mlgate.artifact_sha256`` (``mlgate rollout approve``) loads only if its
+  downloaded artifacts have that digest (``registry.require_digest``: the tag is mandatory);
+- an ONNX file larger than ``onnx.max_model_bytes`` is not opened.
 
 Failing to reach the registry or its artifact store is not a verdict on the model: it raises
 :class:`RegistryUnavailable`, and the caller retries.
@@ -22,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from serving.errors import ModelValidationError, RegistryUnavailable
+from serving.runtime.artifacts import ARTIFACT_SHA256, artifact_digest
 from serving.runtime.base import NUMPY_DTYPES, FeatureSpec, ModelRuntime, ModelSpec
 from serving.settings import ModelSettings, OnnxSettings
 
@@ -187,8 +194,8 @@ def validate(runtime: ModelRuntime) -> ModelRuntime:
 
 
 def load_model(model: ModelSettings, *, tracking_uri: str, cache_dir: Path,
-               onnx: OnnxSettings) -> ModelRuntime:
-    """Resolve, download, open and validate one configured model.
+               onnx: OnnxSettings, require_digest: bool = False) -> ModelRuntime:
+    """Resolve, download, verify, open and validate one configured model.
 
     ModelValidationError refuses the version for good; RegistryUnavailable (and anything else)
     says nothing about it: the caller retries."""
@@ -204,6 +211,7 @@ def load_model(model: ModelSettings, *, tracking_uri: str, cache_dir: Path,
         if is_transient(exc):
             raise RegistryUnavailable(_unreachable(f"download {uri}", exc)) from exc
         raise
+    verify_digest(path, tags, uri, required=require_digest)
     spec, onnx_file = read_spec(path, model.name, version, alias, uri, tags)
     runtime: ModelRuntime
     if onnx_file:
@@ -227,3 +235,22 @@ def load_model(model: ModelSettings, *, tracking_uri: str, cache_dir: Path,
     log.info("loaded %s v%s (%s) in %.2fs", model.name, version, spec.flavor, seconds)
     return runtime
 
+
+def verify_digest(path: Path, tags: dict[str, str], uri: str, required: bool = False) -> None:
+    """Refuse artifacts that differ from the ones approved (tag ``mlgate.artifact_sha256``).
+
+    A version without the tag passes unless ``required``. A mismatching copy is also dropped
+    from the cache, so that nothing reuses it."""
+    expected = (tags.get(ARTIFACT_SHA256) or "").strip().lower()
+    if not expected:
+        if required:
+            raise ModelValidationError(
+                f"{uri} carries no {ARTIFACT_SHA256} tag and registry.require_digest is on: "
+                f"approve it with `mlgate rollout approve`, which records its artifact digest")
+        return
+    actual = artifact_digest(path)
+    if actual != expected:
+        shutil.rmtree(path, ignore_errors=True)
+        raise ModelValidationError(
+            f"{uri}: artifacts differ from the approved ones (sha256 approved {expected[:12]}..., "
+            f"downloaded {actual[:12]}...); re-approve the version if the change is intended")
