@@ -253,4 +253,4 @@ def verify_digest(path: Path, tags: dict[str, str], uri: str, required: bool = F
         shutil.rmtree(path, ignore_errors=True)
         raise ModelValidationError(
             f"{uri}: artifacts differ from the approved ones (sha256 approved {expected[:12]}..., "
-            f"downloaded {actual[:12]}...); re-approve the version if the change is intended")
+            f"downloaded {actual[:12]}...); if the change is intended, approve the version again")
