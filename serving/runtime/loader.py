@@ -82,7 +82,7 @@ def _is_answer(exc: BaseException) -> bool:
 
 def _unreachable(what: str, exc: BaseException) -> str:
     """Why the registry could not be asked: the exception type only (its text may carry URLs)."""
-    return f"cannot reach the MLflow registry to {what} ({type(exc).__name__}); retrying"
+    return f"cannot reach the MLflow registry to {what} ({type(exc).__name__})"
 
 
 def _unresolved(client: Any, model: ModelSettings, exc: Exception) -> str:

@@ -65,6 +65,21 @@ def test_an_unknown_model_is_a_failure_that_names_what_is_registered(monkeypatch
                     "'nosuch' (registered models: fraud-detector)")
 
 
+def test_an_unreachable_registry_is_a_one_line_failure(monkeypatch, capsys):
+    import requests
+
+    from mlflow import MlflowClient
+
+    def unreachable(self, name, alias):
+        raise requests.ConnectionError("http://mlflow:5000 refused")
+
+    monkeypatch.setattr(MlflowClient, "get_model_version_by_alias", unreachable)
+    assert cli.main(["batch", "score", "--model", "fraud-detector@champion"]) == cli.EXIT_FAILURE
+    (line,) = error_lines(capsys)
+    assert line == ("mlgate: error: cannot reach the MLflow registry to resolve "
+                    "models:/fraud-detector@champion (ConnectionError)")
+
+
 def test_a_command_failure_exits_1_without_a_traceback(monkeypatch, capsys, caplog):
     monkeypatch.setattr(launcher, "stop", lambda settings: (_ for _ in ()).throw(CommandFailed("it broke; do X")))
     assert cli.main(["stop"]) == cli.EXIT_FAILURE
