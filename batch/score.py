@@ -32,7 +32,7 @@ from features_online.definitions import SCORED_ENTITY, VIEWS, score_view
 from features_online.sync import FeatureSync, SyncResult
 from serving.codec import bind
 from serving.errors import ModelValidationError
-from serving.runtime.loader import download, read_spec, resolve_version
+from serving.runtime.loader import download, read_spec, resolve_version, verify_digest
 from serving.settings import ModelSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,7 @@ def plan(settings: Settings, ref: ModelSettings) -> tuple[ScoringPlan, str]:
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
     version, alias, tags = resolve_version(client, ref)
     path = download(settings.tracking_uri, ref.name, version, settings.state_dir / "models")
+    verify_digest(path, tags, f"models:/{ref.name}/{version}", required=settings.registry.require_digest)
     spec, onnx_file = read_spec(path, ref.name, version, alias, f"models:/{ref.name}/{version}", tags)
     if not onnx_file:
         raise ModelValidationError("batch scoring runs ONNX models (use mlflow.pyfunc.spark_udf for others)")

@@ -24,12 +24,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from features_online.errors import FeatureStoreError
-from serving.errors import CommandFailed, MlgateError, ModelValidationError
+from serving.errors import CommandFailed, MlgateError, ModelValidationError, RegistryUnavailable
 from serving.settings import Settings
 
 COMMANDS_GROUP = "mlgate.commands"
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-EXPECTED = (CommandFailed, FeatureStoreError, MlgateError, ModelValidationError)
+EXPECTED = (CommandFailed, FeatureStoreError, MlgateError, ModelValidationError, RegistryUnavailable)
 # Libraries whose INFO chatter is not the user's business (the log folder has Ray's and Spark's own).
 QUIET_LOGGERS = ("mlflow", "alembic", "urllib3", "httpx", "py4j", "ray", "filelock")
 

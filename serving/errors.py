@@ -145,10 +145,19 @@ class InternalError(MlgateError):
 
 
 class ModelValidationError(Exception):
-    """A model refused at load time (bad artifact, wrong schema, failing input example).
+    """A model refused at load time (bad artifact, wrong schema, failing input example, artifact
+    digest mismatch, a flavour not allowed, a graph too large).
 
     Not an HTTP error: it keeps a model from ever serving, and the gateway reports the model as
     not ready instead.
+    """
+
+
+class RegistryUnavailable(Exception):
+    """The MLflow registry or its artifact store could not be asked (unreachable, 5xx, timeout).
+
+    Never a verdict on the model: the gateway retries the load with backoff and does not add
+    the version to the ones it refuses for good (unlike :class:`ModelValidationError`).
     """
 
 

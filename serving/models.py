@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Protocol
 import numpy as np
 
 from observability.metrics import GatewayMetrics
-from serving.errors import ModelNotFound, ModelNotReady, ModelValidationError, VariantNotFound
+from serving.errors import ModelNotFound, ModelNotReady, ModelValidationError, RegistryUnavailable, VariantNotFound
 from serving.routing import CANARY, CHAMPION
 from serving.runtime.base import NUMPY_DTYPES, ModelRuntime, ModelSpec, predict_async
 from serving.settings import ModelSettings, RoutingSettings, Settings, VariantRef
@@ -70,7 +70,8 @@ class Variant:
 
 
 BackendFactory = Callable[[ModelSettings], ModelBackend]
-"""Builds a ready backend for one model, blocking; raises ModelValidationError to refuse it."""
+"""Builds a ready backend for one model, blocking; raises ModelValidationError to refuse it
+(for good), anything else (RegistryUnavailable: the registry did not answer) to have it retried."""
 Resolver = Callable[[ModelSettings], str]
 """The registered version a reference points at now, blocking; raises ModelValidationError if
 it points nowhere (alias unset, model deleted)."""
@@ -166,7 +167,8 @@ class ModelTable:
                 await asyncio.sleep(self._poll_s)
                 continue
             except Exception as exc:  # registry unreachable...: keep serving what we have
-                self._note(variant, f"registry check failed: {type(exc).__name__}")
+                self._note(variant, str(exc) if isinstance(exc, RegistryUnavailable)
+                           else f"registry check failed: {type(exc).__name__}")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_delay)
                 continue
@@ -194,11 +196,14 @@ class ModelTable:
         ref = variant.settings if not version else variant.settings.model_copy(update={"version": version})
         try:
             backend = await asyncio.to_thread(self._build, ref, variant.settings.alias)
-        except ModelValidationError as exc:
+        except ModelValidationError as exc:  # a verdict on the version: refused for good
             if version:
                 variant.rejected.add(version)
             self._failed(variant, str(exc))
             return bool(version)  # a refused version waits for the reference to move
+        except RegistryUnavailable as exc:  # no verdict: retry with backoff, reject nothing
+            self._failed(variant, str(exc))
+            return False
         except Exception as exc:  # disk full, download cut...: retry with backoff
             log.exception("loading %s/%s failed unexpectedly", variant.model, variant.name)
             self._failed(variant, f"load failed: {type(exc).__name__}")

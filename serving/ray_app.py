@@ -41,7 +41,8 @@ def model_deployment_name(model: str) -> str:
 
 def _load(settings: Settings, model: ModelSettings):
     return load_model(model, tracking_uri=settings.tracking_uri,
-                      cache_dir=settings.state_dir / "models", onnx=settings.onnx)
+                      cache_dir=settings.state_dir / "models", onnx=settings.onnx,
+                      require_digest=settings.registry.require_digest)
 
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.5})

@@ -3,18 +3,26 @@
 Governance rule for promotion: a version may become ``champion`` only if it carries the tag
 ``mlgate.approved_by`` (who approved it; ``mlgate rollout approve`` sets it, or set it in the
 MLflow UI) and no ``mlgate.rollback`` tag (the record an automatic rollback leaves on it).
+
+Approval also pins what was approved: ``approve`` downloads the version's artifacts and records
+their SHA-256 digest in ``mlgate.artifact_sha256``; gateways refuse a version whose artifacts
+no longer have it (serving/runtime/loader.py). A version approved in the MLflow UI carries no
+digest and loads unchecked, unless ``registry.require_digest`` is on.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from serving.canary import Breach
 from serving.errors import RolloutConflict
-from serving.runtime.loader import resolve_version
+from serving.runtime.artifacts import ARTIFACT_SHA256, artifact_digest
+from serving.runtime.loader import download, resolve_version
 from serving.settings import ModelSettings
 
 APPROVED_BY = "mlgate.approved_by"
@@ -54,9 +62,15 @@ class Registry:
         """The last admin change of a model's rollout, on the version whose traffic it moved."""
         self.client.set_model_version_tag(model, version, ADMIN_CHANGE, json.dumps(record))
 
-    def approve(self, model: str, version: str, by: str) -> None:
+    def approve(self, model: str, version: str, by: str) -> str:
+        """Record the digest of the version's artifacts, then who approved it; the digest."""
         self.client.get_model_version(model, version)  # fails for a version that does not exist
+        with tempfile.TemporaryDirectory(prefix="mlgate-approve-") as tmp:
+            digest = artifact_digest(download(self.tracking_uri, model, version, Path(tmp)))
+        # Digest first: an approved version always carries the digest of what was approved.
+        self.client.set_model_version_tag(model, version, ARTIFACT_SHA256, digest)
         self.client.set_model_version_tag(model, version, APPROVED_BY, by)
+        return digest
 
     def promote(self, model: str, version: str, force: bool = False) -> None:
         """Point ``champion`` at ``version`` if the governance rule allows it."""

@@ -25,7 +25,8 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
                     help="set: percent of requests mirrored to a shadow (repeatable)")
     sp.add_argument("--version", help="approve/promote: registered version (promote default: the "
                                       "version the canary serves now)")
-    sp.add_argument("--by", help="approve: who approves (recorded in tag mlgate.approved_by)")
+    sp.add_argument("--by", help="approve: who approves (recorded in tag mlgate.approved_by; the "
+                                 "artifacts' digest goes to mlgate.artifact_sha256)")
     sp.add_argument("--force", action="store_true", help="promote: even a version that was rolled back")
 
 
@@ -47,8 +48,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         elif args.action == "approve":
             if not (args.version and args.by):
                 return _fail("approve: give --version and --by")
-            registry(settings).approve(model, args.version, args.by)
-            print(f"{model} v{args.version} approved by {args.by}")
+            digest = registry(settings).approve(model, args.version, args.by)
+            print(f"{model} v{args.version} approved by {args.by} (artifacts sha256 {digest[:12]}...)")
         else:
             return promote(args, settings, admin, model)
     except GatewayError as exc:

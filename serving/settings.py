@@ -105,6 +105,10 @@ class OnnxSettings(Section):
     """onnxruntime threads across operators (only used in parallel execution mode)."""
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     """onnxruntime graph optimisation level."""
+    max_model_bytes: int = Field(512 * 1024 * 1024, gt=0)
+    """Largest ONNX file a session is opened on (default 512 MiB); a larger one is refused
+    before onnxruntime parses it, so a runaway or hostile artifact cannot exhaust a replica's
+    memory. Weights kept in ONNX external-data files are not counted."""
 
 
 ALIAS_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$"
@@ -204,6 +208,11 @@ class ModelSettings(Section):
     ``inprocess``."""
     routing: RoutingSettings = RoutingSettings()
     """Canary and shadows of this model (live: see the Gateway's ``user_config``)."""
+    allow_pyfunc: bool = False
+    """Serve versions without the onnx flavour through ``mlflow.pyfunc``. Off by default:
+    loading a pyfunc model unpickles code from the registry and runs it inside the gateway,
+    so whoever can register a version can run code here. Turn it on only for models whose
+    registry writers you trust; without it such a version is refused at load."""
 
     @model_validator(mode="after")
     def _needs_a_reference(self) -> ModelSettings:
@@ -253,6 +262,11 @@ class RegistrySettings(Section):
     retry_initial_s: float = Field(2.0, gt=0)
     """First wait before retrying a load that failed for a reason other than validation."""
     retry_max_s: float = Field(60.0, gt=0)
+    """Longest wait between retries (the wait doubles from ``retry_initial_s``)."""
+    require_digest: bool = False
+    """Refuse versions that carry no ``mlgate.artifact_sha256`` tag (``mlgate rollout approve``
+    records it). A version with the tag is always checked against it, whatever this says; off,
+    a version without the tag loads unchecked."""
 
 
 class RolloutSettings(Section):

@@ -3,7 +3,16 @@
 Resolve the reference to a version in the MLflow registry, download its artifacts once into a
 local cache, read the input schema from the signature, open the fastest runtime the flavour
 allows, then score the logged input example. A model that fails any step is refused with a
-:class:`ModelValidationError` and never serves.
+:class:`ModelValidationError` and never serves. What is enforced on the way:
+
+- a version without the onnx flavour loads through ``mlflow.pyfunc`` (unpickling code from the
+  registry) only when its model setting says ``allow_pyfunc``;
+- a version tagged ``mlgate.artifact_sha256`` (``mlgate rollout approve``) loads only if its
+  downloaded artifacts have that digest (``registry.require_digest``: the tag is mandatory);
+- an ONNX file larger than ``onnx.max_model_bytes`` is not opened.
+
+Failing to reach the registry or its artifact store is not a verdict on the model: it raises
+:class:`RegistryUnavailable`, and the caller retries.
 """
 
 from __future__ import annotations
@@ -18,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import ModelValidationError
+from serving.errors import ModelValidationError, RegistryUnavailable
+from serving.runtime.artifacts import ARTIFACT_SHA256, artifact_digest
 from serving.runtime.base import NUMPY_DTYPES, FeatureSpec, ModelRuntime, ModelSpec
 from serving.settings import ModelSettings, OnnxSettings
 
@@ -28,7 +38,10 @@ _COMPLETE = ".complete"
 
 
 def resolve_version(client: Any, model: ModelSettings) -> tuple[str, str | None, dict[str, str]]:
-    """The registered version a model setting points at, with its alias and tags."""
+    """The registered version a model setting points at, with its alias and tags.
+
+    ModelValidationError when the registry answers that the name, alias or version does not
+    exist; RegistryUnavailable when it cannot be asked (a verdict on nothing: retry)."""
     try:
         if model.version:
             mv = client.get_model_version(model.name, model.version)
@@ -36,29 +49,56 @@ def resolve_version(client: Any, model: ModelSettings) -> tuple[str, str | None,
         else:
             mv = client.get_model_version_by_alias(model.name, model.alias)
             alias = model.alias
-    except Exception as exc:  # MlflowException for unknown names/aliases, network errors
+    except Exception as exc:
+        if is_transient(exc):
+            raise RegistryUnavailable(_unreachable(f"resolve {model.uri}", exc)) from exc
+        if not _is_answer(exc):
+            raise
         raise ModelValidationError(_unresolved(client, model, exc)) from exc
     return str(mv.version), alias, dict(mv.tags or {})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` says the registry or artifact store could not answer now (unreachable,
+    timed out, 5xx, rate limited), as opposed to an answer about the model."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):  # MLflow wraps transport errors in INTERNAL_ERROR (500)
+        status = exc.get_http_status_code()
+        return status >= 500 or status == 429
+    if isinstance(exc, OSError):  # ConnectionError, TimeoutError, requests' errors, a cut download
+        return True
+    module = type(exc).__module__.split(".")[0]
+    if module == "urllib3" or (module == "sqlalchemy" and type(exc).__name__ == "OperationalError"):
+        return True
+    return isinstance(exc.__cause__, BaseException) and is_transient(exc.__cause__)
+
+
+def _is_answer(exc: BaseException) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and not is_transient(exc)
+
+
+def _unreachable(what: str, exc: BaseException) -> str:
+    """Why the registry could not be asked: the exception type only (its text may carry URLs)."""
+    return f"cannot reach the MLflow registry to {what} ({type(exc).__name__})"
 
 
 def _unresolved(client: Any, model: ModelSettings, exc: Exception) -> str:
     """Why ``model`` does not resolve, with what the registry does hold: an unknown name lists
     the registered models, a missing alias or version lists the model's aliases and versions."""
-    from mlflow.exceptions import MlflowException
-
-    if not isinstance(exc, MlflowException):  # the registry did not answer: say why
-        return f"cannot resolve {model.uri}: {exc}"
     try:
         registered = client.get_registered_model(model.name)
-    except MlflowException:
+    except Exception as lookup:
+        if not _is_answer(lookup):  # the details are a courtesy; the refusal stands without them
+            return f"cannot resolve {model.uri}: {exc}"
         try:
             names = sorted(m.name for m in client.search_registered_models(max_results=20))
         except Exception:  # the listing is a courtesy; the refusal stands without it
             names = []
         known = f"registered models: {', '.join(names)}" if names else "no model is registered yet"
         return f"cannot resolve {model.uri}: no registered model named {model.name!r} ({known})"
-    except Exception:
-        return f"cannot resolve {model.uri}: {exc}"
     aliases = ", ".join(f"@{a} -> v{v}" for a, v in sorted((registered.aliases or {}).items())) or "none"
     missing = f"version {model.version}" if model.version else f"alias @{model.alias}"
     return f"cannot resolve {model.uri}: {model.name} has no {missing} (its aliases: {aliases})"
@@ -154,26 +194,40 @@ def validate(runtime: ModelRuntime) -> ModelRuntime:
 
 
 def load_model(model: ModelSettings, *, tracking_uri: str, cache_dir: Path,
-               onnx: OnnxSettings) -> ModelRuntime:
-    """Resolve, download, open and validate one configured model."""
+               onnx: OnnxSettings, require_digest: bool = False) -> ModelRuntime:
+    """Resolve, download, verify, open and validate one configured model.
+
+    ModelValidationError refuses the version for good; RegistryUnavailable (and anything else)
+    says nothing about it: the caller retries."""
     from mlflow import MlflowClient
 
     started = time.perf_counter()
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     version, alias, tags = resolve_version(client, model)
     uri = f"models:/{model.name}/{version}"
-    path = download(tracking_uri, model.name, version, cache_dir)
+    try:
+        path = download(tracking_uri, model.name, version, cache_dir)
+    except Exception as exc:
+        if is_transient(exc):
+            raise RegistryUnavailable(_unreachable(f"download {uri}", exc)) from exc
+        raise
+    verify_digest(path, tags, uri, required=require_digest)
     spec, onnx_file = read_spec(path, model.name, version, alias, uri, tags)
     runtime: ModelRuntime
     if onnx_file:
         from serving.runtime.onnx_runtime import OnnxRuntime
 
         runtime = OnnxRuntime(onnx_file, spec, onnx)
+    elif not model.allow_pyfunc:
+        raise ModelValidationError(
+            f"{uri} has no onnx flavour, and loading it through mlflow.pyfunc would run code from "
+            f"the registry inside the gateway: log it with the onnx flavour, or set allow_pyfunc: "
+            f"true on model {model.name!r} if you trust whoever can register its versions")
     else:
         from serving.runtime.pyfunc_runtime import PyfuncRuntime
 
-        log.warning("model %s v%s has no onnx flavour: serving it through mlflow.pyfunc (slower)",
-                    model.name, version)
+        log.warning("model %s v%s has no onnx flavour: serving it through mlflow.pyfunc (slower; "
+                    "allowed by allow_pyfunc)", model.name, version)
         runtime = PyfuncRuntime(str(path), spec)
     validate(runtime)
     seconds = time.perf_counter() - started
@@ -181,3 +235,22 @@ def load_model(model: ModelSettings, *, tracking_uri: str, cache_dir: Path,
     log.info("loaded %s v%s (%s) in %.2fs", model.name, version, spec.flavor, seconds)
     return runtime
 
+
+def verify_digest(path: Path, tags: dict[str, str], uri: str, required: bool = False) -> None:
+    """Refuse artifacts that differ from the ones approved (tag ``mlgate.artifact_sha256``).
+
+    A version without the tag passes unless ``required``. A mismatching copy is also dropped
+    from the cache, so that nothing reuses it."""
+    expected = (tags.get(ARTIFACT_SHA256) or "").strip().lower()
+    if not expected:
+        if required:
+            raise ModelValidationError(
+                f"{uri} carries no {ARTIFACT_SHA256} tag and registry.require_digest is on: "
+                f"approve it with `mlgate rollout approve`, which records its artifact digest")
+        return
+    actual = artifact_digest(path)
+    if actual != expected:
+        shutil.rmtree(path, ignore_errors=True)
+        raise ModelValidationError(
+            f"{uri}: artifacts differ from the approved ones (sha256 approved {expected[:12]}..., "
+            f"downloaded {actual[:12]}...); if the change is intended, approve the version again")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from typing import Mapping
 
@@ -36,11 +37,24 @@ def session_options(settings: OnnxSettings) -> ort.SessionOptions:
     return opts
 
 
+def check_size(model: str | bytes, limit: int) -> None:
+    """Refuse a graph larger than ``limit`` bytes before onnxruntime parses it."""
+    try:
+        size = len(model) if isinstance(model, (bytes, bytearray)) else os.path.getsize(model)
+    except OSError as exc:
+        raise ModelValidationError(f"cannot read the ONNX file: {exc.strerror}") from exc
+    if size > limit:
+        raise ModelValidationError(
+            f"the ONNX graph is {size / 2**20:.1f} MiB, over the limit of {limit / 2**20:.1f} MiB "
+            f"(onnx.max_model_bytes)")
+
+
 class OnnxRuntime:
     """Feeds either one 2-D tensor (columns in signature order) or one tensor per feature."""
 
     def __init__(self, model: str | bytes, spec: ModelSpec, settings: OnnxSettings) -> None:
         """``model``: the path of the ONNX file, or its bytes (batch workers get them shipped)."""
+        check_size(model, settings.max_model_bytes)
         try:
             self._session = ort.InferenceSession(
                 model, sess_options=session_options(settings),

@@ -193,6 +193,18 @@ def test_serve_config_accepted_by_ray_and_mlgate(rendered, monkeypatch):
         RoutingSettings.model_validate(routing)
 
 
+def test_supply_chain_switches_reach_the_gateway_off_by_default(helm_bin, helm_home):
+    from serving.settings import Settings
+
+    def args(*sets):
+        (app,) = serve_config(render(helm_bin, helm_home, *[a for s in sets for a in ("--set", s)]))["applications"]
+        settings = Settings(**app["args"])
+        return settings.models[0].allow_pyfunc, settings.registry.require_digest
+
+    assert args() == (False, False)
+    assert args("model.allowPyfunc=true", "registry.requireDigest=true") == (True, True)
+
+
 def test_ray_pods_get_direct_ingress_on_port_8000(rendered):
     (rayservice,) = by_kind(rendered, "RayService")
     cluster = rayservice["spec"]["rayClusterConfig"]
@@ -256,6 +268,7 @@ def test_weight_lands_in_user_config(helm_bin, helm_home):
     (["routing.shadows[0].name=canary", "routing.shadows[0].alias=x",
       "routing.shadows[0].share=5"], "not"),
     (["model.version=abc"], "version"),
+    (["model.allowPyfunc=yes please"], "allowPyfunc"),
     (["redis.url=http://redis:6379"], "pattern"),
     (["jobs.runner=airflow"], "runner"),
     (["jobs.runner=sparkoperator"], "sparkOperator/image"),

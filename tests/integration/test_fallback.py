@@ -56,7 +56,7 @@ def register_misbehaving_models(settings: Settings, table: pd.DataFrame) -> None
     mlflow.set_registry_uri(settings.tracking_uri)
     client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
     experiment = client.create_experiment("fallback-tests", artifact_location=settings.artifact_root)
-    for name, model in (("fraud-slow", Slow()), ("fraud-broken", Broken())):
+    for name, model in (("fraud-slow", Slow()), ("fraud-broken", Broken()), ("fraud-unsafe", Slow())):
         with mlflow.start_run(experiment_id=experiment):
             mlflow.pyfunc.log_model(name="model", python_model=model, signature=signature, input_example=x,
                                     registered_model_name=name, pip_requirements=["mlflow"])
@@ -84,8 +84,10 @@ def stack(tmp_path_factory, redis_server, spark):
     state = tmp_path_factory.mktemp("fallback-state")
     scores_redis = RedisServer(tmp_path_factory.mktemp("scores-redis"))
     scores_redis.start()
-    models = [{"name": "fraud-detector"}, {"name": "fraud-slow", "placement": "deployment"},
-              {"name": "fraud-broken", "placement": "deployment"}, {"name": "fraud-absent"}]
+    models = [{"name": "fraud-detector"},
+              {"name": "fraud-slow", "placement": "deployment", "allow_pyfunc": True},
+              {"name": "fraud-broken", "placement": "deployment", "allow_pyfunc": True},
+              {"name": "fraud-absent"}, {"name": "fraud-unsafe"}]  # fraud-unsafe: pyfunc, not allowed
     env = gateway_env(state, redis_server.url, MLGATE_FALLBACK__REDIS=json.dumps({"url": scores_redis.url}),
                       MLGATE_FALLBACK__MAX_AGE_S=str(MAX_AGE_S), MLGATE_FEATURES__ON_MISSING="fallback",
                       MLGATE_FEATURES__ON_STALE="fallback",
@@ -111,7 +113,7 @@ def stack(tmp_path_factory, redis_server, spark):
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     ready = {"fraud-detector", "fraud-slow", "fraud-broken"}
-    for _ in range(300):  # fraud-absent never loads: /readyz stays 503 by design
+    for _ in range(300):  # fraud-absent and fraud-unsafe never load: /readyz stays 503 by design
         try:
             listing = httpx.get(f"{base}/v1/models", timeout=2).json()["models"]
             if {m["name"] for m in listing if m["ready"]} >= ready:
@@ -178,6 +180,15 @@ def test_model_not_ready_is_answered_from_batch_scores(stack):
     r = predict(stack, "fraud-absent", body(stack, ids))
     assert_fallback(stack, r, ids, "model_not_ready")
     assert r.json()["predictions"][0]["model_version"] == "test"
+
+
+def test_a_pyfunc_model_not_allowed_is_refused_and_the_model_page_says_why(stack):
+    """fraud-unsafe has no onnx flavour and no allow_pyfunc: its pickle is never loaded."""
+    r = httpx.get(f"{stack['base']}/v1/models/fraud-unsafe", timeout=5)
+    assert r.status_code == 200, r.text
+    page = r.json()
+    assert page["ready"] is False and page["version"] is None
+    assert "has no onnx flavour" in page["error"] and "allow_pyfunc: true" in page["error"]
 
 
 def test_a_failing_model_is_answered_from_batch_scores(stack):

@@ -71,7 +71,8 @@ def gateway(tmp_path_factory, redis_server, spark):
     env = gateway_env(state, redis_url, MLGATE_LIMITS__DEADLINE_MS="1000",
                       MLGATE_REDIS__PASSWORD=REDIS_PASSWORD, MLGATE_ADMIN__TOKEN=ADMIN_TOKEN,
                       MLGATE_FEATURES__ON_MISSING="default",  # the fallback policy has its own tests
-                      MLGATE_MODELS=json.dumps([{"name": MODEL}, {"name": PYFUNC, "placement": "deployment"}]))
+                      MLGATE_MODELS=json.dumps([{"name": MODEL}, {"name": PYFUNC, "placement": "deployment",
+                                                                     "allow_pyfunc": True}]))
     port = int(env["MLGATE_HTTP__PORT"])
     done = run_cli(["data", "--customers", str(DEMO_CUSTOMERS)], env)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import mlflow
 import numpy as np
@@ -16,6 +19,8 @@ from sklearn.linear_model import LogisticRegression
 from examples.fraud.train import FEATURE_NAMES, FEATURES, train_and_register
 from serving import codec
 from serving.errors import ModelValidationError
+from serving.registry import APPROVED_BY, Registry
+from serving.runtime.artifacts import ARTIFACT_SHA256
 from serving.runtime.loader import load_model
 from serving.settings import ModelSettings, OnnxSettings
 
@@ -26,9 +31,9 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def load(uri: str, cache_dir, name: str, **ref):
+def load(uri: str, cache_dir, name: str, require_digest: bool = False, **ref):
     return load_model(ModelSettings(name=name, **ref), tracking_uri=uri, cache_dir=cache_dir,
-                      onnx=OnnxSettings())
+                      onnx=OnnxSettings(), require_digest=require_digest)
 
 
 @contextlib.contextmanager
@@ -207,17 +212,27 @@ def test_bad_models_are_refused(settings, experiment, register, alias, message, 
     name = unique("refused")
     with tracking(settings.tracking_uri):
         register(experiment, name, *tiny_frame())
-    with pytest.raises(ModelValidationError, match=message):
-        load(settings.tracking_uri, tmp_path, name, alias=alias)
+    with pytest.raises(ModelValidationError, match=message):  # pyfunc allowed: its checks are the point
+        load(settings.tracking_uri, tmp_path, name, alias=alias, allow_pyfunc=True)
 
 
-# --- 5. no ONNX flavour: the pyfunc fallback -------------------------------------------------
+# --- 5. no ONNX flavour: the pyfunc fallback, only where allowed -----------------------------
 
-def test_an_sklearn_model_is_served_through_pyfunc(settings, experiment, tmp_path):
+def test_a_model_without_the_onnx_flavour_is_refused_unless_allowed(settings, experiment, monkeypatch,
+                                                                    tmp_path):
+    name, (x, y) = unique("unsafe"), tiny_frame()
+    with tracking(settings.tracking_uri):
+        _sklearn()(experiment, name, x, y)
+    monkeypatch.setattr(mlflow.pyfunc, "load_model", lambda *a, **kw: pytest.fail("pickle loaded"))
+    with pytest.raises(ModelValidationError, match="no onnx flavour.*set allow_pyfunc: true on model"):
+        load(settings.tracking_uri, tmp_path, name, alias="live")
+
+
+def test_an_sklearn_model_is_served_through_pyfunc_when_allowed(settings, experiment, tmp_path):
     name, (x, y) = unique("sklearn"), tiny_frame()
     with tracking(settings.tracking_uri):
         model = _sklearn()(experiment, name, x, y)
-    runtime = load(settings.tracking_uri, tmp_path, name, alias="live")
+    runtime = load(settings.tracking_uri, tmp_path, name, alias="live", allow_pyfunc=True)
     spec = runtime.spec
     assert (spec.flavor, spec.version, spec.outputs, spec.feature_names) == (
         "pyfunc", "1", ("prediction",), ("a", "b"))
@@ -226,7 +241,42 @@ def test_an_sklearn_model_is_served_through_pyfunc(settings, experiment, tmp_pat
     assert set(got["prediction"]) == {0, 1}
 
 
-# --- 6. PostgreSQL as the registry -----------------------------------------------------------
+# --- 6. the artifacts served are the ones approved ------------------------------------------
+
+def artifact_store(client: MlflowClient, name: str, version: str) -> Path:
+    """Where the registry keeps the version's artifacts (a local file store here)."""
+    return Path(url2pathname(urlparse(client.get_model_version_download_uri(name, version)).path))
+
+
+def test_approval_records_the_artifact_digest_and_a_tampered_artifact_is_refused(settings, experiment,
+                                                                                tmp_path):
+    name, (x, y) = unique("approved"), tiny_frame()
+    ref = {"alias": "live", "allow_pyfunc": True}
+    with tracking(settings.tracking_uri) as client:
+        _sklearn()(experiment, name, x, y)
+        digest = Registry(settings.tracking_uri).approve(name, "1", "risk-team")
+        tags = client.get_model_version(name, "1").tags
+    assert (tags[APPROVED_BY], tags[ARTIFACT_SHA256]) == ("risk-team", digest) and len(digest) == 64
+    assert load(settings.tracking_uri, tmp_path / "before", name, require_digest=True, **ref).spec.version == "1"
+
+    [weights] = artifact_store(client, name, "1").glob("model.*")  # someone swaps the model file
+    weights.write_bytes(weights.read_bytes() + b"\n")
+    with pytest.raises(ModelValidationError, match=rf"approved {digest[:12]}\.\.\., downloaded [0-9a-f]{{12}}"):
+        load(settings.tracking_uri, tmp_path / "after", name, **ref)
+    assert not list((tmp_path / "after").glob(f"*/{name}/1"))  # the tampered copy is not kept
+
+
+def test_an_untagged_version_loads_unless_digests_are_required(settings, experiment, tmp_path):
+    name, (x, y) = unique("untagged"), tiny_frame()
+    with tracking(settings.tracking_uri):
+        _sklearn()(experiment, name, x, y)
+    ref = {"alias": "live", "allow_pyfunc": True}
+    assert load(settings.tracking_uri, tmp_path, name, **ref).spec.version == "1"
+    with pytest.raises(ModelValidationError, match="no mlgate.artifact_sha256 tag and registry.require_digest"):
+        load(settings.tracking_uri, tmp_path, name, require_digest=True, **ref)
+
+
+# --- 7. PostgreSQL as the registry -----------------------------------------------------------
 
 @pytest.fixture
 def postgres_uri(postgres_server):

@@ -78,7 +78,8 @@ def stack(tmp_path_factory, redis_server, spark):
                "shadows": [{"name": "sleepy", "version": "5", "share": 0},
                            {"name": "failing", "version": "3", "share": 0}],
                "analysis": {"window_s": 30, "min_requests": 30}}
-    env = gateway_env(state, redis_server.url, MLGATE_MODELS=json.dumps([{"name": MODEL, "routing": routing}]),
+    env = gateway_env(state, redis_server.url, MLGATE_MODELS=json.dumps([{"name": MODEL, "routing": routing,
+                                                                           "allow_pyfunc": True}]),
                       MLGATE_REGISTRY__POLL_S="1", MLGATE_ROLLOUT__REFRESH_S=str(REFRESH_S),
                       MLGATE_ROLLOUT__ANALYSIS_INTERVAL_S="1", MLGATE_FALLBACK__ENABLED="false",
                       MLGATE_REDIS__PREFIX="mlgro")

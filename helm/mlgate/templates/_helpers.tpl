@@ -120,9 +120,9 @@ to the gateway's defaults. */}}
 
 {{/* Application args: Settings fields for the gateway (no secrets: those come from env). */}}
 {{- define "mlgate.appArgs" -}}
-{{- $model := mergeOverwrite (dict "name" .Values.model.name "placement" "inprocess") (fromJson (include "mlgate.variantRef" .Values.model)) -}}
+{{- $model := mergeOverwrite (dict "name" .Values.model.name "placement" "inprocess" "allow_pyfunc" (.Values.model.allowPyfunc | default false)) (fromJson (include "mlgate.variantRef" .Values.model)) -}}
 {{- $redis := dict "url" .Values.redis.url "cluster" .Values.redis.cluster -}}
-{{- $args := dict "models" (list $model) "redis" $redis "mlflow_tracking_uri" .Values.mlflow.trackingUri "state_dir" "/home/mlgate/state" "log_level" .Values.gateway.logLevel "registry" (dict "poll_s" .Values.registry.pollS) "http" (dict "host" "0.0.0.0" "ingress" "direct" "proxy_port" .Values.gateway.proxyPort "drain_s" .Values.gateway.drainS) -}}
+{{- $args := dict "models" (list $model) "redis" $redis "mlflow_tracking_uri" .Values.mlflow.trackingUri "state_dir" "/home/mlgate/state" "log_level" .Values.gateway.logLevel "registry" (dict "poll_s" .Values.registry.pollS "require_digest" (.Values.registry.requireDigest | default false)) "http" (dict "host" "0.0.0.0" "ingress" "direct" "proxy_port" .Values.gateway.proxyPort "drain_s" .Values.gateway.drainS) -}}
 {{- with .Values.redis.fallback.url }}{{ $_ := set $args "fallback" (dict "redis" (dict "url" .)) }}{{ end -}}
 {{- toJson (mergeOverwrite $args (deepCopy .Values.gateway.settings)) -}}
 {{- end -}}

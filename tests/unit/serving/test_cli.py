@@ -65,6 +65,21 @@ def test_an_unknown_model_is_a_failure_that_names_what_is_registered(monkeypatch
                     "'nosuch' (registered models: fraud-detector)")
 
 
+def test_an_unreachable_registry_is_a_one_line_failure(monkeypatch, capsys):
+    import requests
+
+    from mlflow import MlflowClient
+
+    def unreachable(self, name, alias):
+        raise requests.ConnectionError("http://mlflow:5000 refused")
+
+    monkeypatch.setattr(MlflowClient, "get_model_version_by_alias", unreachable)
+    assert cli.main(["batch", "score", "--model", "fraud-detector@champion"]) == cli.EXIT_FAILURE
+    (line,) = error_lines(capsys)
+    assert line == ("mlgate: error: cannot reach the MLflow registry to resolve "
+                    "models:/fraud-detector@champion (ConnectionError)")
+
+
 def test_a_command_failure_exits_1_without_a_traceback(monkeypatch, capsys, caplog):
     monkeypatch.setattr(launcher, "stop", lambda settings: (_ for _ in ()).throw(CommandFailed("it broke; do X")))
     assert cli.main(["stop"]) == cli.EXIT_FAILURE
@@ -91,26 +106,29 @@ def test_demo_refuses_a_second_gateway_before_doing_any_work(monkeypatch, capsys
 
 
 class Registry:
-    """An MLflow client that knows one model, ``fraud-detector`` with @champion -> v2."""
-
-    def __init__(self):
-        from mlflow.exceptions import MlflowException
-
-        self.missing = MlflowException
+    """An MLflow client that knows one model, ``fraud-detector`` with @champion -> v2. Its
+    refusals carry the error codes MLflow's stores give them."""
 
     def get_model_version_by_alias(self, name, alias):
-        raise self.missing(f"Registered model alias {alias} not found.")
+        raise refusal(f"Registered model alias {alias} not found.", "INVALID_PARAMETER_VALUE")
 
     def get_model_version(self, name, version):
-        raise self.missing(f"Model Version (name={name}, version={version}) not found")
+        raise refusal(f"Model Version (name={name}, version={version}) not found")
 
     def get_registered_model(self, name):
         if name != "fraud-detector":
-            raise self.missing(f"Registered Model with name={name} not found")
+            raise refusal(f"Registered Model with name={name} not found")
         return type("RM", (), {"aliases": {"champion": "2"}})()
 
     def search_registered_models(self, max_results):
         return [type("RM", (), {"name": "fraud-detector"})()]
+
+
+def refusal(message, code="RESOURCE_DOES_NOT_EXIST"):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos import databricks_pb2
+
+    return MlflowException(message, error_code=getattr(databricks_pb2, code))
 
 
 @pytest.mark.parametrize(("ref", "says"), [

@@ -107,3 +107,20 @@ def test_input_dtypes_say_what_the_graph_takes_per_signature_input(trained):
     doubles = {n: x[:, i].astype(np.float64) + 1e-9 for i, n in enumerate("abc")}
     floats = {n: v.astype(rt.input_dtypes[n]) for n, v in doubles.items()}
     np.testing.assert_array_equal(rt.predict(floats)["probability"], rt.predict(doubles)["probability"])
+
+
+def test_a_graph_over_the_size_limit_is_refused_before_it_is_opened(trained, monkeypatch):
+    _, path, _ = trained
+    size = len(open(path, "rb").read())
+    monkeypatch.setattr("onnxruntime.InferenceSession",
+                        lambda *a, **kw: pytest.fail("a session opened on a graph over the limit"))
+    for model in (path, open(path, "rb").read()):  # a file (gateway) or its bytes (batch workers)
+        with pytest.raises(ModelValidationError, match=r"over the limit of .*onnx\.max_model_bytes"):
+            OnnxRuntime(model, spec3(), OnnxSettings(max_model_bytes=size - 1))
+
+
+def test_a_graph_at_the_size_limit_opens(trained):
+    _, path, _ = trained
+    size = len(open(path, "rb").read())
+    assert OnnxRuntime(path, spec3(), OnnxSettings(max_model_bytes=size)).spec.outputs == ("label", "probability")
+    assert OnnxSettings().max_model_bytes == 512 * 2**20
