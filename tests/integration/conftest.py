@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -22,17 +23,27 @@ from serving.settings import Settings
 DEMO_CUSTOMERS = 3_000
 
 
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the ephemeral range: one that the kernel will not hand to another
+    process's bind(0) meanwhile (Ray's agents pick their metrics ports that way, and one took a
+    gateway's port between the test choosing it and the gateway binding it)."""
+    return free_port_block(1)
 
 
 def free_port_block(size: int) -> int:
-    """A port P with P..P+size-1 all free (direct ingress takes consecutive ports)."""
-    for _ in range(50):
-        base = free_port()
-        if base + size < 65535 and all(_is_free(base + i) for i in range(size)):
+    """A port P with P..P+size-1 all free (direct ingress takes consecutive ports), below the
+    ephemeral range."""
+    top = _ephemeral_start() - size
+    for _ in range(200):
+        base = random.randrange(10_000, top)
+        if all(_is_free(base + i) for i in range(size)):
             return base
     raise RuntimeError("no free port block")
 
