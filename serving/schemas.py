@@ -47,10 +47,10 @@ class EntitiesRequest(_Strict):
 
     entities: list[EntityKey] = Field(
         min_length=1,
-        description="Entity keys, e.g. [{\"customer_id\": 42}]: the gateway reads the model's stored "
+        description="Entity keys, e.g. [{\"user_id\": 42}]: the gateway reads the model's stored "
                     "features for each from the online store in one round trip. Each object holds "
                     "exactly the model's entity keys.",
-        examples=[[{"customer_id": 42}]])
+        examples=[[{"user_id": 42}]])
     features: FeatureRow | list[FeatureRow] | None = Field(
         None, description="The request-time features, one object for every entity or a list with "
                           "one object per entity. Omit it (or send null) only when the model takes "
