@@ -18,7 +18,7 @@ One run, one private ``redis-server`` on a free port of 127.0.0.1, the layout's 
 2. Sync write rate from a cold writer, as in a session's first sync: a fresh interpreter per run
    (alternatives alternating), timed from after numpy/pyarrow/the layout are imported and the
    batches built, to the last EXPIRE acknowledged: redis-py's import (or not) is inside.
-3. The gateway reader's latency, ``OnlineStore.read`` (asyncio) for 1 entity (one HMGET) and 100
+3. The gateway reader's latency, ``ViewReader.read`` (asyncio) for 1 entity (one HMGET) and 100
    entities (one EVALSHA), on two stores in one event loop: ``connect_async``, whose connections
    pack with ``wire.pack`` (the ``_LinearPacking`` override before 2026-12-04), and a plain
    ``redis.asyncio`` pool; every call's ids go to both,
@@ -203,15 +203,15 @@ def publish(client, n: int) -> None:
 async def reads(url: str, n: int, calls: int, warmup: int, blocks: int, seed: int) -> dict:
     import redis.asyncio as aioredis
 
-    from features_online.reader import OnlineStore
+    from features_online.reader import ViewReader
     from features_online.redis_client import _options, connect_async
+    from features_online.settings import FeatureSettings, RedisSettings
     from observability.metrics import GatewayMetrics
-    from serving.settings import FeatureSettings, RedisSettings
 
     settings = RedisSettings(url=url, prefix=PREFIX)
     stores = {}
     for name in READERS:
-        store = OnlineStore(settings, FeatureSettings(pointer_refresh_s=3600), {VIEW.name: VIEW}, GatewayMetrics())
+        store = ViewReader(settings, FeatureSettings(pointer_refresh_s=3600), {VIEW.name: VIEW}, GatewayMetrics())
         if name == READERS[0]:
             store._client = connect_async(settings)
             assert store._client.connection_pool.connection_class.__name__.startswith("Linear")
