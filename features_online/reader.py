@@ -13,7 +13,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 from redis.exceptions import NoScriptError
@@ -49,13 +49,16 @@ class LiveVersion:
     """Facts the writer attached (meta fields ``x_*``), e.g. the model version of batch scores."""
     keys: tuple[bytes, ...] = ()
     """The version's bucket keys, by bucket, encoded (built once per version, not per request)."""
+    view: FeatureView | None = None
+    """The schema the data was written with: the view's newest definition, or an older schema
+    version of it that keeps serving until the newest has been synced."""
 
 
 @dataclass(frozen=True)
 class ViewRead:
     """What the store holds for the requested entities of one view, row-aligned."""
 
-    view: FeatureView
+    view: FeatureView  # the schema version read (its features may be fewer than the newest's)
     records: np.ndarray  # structured, layout.record_dtype(view); zeros where absent
     present: np.ndarray  # bool
     age_s: np.ndarray  # float, NaN where absent
@@ -65,19 +68,27 @@ class ViewRead:
         return self.present & (self.age_s > self.view.ttl.total_seconds())
 
 
-class ViewReader:
-    """Reads the live data version of each of its views (features, or a model's batch scores)."""
+Schemas = Mapping[str, "FeatureView | tuple[FeatureView, ...]"]
+"""Views by name: one definition, or its schema versions newest first."""
 
-    def __init__(self, redis: RedisSettings, features: FeatureSettings, views: Mapping[str, FeatureView],
+
+class ViewReader:
+    """Reads the live data version of each of its views (features, or a model's batch scores).
+
+    A view may come with older schema versions of itself (:meth:`set_views`): the newest one that
+    has a synced data version is served, so a schema change never leaves a gap."""
+
+    def __init__(self, redis: RedisSettings, features: FeatureSettings, views: Schemas,
                  metrics: GatewayMetrics) -> None:
         self._redis_settings = redis
         self._settings = features
-        self._views = dict(views)
         self._metrics = metrics
         self._client = None
-        self._live: dict[str, LiveVersion | None] = {name: None for name in views}
+        self._views: dict[str, tuple[FeatureView, ...]] = {}
+        self._live: dict[str, LiveVersion | None] = {}
         self._task: asyncio.Task | None = None
         self._mismatched: set[str] = set()
+        self.set_views(views)
 
     @property
     def client(self):
@@ -88,10 +99,21 @@ class ViewReader:
     def live(self, view: str) -> LiveVersion | None:
         return self._live.get(view)
 
+    def views(self) -> dict[str, FeatureView]:
+        """The newest definition of every view read."""
+        return {name: schemas[0] for name, schemas in self._views.items()}
+
+    def set_views(self, views: Schemas) -> None:
+        """Read these views from now on (a newly applied repository): views no longer named are
+        dropped, new ones are read after the next refresh, and a view whose newest schema changed
+        keeps serving its last live version until the refresh finds which one to serve."""
+        self._views = {name: (v,) if isinstance(v, FeatureView) else tuple(v) for name, v in views.items()}
+        self._live = {name: self._live.get(name) for name in self._views}
+
     def add_view(self, view: FeatureView) -> None:
         """Serve one more view (e.g. a model's batch scores); picked up at the next refresh."""
         if view.name not in self._views:
-            self._views[view.name] = view
+            self._views[view.name] = (view,)
             self._live[view.name] = None
 
     async def start(self) -> None:
@@ -110,46 +132,56 @@ class ViewReader:
                 pass  # reads report it; keep the last known pointers
 
     async def refresh(self) -> None:
-        """Re-read the meta hash of every view: live version, freshness."""
-        names = list(self._views)
+        """Re-read the meta hash of every schema version of every view: which one serves, its
+        live data version, freshness."""
+        wanted = [(name, view) for name, schemas in self._views.items() for view in schemas]
+        prefix = self._redis_settings.prefix
         try:
             async with asyncio.timeout(self._redis_settings.socket_timeout_ms / 1000):
                 pipe = self.client.pipeline(transaction=False)
-                for name in names:
-                    pipe.hgetall(layout.meta_key(self._redis_settings.prefix, self._views[name]))
+                for _, view in wanted:
+                    pipe.hgetall(layout.meta_key(prefix, view))
                 metas = await pipe.execute()
         except Exception as exc:
             self._metrics.feature_store_errors.labels("refresh").inc()
             log.debug("meta refresh failed: %r", exc)
             raise StoreUnavailable("online store unreachable", "refresh") from None
         now_ms = time.time() * 1000
-        for name, raw in zip(names, metas):
+        found: dict[str, LiveVersion | None] = {}
+        for (name, view), raw in zip(wanted, metas):
+            if found.get(name) is not None:
+                continue  # a newer schema version of this view is live
             meta = {k.decode(): v.decode() for k, v in raw.items()}
-            view = self._views[name]
-            if not meta.get("version"):
-                self._live[name] = None
-                continue
-            if meta.get("fingerprint") != view.fingerprint:
-                if name not in self._mismatched:
-                    log.error("view %s: the synced schema differs from this gateway's definition; "
-                              "not serving it", name)
-                    self._mismatched.add(name)
-                self._live[name] = None
-                continue
-            self._mismatched.discard(name)
-            version, previous = int(meta["version"]), self._live.get(name)
-            keys = (previous.keys if previous is not None and previous.version == version
-                    else tuple(k.encode() for k in layout.bucket_keys(self._redis_settings.prefix, view, version)))
-            live = LiveVersion(version, int(meta["as_of_ms"]), int(meta.get("watermark_ms", meta["as_of_ms"])),
-                               int(meta.get("rows", 0)), {k[2:]: v for k, v in meta.items() if k.startswith("x_")},
-                               keys)
+            found[name] = self._live_version(name, view, meta)
+        for name, live in found.items():
+            if name not in self._live:
+                continue  # dropped by set_views meanwhile
             self._live[name] = live
-            self._metrics.feature_version.labels(name).set(live.version)
-            self._metrics.feature_age.labels(name).set((now_ms - live.watermark_ms) / 1000)
+            if live is not None:
+                self._metrics.feature_version.labels(name).set(live.version)
+                self._metrics.feature_age.labels(name).set((now_ms - live.watermark_ms) / 1000)
 
-    async def read(self, ids_by_view: Mapping[str, np.ndarray], timeout_s: float) -> dict[str, ViewRead]:
+    def _live_version(self, name: str, view: FeatureView, meta: dict[str, str]) -> LiveVersion | None:
+        if not meta.get("version"):
+            return None
+        if meta.get("fingerprint") != view.fingerprint:
+            if name not in self._mismatched:
+                log.error("view %s: the synced schema differs from this gateway's definition; "
+                          "not serving it", name)
+                self._mismatched.add(name)
+            return None
+        self._mismatched.discard(name)
+        version, previous = int(meta["version"]), self._live.get(name)
+        keys = (previous.keys if previous is not None and previous.version == version and previous.view == view
+                else tuple(k.encode() for k in layout.bucket_keys(self._redis_settings.prefix, view, version)))
+        return LiveVersion(version, int(meta["as_of_ms"]), int(meta.get("watermark_ms", meta["as_of_ms"])),
+                           int(meta.get("rows", 0)), {k[2:]: v for k, v in meta.items() if k.startswith("x_")},
+                           keys, view)
+
+    async def read(self, ids_by_view: Mapping[str, layout.RowKeys], timeout_s: float) -> dict[str, ViewRead]:
         """Values of the given entities for each view, in one round trip. Views with no live
-        version read as all-absent.
+        version read as all-absent. Each view's rows are given as int64 ids (a single ``int64``
+        key) or as encoded fields (:func:`features_online.layout.encode_fields`).
 
         One command per view: a script doing one HGET per entity (keys may repeat), cheaper to
         send and parse than one HMGET per bucket touched (about 50 for 100 entities). A single
@@ -162,8 +194,8 @@ class ViewReader:
             version = live[name]
             if version is None:
                 continue
-            view, keys = self._views[name], version.keys
-            if len(ids) == 1:  # the common call: one HMGET, no bucket bookkeeping
+            view, keys = version.view, version.keys
+            if len(ids) == 1 and isinstance(ids, np.ndarray):  # the common call: one HMGET, no bookkeeping
                 entity = int(ids[0])
                 plan.append((name, None, ("HMGET", keys[entity % view.buckets], layout.field(entity))))
                 continue
@@ -174,9 +206,10 @@ class ViewReader:
                 plan.append((name, None, ("EVALSHA", GET_MANY_SHA, len(ids), *[keys[b] for b in buckets.tolist()],
                                           *layout.fields(ids))))
                 continue
+            all_fields = layout.fields(ids)
             for bucket in distinct:
                 rows = np.flatnonzero(buckets == bucket)
-                plan.append((name, rows, ("HMGET", keys[bucket], *layout.fields(ids[rows]))))
+                plan.append((name, rows, ("HMGET", keys[bucket], *[all_fields[r] for r in rows.tolist()])))
         replies = []
         if plan:
             try:
@@ -203,7 +236,7 @@ class ViewReader:
         now_ms = time.time() * 1000
         result = {}
         for name, slots in values.items():
-            view = self._views[name]
+            view = live[name].view if live.get(name) is not None else self._views[name][0]
             records, present = layout.decode(view, slots)
             age = np.where(present, (now_ms - records["as_of_ms"]) / 1000, np.nan)
             result[name] = ViewRead(view, records, present, age)
@@ -228,17 +261,17 @@ class ViewReader:
                 await self.client.script_load(GET_MANY)
         return []
 
-    async def sample_entity(self, view_name: str) -> int | None:
-        """Some entity id of the live version (for example requests), or None."""
+    async def sample_entity(self, view_name: str) -> dict[str, Any] | None:
+        """The keys of some entity of the live version (for example requests), or None."""
         live = self._live.get(view_name)
         if live is None:
             return None
-        view = self._views[view_name]
+        view = live.view
         for bucket in range(view.buckets):
             key = layout.bucket_key(self._redis_settings.prefix, view, live.version, bucket)
             found = await self.client.hrandfield(key)
             if found is not None:
-                return int(found)
+                return layout.decode_field(view.entity, found)
         return None
 
     async def close(self) -> None:
