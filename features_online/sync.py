@@ -101,7 +101,7 @@ class FeatureSync:
             if isinstance(frame, ParquetTable):
                 counts = frame.map_partitions(writer.write_pieces)
             else:
-                columns = frame.select(self.view.entity.key, "as_of_ms", *self.view.feature_names)
+                columns = frame.select(*writer.columns)  # key columns, as_of_ms, features
                 counts = [(c["rows"], c["written"])
                           for c in columns.mapInArrow(writer, schema="rows long, written long").collect()]
         except Exception as exc:  # a failed Spark job: nothing flips

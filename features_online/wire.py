@@ -9,7 +9,8 @@ loadtests/RESULTS.md, "one Redis wire"):
   (:class:`LinearPacking`): redis-py's packer encodes every argument in Python first, which
   slows the 100-entity read.
 - :func:`hset_commands`: the sync writer's HSET commands, framed by numpy with no Python object
-  per row, several times the rows/s of redis-py's pipelined ``hset``.
+  per row, several times the rows/s of redis-py's pipelined ``hset``; :func:`hset_field_commands`
+  frames rows whose fields are bytes (string and composite keys) in one join per command.
 - :class:`Connection`: a bare blocking socket that the writers use for a single plain Redis, so a
   cold Spark worker never imports redis-py (a noticeable share of a first sync). It sends only
   what this module frames and reads one-line replies.
@@ -117,6 +118,36 @@ def hset_commands(keys: list[bytes], buckets: np.ndarray, ids: np.ndarray, recor
                 hi = min(lo + batch_rows, end)
                 head = b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n" % (2 + 2 * (hi - lo), len(key), key)
                 yield bucket, [head, view[lo * size:hi * size]], hi - lo
+
+
+def hset_field_commands(keys: list[bytes], buckets: np.ndarray, fields: Sequence[bytes], records: np.ndarray,
+                        batch_rows: int) -> Iterator[tuple[int, list[Any], int]]:
+    """As :func:`hset_commands`, for rows whose hash fields are bytes (string and composite keys,
+    :func:`features_online.layout.encode_fields`): ``(bucket, chunks, rows)`` per command.
+
+    Every field is a RESP bulk string, ``$<byte length>\\r\\n<bytes>\\r\\n``: whatever it holds
+    (CR LF, braces, spaces, any byte) it is one argument, and the key, which names the bucket,
+    never depends on it."""
+    if not len(fields):
+        return
+    value_size = records.dtype.itemsize
+    order = np.argsort(buckets, kind="stable")
+    buckets = buckets[order]
+    raw = records[order].tobytes()
+    middle = b"\r\n$%d\r\n" % value_size
+    starts = np.flatnonzero(np.diff(buckets)) + 1
+    positions = order.tolist()
+    for start, end in pairwise([0, *starts.tolist(), len(buckets)]):
+        bucket = int(buckets[start])
+        key = keys[bucket]
+        for lo in range(start, end, batch_rows):
+            hi = min(lo + batch_rows, end)
+            parts = [b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%b\r\n" % (2 + 2 * (hi - lo), len(key), key)]
+            for row in range(lo, hi):
+                field = fields[positions[row]]
+                parts += (b"$%d\r\n" % len(field), field, middle,
+                          raw[row * value_size:(row + 1) * value_size], b"\r\n")
+            yield bucket, [b"".join(parts)], hi - lo
 
 
 class ReplyError(RuntimeError):

@@ -6,10 +6,14 @@ only for a cluster (:class:`features_online.wire.Connection` talks to a single R
 details arrive as a plain :class:`ClientSpec`. The Arrow batches come from ``mapInArrow`` or from the
 writer's own share of a Parquet table's row groups (:mod:`features_online.parquet_pieces`).
 
-Per Arrow batch, the rows are grouped by bucket and written as ``HSET <bucket key> <id> <value>
-...`` commands of at most ``batch_rows`` fields, framed as RESP by numpy
-(:func:`features_online.wire.hset_commands`) instead of by redis-py one argument at a time: no
-Python object per row (2.3-2.5x the rows/s of redis-py's pipelined ``hset``). Each command goes
+Per Arrow batch, the rows are grouped by bucket and written as ``HSET <bucket key> <field>
+<value> ...`` commands of at most ``batch_rows`` fields. A single ``int64`` key (the fast path):
+field = the id's decimal digits, framed as RESP by numpy (:func:`features_online.wire.hset_commands`)
+instead of by redis-py one argument at a time, no Python object per row (2.3-2.5x the rows/s of
+redis-py's pipelined ``hset``). String and composite keys: fields from
+:func:`features_online.layout.encode_fields` (the Arrow string buffers read directly, no pandas),
+framed as binary-safe bulk strings (:func:`features_online.wire.hset_field_commands`). A row
+without a key fails the task (nothing flips); a feature without a value gets its default. Each command goes
 to the connection of the node that owns its bucket (one connection without a cluster); replies
 are read one batch behind, so Redis works on one batch while the next is being framed. An error
 reply raises, the task fails, nothing flips.
@@ -23,7 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from features_online import layout, wire
-from features_online.definitions import FeatureView
+from features_online.definitions import EntityKey, Feature, FeatureView
 from features_online.redis_client import ClientSpec, connect_spec
 
 
@@ -120,13 +124,17 @@ class PartitionWriter:
         """``mapInArrow``: the partition's Arrow batches in, one counts row out."""
         yield _counts(*self.write(batches))
 
+    @property
+    def columns(self) -> list[str]:
+        """The columns the writer reads: the entity's key columns, ``as_of_ms``, the features."""
+        return [*self.view.entity.key_names, "as_of_ms", *self.view.feature_names]
+
     def write_pieces(self, shares: Iterator[list[Any]]) -> Iterator[tuple[int, int]]:
         """``mapPartitions`` over a :class:`~features_online.parquet_pieces.ParquetTable`: this
         partition's row groups, decoded here; yields ``(rows, written)`` once."""
         from features_online import parquet_pieces
 
-        columns = [self.view.entity.key, "as_of_ms", *self.view.feature_names]
-        yield self.write(parquet_pieces.read(shares, columns))
+        yield self.write(parquet_pieces.read(shares, self.columns))
 
     def write(self, batches: Iterator[Any]) -> tuple[int, int]:
         """Write every row of the Arrow batches; returns (rows received, rows acknowledged)."""
@@ -140,12 +148,9 @@ class PartitionWriter:
             for batch in batches:
                 if batch.num_rows == 0:
                     continue
-                ids = _ids(batch, view.entity.key)
-                records = layout.encode_records(
-                    view, _ids(batch, "as_of_ms"),
-                    {f: _numbers(batch.column(f)) for f in view.feature_names})
-                buckets = layout.bucket_of(view, ids)
-                commands = list(wire.hset_commands(keys, buckets, ids, records, self.batch_rows))
+                records = layout.encode_records(view, _ids(batch, "as_of_ms"),
+                                                {f.name: _feature(batch.column(f.name), f) for f in view.features})
+                commands = self.commands(batch, keys, records)
                 touched.update(bucket for bucket, _, _ in commands)
                 sent = conns.send(commands)
                 acked += conns.read(behind)
@@ -157,6 +162,16 @@ class PartitionWriter:
         finally:
             conns.close()
         return rows, acked
+
+    def commands(self, batch, keys: list[bytes], records: np.ndarray) -> list[tuple[int, list[Any], int]]:
+        """The HSET commands of one batch's rows (``records`` row-aligned with it)."""
+        entity = self.view.entity
+        if entity.is_int:  # the fast path: decimal fields framed by numpy, bucket = id mod buckets
+            ids = _ids(batch, entity.key_names[0])
+            return list(wire.hset_commands(keys, layout.bucket_of(self.view, ids), ids, records, self.batch_rows))
+        fields = layout.encode_fields(entity, {k.name: _key_values(batch, k) for k in entity.keys})
+        return list(wire.hset_field_commands(keys, layout.bucket_of(self.view, fields), fields, records,
+                                             self.batch_rows))
 
 
 def _counts(rows: int, acked: int):
@@ -171,27 +186,80 @@ def _counts(rows: int, acked: int):
 def _ids(batch, name: str) -> np.ndarray:
     """Entity ids or as-of times: integers, never null."""
     column = batch.column(name)
-    if column.null_count:
-        raise ValueError(f"{column.null_count} rows have no {name}")
+    _no_nulls(column, name)
     return np.asarray(_numbers(column), dtype=np.int64)
 
 
+def _no_nulls(column, name: str) -> None:
+    if column.null_count:
+        raise ValueError(f"{column.null_count} of {len(column)} rows have no {name} (null): every row "
+                         "needs its entity key and as_of_ms")
+
+
+_OFFSETS = {"string": np.int32, "binary": np.int32, "large_string": np.int64, "large_binary": np.int64}
+
+
+def _key_values(batch, key: EntityKey) -> list:
+    """One key column's values for :func:`layout.encode_fields`: ints, or each string's UTF-8
+    bytes, sliced from the Arrow buffers (``to_pylist`` would build a str per row, pandas is
+    not imported)."""
+    column = batch.column(key.name)
+    _no_nulls(column, key.name)
+    if key.type == "int64":
+        return np.asarray(_numbers(column), dtype=np.int64).tolist()
+    offsets_type = _OFFSETS.get(str(column.type).replace("utf8", "string"))
+    if offsets_type is None:  # e.g. dictionary-encoded: pyarrow's general path
+        return [v.encode() if isinstance(v, str) else bytes(v) for v in column.to_pylist()]
+    _, offsets, data = column.buffers()[:3]
+    n, at = len(column), column.offset
+    offsets = np.frombuffer(offsets, dtype=offsets_type, count=at + n + 1)[at:]
+    first, last = int(offsets[0]), int(offsets[-1])
+    blob = bytes(memoryview(data)[first:last]) if data is not None else b""
+    bounds = (offsets - first).tolist()
+    return [blob[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _feature(column, feature: Feature) -> np.ndarray:
+    """A feature column as numpy, nulls replaced by the feature's default (integers stay
+    integers: no float round trip for longs)."""
+    values, valid = _values(column)
+    if valid is None:
+        return values
+    return np.where(valid, values, feature.default)
+
+
 def _numbers(column) -> np.ndarray:
-    """A numeric Arrow array as numpy, nulls as NaN (the layout turns them into the default).
+    """A numeric Arrow array as numpy, nulls as NaN (the layout turns them into the default)."""
+    values, valid = _values(column)
+    return values if valid is None else np.where(valid, values, np.nan)
+
+
+_NUMERIC = {**{f"{s}int{b}": np.dtype(f"{s}int{b}") for s in ("", "u") for b in (8, 16, 32, 64)},
+            "float": np.dtype("<f4"), "double": np.dtype("<f8")}
+"""Arrow type names -> numpy dtypes (Arrow's ``float`` is 32 bits; numpy's ``float`` is 64)."""
+
+
+def _values(column) -> tuple[np.ndarray, np.ndarray | None]:
+    """A numeric or boolean Arrow array's values as numpy and its validity (None: no nulls).
 
     Reads the Arrow buffers directly: pyarrow's own ``to_numpy`` imports pandas, which would
     cost every cold Spark worker about half a second.
     """
-    try:
-        dtype = np.dtype(str(column.type))  # int8..int64, float ("float32"), double ("float64")
-    except TypeError:
-        dtype = None
-    if dtype is None or dtype.kind not in "iuf":
-        return column.to_numpy(zero_copy_only=False)  # anything else: pyarrow's general path
+    name = str(column.type)
+    n, at = len(column), column.offset
+    dtype = _NUMERIC.get(name)
     validity, data = column.buffers()[:2]
-    values = np.frombuffer(data, dtype=dtype, count=len(column) + column.offset)[column.offset:]
+    if name == "bool":  # bit-packed, like the validity
+        values = _bits(data, at, n)
+    elif dtype is not None:
+        values = np.frombuffer(data, dtype=dtype, count=n + at)[at:]
+    else:  # anything else (decimal, ...): pyarrow's general path, nulls as NaN
+        return np.array(column.to_pylist(), dtype=np.float64), None
     if not column.null_count:
-        return values
-    bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8), bitorder="little")
-    valid = bits[column.offset:column.offset + len(column)].astype(bool)
-    return np.where(valid, values, np.nan)
+        return values, None
+    return values, _bits(validity, at, n)
+
+
+def _bits(buffer, offset: int, n: int) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(buffer, dtype=np.uint8), bitorder="little")
+    return bits[offset:offset + n].astype(bool)

@@ -11,11 +11,15 @@ import pytest
 from redis.connection import Connection
 
 from features_online import layout, wire
-from features_online.definitions import Entity, Feature, FeatureView
+from features_online.definitions import Entity, EntityKey, Feature, FeatureView
 from features_online.redis_client import ClientSpec
 
-TINY = FeatureView(name="tiny", version=2, entity=Entity("user", "user_id"), ttl=timedelta(hours=1),
+TINY = FeatureView(name="tiny", entity=Entity("user", (EntityKey("user_id"),)), ttl=timedelta(hours=1),
                    features=(Feature("clicks", "long", 0), Feature("spend", "double", 1.5)), buckets=8)
+NAMED = FeatureView(name="named", entity=Entity("shop", (EntityKey("shop_code", "string"),)), ttl=timedelta(hours=1),
+                    features=TINY.features, buckets=8)
+# keys that would break a hand-made command or hash tag if they were not length-prefixed
+NASTY = ["plain", "{tag}", "a b", "x\r\n*3\r\n$3\r\nDEL", "}{", "", "ümlaut-ß-日本", "$5", ":", "9" * 200]
 
 
 def parse_commands(blob: bytes) -> list[list[bytes]]:
@@ -71,6 +75,43 @@ def test_framing_is_byte_identical_to_redis_py_packing():
     theirs = b"".join(b"".join(Connection().pack_command("HSET", keys[0], *pairs))
                       for _, pairs in sorted(by_digits.items()))
     assert ours == theirs
+
+
+def frame_fields(names, batch_rows=1000):
+    fields = layout.encode_fields(NAMED.entity, {"shop_code": names})
+    columns = {"clicks": np.arange(len(names)), "spend": np.arange(len(names)) * 0.5}
+    records = layout.encode_records(NAMED, 1_700_000_000_000 + np.arange(len(names)), columns)
+    values = layout.encode(NAMED, 1_700_000_000_000 + np.arange(len(names)), columns)
+    keys = [k.encode() for k in layout.bucket_keys("p", NAMED, 3)]
+    buckets = layout.bucket_of(NAMED, fields)
+    return list(wire.hset_field_commands(keys, buckets, fields, records, batch_rows)), fields, values, keys, buckets
+
+
+def test_byte_fields_land_as_exactly_that_field_in_the_right_bucket():
+    commands, fields, values, keys, buckets = frame_fields(NASTY)
+    written = {}
+    for bucket, chunks, rows in commands:
+        [args] = parse_commands(b"".join(bytes(c) for c in chunks))  # one command, nothing injected
+        assert args[:2] == [b"HSET", keys[bucket]] and len(args) == 2 + 2 * rows
+        for field, value in zip(args[2::2], args[3::2]):
+            assert field not in written
+            written[field] = (args[1], value)
+    assert written == {f: (keys[b], v) for f, b, v in zip(fields, buckets.tolist(), values)}
+    assert b"x\r\n*3\r\n$3\r\nDEL" in written and "ümlaut-ß-日本".encode() in written
+
+
+def test_byte_field_framing_is_byte_identical_to_redis_py_packing():
+    commands, fields, values, keys, buckets = frame_fields(NASTY, batch_rows=3)
+    ours = [b"".join(bytes(c) for c in chunks) for _, chunks, _ in commands]
+    order = np.argsort(buckets, kind="stable").tolist()  # bucket order, input order within a bucket
+    theirs = []
+    for bucket in sorted(set(buckets.tolist())):
+        rows = [i for i in order if buckets[i] == bucket]
+        for lo in range(0, len(rows), 3):
+            pairs = [part for i in rows[lo:lo + 3] for part in (fields[i], values[i])]
+            theirs.append(b"".join(Connection().pack_command("HSET", keys[bucket], *pairs)))
+    assert ours == theirs
+    assert list(wire.hset_field_commands(keys, np.array([], dtype=np.int64), [], values[:0], 3)) == []
 
 
 def test_no_command_has_more_than_batch_rows_fields():
