@@ -47,7 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from features_online.definitions import CUSTOMER_ACTIVITY as VIEW
+from loadtests.bench_features import VIEW  # noqa: E402  (customer_activity, int64-keyed, 12 features)
 
 WRITERS = ("numpy frames + bare socket", "numpy frames + redis-py", "plain redis-py")
 READERS = ("wire.pack", "plain redis-py")
@@ -101,7 +101,7 @@ def write_plain(url: str, data: list, version: int, batch_rows: int) -> int:
     acked, touched = 0, set()
     try:
         for batch in data:
-            ids = _ids(batch, VIEW.entity.key)
+            ids = _ids(batch, VIEW.entity.key_names[0])
             records = layout.encode_records(VIEW, _ids(batch, "as_of_ms"),
                                             {f: _numbers(batch.column(f)) for f in VIEW.feature_names})
             buckets = layout.bucket_of(VIEW, ids)
