@@ -1,4 +1,6 @@
-"""The Spark -> Redis sync and the online reader, with real Spark (local) and a real redis-server."""
+"""The Spark -> Redis sync and the online reader, with real Spark (local) and a real redis-server.
+The view is defined here: an int64-keyed entity, a feature of every dtype. String and composite
+keys, and schema changes: test_sync_keys.py."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import pytest
 import redis
 
 from features_online import layout
-from features_online.definitions import CUSTOMER_ACTIVITY as VIEW
+from features_online.definitions import Entity, EntityKey, Feature, FeatureView
 from features_online.reader import ViewReader
 from features_online.sync import FeatureSync, SyncError, SyncResult, key_ttl_s
 from observability.metrics import GatewayMetrics
@@ -27,6 +29,12 @@ from features_online.settings import FeatureSettings, RedisSettings
 pytestmark = pytest.mark.integration
 
 N = 2_000
+VIEW = FeatureView("activity", Entity("user", (EntityKey("user_id"),)), (
+    Feature("count_7d", "long", 0), Feature("sum_1d", "double", 0.0), Feature("mean_30d", "double", 0.0),
+    Feature("max_30d", "double", 0.0), Feature("ratio", "float", 0.0), Feature("visits", "int", 0),
+    Feature("vip", "bool", False), Feature("seconds_since_last", "double", 30 * 86_400.0)),
+    ttl=timedelta(days=2), buckets=64)
+NUMPY = {"double": np.float64, "float": np.float32, "long": np.int64, "int": np.int32, "bool": np.bool_}
 NOW = datetime.now(timezone.utc).replace(microsecond=0)  # for relative times only
 
 
@@ -42,11 +50,11 @@ def redis_settings(redis_url) -> RedisSettings:
 def frame(spark, as_of: datetime, scale: float = 1.0, ids=None):
     """N entities whose values are a known function of the id (times ``scale``)."""
     ids = np.arange(1, N + 1) if ids is None else np.asarray(ids)
-    data = {"customer_id": ids.astype(np.int64),
+    data = {"user_id": ids.astype(np.int64),
             "as_of_ms": np.full(len(ids), int(as_of.timestamp() * 1000), dtype=np.int64)}
     for f in VIEW.features:
         values = ids * scale
-        data[f.name] = values.astype(np.int64) if f.dtype == "long" else values.astype(np.float64)
+        data[f.name] = (ids % 2 == 0) if f.dtype == "bool" else values.astype(NUMPY[f.dtype])
     return spark.createDataFrame(pd.DataFrame(data)).repartition(2)
 
 
@@ -78,8 +86,10 @@ def test_full_sync_writes_verifies_flips_and_sets_ttls(spark, redis_settings):
     assert all(key_ttl_s(VIEW) - 60 < t <= key_ttl_s(VIEW) for t in ttls)
     got = read_values(redis_settings, [1, 777, N, N + 5])
     assert got.present.tolist() == [True, True, True, False]
-    assert got.records["txn_count_7d"][:3].tolist() == [1, 777, N]
-    assert got.records["amount_mean_30d"][1] == 777.0
+    assert got.records["count_7d"][:3].tolist() == [1, 777, N]
+    assert got.records["mean_30d"][1] == 777.0
+    assert got.records["ratio"][1] == np.float32(777.0) and got.records["visits"][1] == 777
+    assert got.records["vip"][:3].tolist() == [0, 0, 1]  # odd ids False, even True
     assert 0 <= got.age_s[0] < 60 and np.isnan(got.age_s[3])
 
 
@@ -88,7 +98,7 @@ def test_a_new_version_replaces_the_old_one_which_then_expires(spark, redis_sett
     sync.full(frame(spark, NOW), NOW, "a")
     result = sync.full(frame(spark, NOW, scale=2.0), NOW, "b")
     assert result.version == 2 and result.retired == (1,)
-    assert read_values(redis_settings, [10]).records["txn_count_7d"].tolist() == [20]
+    assert read_values(redis_settings, [10]).records["count_7d"].tolist() == [20]
     client = redis.Redis.from_url(redis_settings.url)
     assert all(0 < client.ttl(k) <= 30 for k in layout.bucket_keys(redis_settings.prefix, VIEW, 1))
 
@@ -134,13 +144,13 @@ def test_a_sync_that_dies_half_way_leaves_the_previous_version_serving(spark, re
     sync = syncer(redis_settings, retire_grace_s=30)
     sync.full(frame(spark, NOW), NOW, "good")
     broken = frame(spark, NOW, scale=5.0).withColumn(
-        "amount_sum_1d", F.when(F.col("customer_id") == N // 2, F.raise_error(F.lit("bad row")))
-        .otherwise(F.col("amount_sum_1d")))
+        "sum_1d", F.when(F.col("user_id") == N // 2, F.raise_error(F.lit("bad row")))
+        .otherwise(F.col("sum_1d")))
     with pytest.raises(SyncError, match="failed"):
         sync.full(broken, NOW, "broken")
     meta = sync.meta()
     assert meta["version"] == "1" and meta["writing"] == "2"  # no flip; the dead version is known
-    assert read_values(redis_settings, [3]).records["txn_count_7d"].tolist() == [3]  # old values
+    assert read_values(redis_settings, [3]).records["count_7d"].tolist() == [3]  # old values
     result = sync.full(frame(spark, NOW, scale=4.0), NOW, "recovered")
     assert result.version == 3 and set(result.retired) == {1, 2}
     client = redis.Redis.from_url(redis_settings.url)
@@ -162,9 +172,9 @@ def test_duplicate_entities_or_a_running_sync_refuse_to_flip(spark, redis_settin
 ENDLESS_SYNC = """
 import sys, time
 from datetime import datetime, timezone
-from features_online.definitions import CUSTOMER_ACTIVITY
 from features_online.sync import FeatureSync
 from features_online.settings import FeatureSettings, RedisSettings
+from tests.integration.test_sync import VIEW
 
 class Endless:
     def select(self, *columns):
@@ -172,7 +182,7 @@ class Endless:
 
 url, prefix, lease_s = sys.argv[1:]
 FeatureSync(RedisSettings(url=url, prefix=prefix), FeatureSettings(sync_lease_s=float(lease_s)),
-            CUSTOMER_ACTIVITY).full(Endless(), datetime.now(timezone.utc), "endless")
+            VIEW).full(Endless(), datetime.now(timezone.utc), "endless")
 """
 
 
@@ -200,14 +210,14 @@ def test_a_killed_sync_blocks_the_next_one_only_until_its_lease_runs_out(spark, 
     with pytest.raises(SyncError, match="expires in"):  # its last renewal still holds
         sync.full(later, NOW, "too soon")
     assert sync.meta()["version"] == "1"
-    assert read_values(redis_settings, [3]).records["txn_count_7d"].tolist() == [3]  # v1 serves
+    assert read_values(redis_settings, [3]).records["count_7d"].tolist() == [3]  # v1 serves
     client = redis.Redis.from_url(redis_settings.url)
     while client.exists(layout.lock_key(redis_settings.prefix, VIEW)):
         assert time.monotonic() - killed_at < lease_s + 1
         time.sleep(0.05)
     result = sync.full(later, NOW, "after")
     assert result.version == 3 and set(result.retired) == {1, 2}  # v2: the dead sync's
-    assert read_values(redis_settings, [3]).records["txn_count_7d"].tolist() == [6]
+    assert read_values(redis_settings, [3]).records["count_7d"].tolist() == [6]
 
 
 def test_a_long_sync_renews_its_lease_and_keeps_other_syncs_out(spark, redis_settings):
@@ -265,7 +275,7 @@ def test_a_sync_that_lost_its_lease_does_not_flip(spark, redis_settings, loss):
         sync.full(frame(spark, NOW, scale=2.0), NOW, "lost")
     meta = sync.meta()
     assert meta["version"] == "1" and meta["source"] == "good"
-    assert read_values(redis_settings, [3]).records["txn_count_7d"].tolist() == [3]
+    assert read_values(redis_settings, [3]).records["count_7d"].tolist() == [3]
     assert all(0 < client.ttl(k) <= 30 for k in layout.bucket_keys(redis_settings.prefix, VIEW, 2))  # retired
     assert client.get(key) == (b"another sync" if loss == "taken over" else None)  # not freed by the loser
 
@@ -309,7 +319,7 @@ def test_incremental_sync_rewrites_only_changed_entities_in_place(spark, redis_s
     result = sync.incremental(changed, at, "delta")
     assert (result.mode, result.version, result.rows) == ("incremental", 1, 2)
     got = read_values(redis_settings, [4, 5, 6])
-    assert got.records["txn_count_7d"].tolist() == [4, 50, 60]
+    assert got.records["count_7d"].tolist() == [4, 50, 60]
     assert got.age_s[0] > 7000 and got.age_s[1] < 60  # each entity carries its own as-of time
     assert sync.meta()["watermark_ms"] == str(int(at.timestamp() * 1000))
 
@@ -401,21 +411,21 @@ def test_sync_and_read_on_a_redis_cluster(spark, redis_cluster):
     assert (result.version, result.retired) == (2, (1,))
     got = read_values(settings, [1, 33, 1_500, N + 1])  # entities in buckets on different nodes
     assert got.present.tolist() == [True, True, True, False]
-    assert got.records["txn_count_7d"][:3].tolist() == [2, 66, 3_000]
+    assert got.records["count_7d"][:3].tolist() == [2, 66, 3_000]
 
 
 def test_null_feature_values_take_the_default_and_extra_columns_are_ignored(spark, redis_settings):
     from pyspark.sql import functions as F
 
     at = now()
-    nulls = (frame(spark, at).withColumn("seconds_since_last_txn", F.when(F.col("customer_id") % 2 == 0, None)
-                                         .otherwise(F.col("seconds_since_last_txn")))
+    nulls = (frame(spark, at).withColumn("seconds_since_last", F.when(F.col("user_id") % 2 == 0, None)
+                                         .otherwise(F.col("seconds_since_last")))
              .withColumn("unrelated", F.lit("x")))
     syncer(redis_settings).full(nulls, at, "nulls")
     got = read_values(redis_settings, [6, 7])
-    default = next(f.default for f in VIEW.features if f.name == "seconds_since_last_txn")
-    assert got.records["seconds_since_last_txn"].tolist() == [default, 7.0]
-    assert got.records["txn_count_7d"].tolist() == [6, 7]
+    default = next(f.default for f in VIEW.features if f.name == "seconds_since_last")
+    assert got.records["seconds_since_last"].tolist() == [default, 7.0]
+    assert got.records["count_7d"].tolist() == [6, 7]
 
 
 def test_a_command_redis_refuses_fails_the_sync_and_nothing_flips(spark, redis_settings):
@@ -427,7 +437,7 @@ def test_a_command_redis_refuses_fails_the_sync_and_nothing_flips(spark, redis_s
     with pytest.raises(SyncError, match="failed"):
         sync.full(frame(spark, NOW, scale=2.0), NOW, "refused")
     assert sync.meta()["version"] == "1"
-    assert read_values(redis_settings, [5]).records["txn_count_7d"].tolist() == [5]
+    assert read_values(redis_settings, [5]).records["count_7d"].tolist() == [5]
 
 
 def test_writer_partitions_merge_without_a_shuffle_and_spread_only_when_needed(spark):
@@ -450,18 +460,18 @@ def test_full_sync_of_a_parquet_table_read_by_the_writers(spark, redis_settings,
     from features_online.parquet_pieces import ParquetTable
 
     at = now()
-    table = (frame(spark, at).withColumn("seconds_since_last_txn", F.when(F.col("customer_id") % 2 == 0, None)
-                                         .otherwise(F.col("seconds_since_last_txn")))
+    table = (frame(spark, at).withColumn("seconds_since_last", F.when(F.col("user_id") % 2 == 0, None)
+                                         .otherwise(F.col("seconds_since_last")))
              .withColumn("unrelated", F.lit("x")))
     table.repartition(3).write.option("parquet.block.size", 4096).parquet(str(tmp_path / "t"))
     sync = syncer(redis_settings)
     result = sync.full(ParquetTable(spark, str(tmp_path / "t"), 2), at, "table")
     assert (result.version, result.rows) == (1, N)
     got = read_values(redis_settings, [6, 7, N, N + 1])
-    default = next(f.default for f in VIEW.features if f.name == "seconds_since_last_txn")
+    default = next(f.default for f in VIEW.features if f.name == "seconds_since_last")
     assert got.present.tolist() == [True, True, True, False]
-    assert got.records["seconds_since_last_txn"][:2].tolist() == [default, 7.0]
-    assert got.records["txn_count_7d"][:3].tolist() == [6, 7, N]
+    assert got.records["seconds_since_last"][:2].tolist() == [default, 7.0]
+    assert got.records["count_7d"][:3].tolist() == [6, 7, N]
     assert sync.meta()["rows"] == str(N)
 
 
@@ -472,12 +482,12 @@ def test_a_parquet_table_a_writer_cannot_read_fails_the_sync_and_nothing_flips(s
     sync.full(frame(spark, NOW), NOW, "good")
     frame(spark, NOW, scale=2.0).coalesce(1).write.parquet(str(tmp_path / "t"))
     # a second part file without one of the view's features: its writer's task fails
-    frame(spark, NOW, ids=[N + 1, N + 2]).drop("amount_max_30d").coalesce(1).write.mode("append").parquet(
+    frame(spark, NOW, ids=[N + 1, N + 2]).drop("max_30d").coalesce(1).write.mode("append").parquet(
         str(tmp_path / "t"))
     with pytest.raises(SyncError, match="failed"):
         sync.full(ParquetTable(spark, str(tmp_path / "t"), 2), NOW, "broken")
     assert sync.meta()["version"] == "1"
-    assert read_values(redis_settings, [5]).records["txn_count_7d"].tolist() == [5]
+    assert read_values(redis_settings, [5]).records["count_7d"].tolist() == [5]
 
 
 def test_a_source_without_rows_is_refused_and_the_live_version_stays(spark, redis_settings):
@@ -486,7 +496,7 @@ def test_a_source_without_rows_is_refused_and_the_live_version_stays(spark, redi
     with pytest.raises(SyncError, match="no rows"):
         sync.full(frame(spark, NOW).limit(0), NOW, "empty")
     assert sync.meta()["version"] == "1"
-    assert read_values(redis_settings, [5]).records["txn_count_7d"].tolist() == [5]
+    assert read_values(redis_settings, [5]).records["count_7d"].tolist() == [5]
 
 
 @pytest.mark.parametrize("in_url", [True, False])
@@ -507,14 +517,13 @@ def test_writers_authenticate_and_select_the_db_of_the_url(tmp_path, in_url):
                     RedisSettings(url=f"redis://127.0.0.1:{port}/3", password="s3cret", prefix="auth"))
         writer = PartitionWriter(client_spec(settings), VIEW, "auth", 1, 1000, 600)
         ids = np.arange(1, 101, dtype=np.int64)
-        batch = pa.RecordBatch.from_pydict({"customer_id": ids, "as_of_ms": np.full(100, 5, dtype=np.int64),
-                                            **{f: ids.astype(np.int64 if t == "long" else np.float64)
-                                               for f, t in ((f.name, f.dtype) for f in VIEW.features)}})
+        batch = pa.RecordBatch.from_pydict({"user_id": ids, "as_of_ms": np.full(100, 5, dtype=np.int64),
+                                            **{f.name: ids.astype(NUMPY[f.dtype]) for f in VIEW.features}})
         assert writer.write(iter([batch])) == (100, 100)
         key = layout.bucket_key("auth", VIEW, 1, 7)
         [value] = client.hmget(key, b"7")
         records, present = layout.decode(VIEW, [value])
-        assert present.all() and records["txn_count_7d"].tolist() == [7] and 0 < client.ttl(key) <= 600
+        assert present.all() and records["count_7d"].tolist() == [7] and 0 < client.ttl(key) <= 600
         wrong = RedisSettings(url=f"redis://:nope@127.0.0.1:{port}/3", prefix="auth")
         with pytest.raises(Exception, match="WRONGPASS|invalid"):
             PartitionWriter(client_spec(wrong), VIEW, "auth", 1, 1000, 600).write(iter([batch]))
@@ -536,7 +545,7 @@ def test_sync_and_read_over_tls_with_a_password(spark, tmp_path, password_in):
         at = now()
         assert syncer(settings).full(frame(spark, at), at, "tls").rows == N
         read = read_values(settings, [5, N + 1])
-        assert read.present.tolist() == [True, False] and read.records["txn_count_7d"][0] == 5
+        assert read.present.tolist() == [True, False] and read.records["count_7d"][0] == 5
         plain = RedisSettings(url=f"redis://127.0.0.1:{server.port}/0", password="tls-s3cret", prefix="tls")
         with pytest.raises(Exception):  # no TLS: the server does not answer in clear
             syncer(plain).meta()
