@@ -183,33 +183,44 @@ class ViewReader:
         version read as all-absent. Each view's rows are given as int64 ids (a single ``int64``
         key) or as encoded fields (:func:`features_online.layout.encode_fields`).
 
-        One command per view: a script doing one HGET per entity (keys may repeat), cheaper to
-        send and parse than one HMGET per bucket touched (about 50 for 100 entities). A single
-        bucket (one entity) is one plain HMGET, cheaper than a script; on a Redis Cluster, whose
-        scripts cannot span slots, one HMGET per bucket.
+        One command for all views: a script doing one HGET per row (keys may repeat), cheaper to
+        send and parse than one HMGET per bucket touched (about 50 for 100 entities), and than one
+        script call per view (each its own command in a pipeline). A request whose rows all sit
+        in one bucket of one view (one entity, typically) is one plain HMGET, cheaper than a
+        script; on a Redis Cluster, whose scripts cannot span slots, one HMGET per bucket.
         """
-        plan = []  # (view name, row positions or None for all rows, command args) per command
+        # (view name, row positions or None for all rows, command args) per command; the one
+        # script call of several views has name None and its rows cut by ``spans``
+        plan: list[tuple[str | None, Any, tuple]] = []
+        spans: list[tuple[str, int, int]] = []  # (view, first, end) of the script's reply
         live = {name: self._live.get(name) for name in ids_by_view}
+        wanted = []  # (view name, bucket per row, field per row, the version's bucket keys)
         for name, ids in ids_by_view.items():
             version = live[name]
-            if version is None:
+            if version is None or not len(ids):
                 continue
-            view, keys = version.view, version.keys
-            if len(ids) == 1 and isinstance(ids, np.ndarray):  # the common call: one HMGET, no bookkeeping
+            if isinstance(ids, np.ndarray) and len(ids) == 1:  # the common call: no array work
                 entity = int(ids[0])
-                plan.append((name, None, ("HMGET", keys[entity % view.buckets], layout.field(entity))))
+                wanted.append((name, [entity % version.view.buckets], [layout.field(entity)], version.keys))
                 continue
-            buckets = layout.bucket_of(view, ids)
-            distinct = np.unique(buckets).tolist()
-            if not self._redis_settings.cluster and len(distinct) > 1:
-                # keys are bytes, fields bytes: redis-py sends them as they are
-                plan.append((name, None, ("EVALSHA", GET_MANY_SHA, len(ids), *[keys[b] for b in buckets.tolist()],
-                                          *layout.fields(ids))))
-                continue
-            all_fields = layout.fields(ids)
-            for bucket in distinct:
-                rows = np.flatnonzero(buckets == bucket)
-                plan.append((name, rows, ("HMGET", keys[bucket], *[all_fields[r] for r in rows.tolist()])))
+            wanted.append((name, layout.bucket_of(version.view, ids).tolist(), layout.fields(ids), version.keys))
+        if not self._redis_settings.cluster and (len(wanted) > 1 or (wanted and len(set(wanted[0][1])) > 1)):
+            keys, fields = [], []
+            for name, buckets, view_fields, bucket_keys in wanted:
+                spans.append((name, len(fields), len(fields) + len(view_fields)))
+                keys += [bucket_keys[b] for b in buckets]  # bytes: redis-py sends them as they are
+                fields += view_fields
+            plan.append((None, None, ("EVALSHA", GET_MANY_SHA, len(keys), *keys, *fields)))
+        else:
+            for name, buckets, view_fields, bucket_keys in wanted:
+                distinct = sorted(set(buckets))
+                if len(distinct) == 1:
+                    plan.append((name, None, ("HMGET", bucket_keys[distinct[0]], *view_fields)))
+                    continue
+                by_bucket = np.asarray(buckets)
+                for bucket in distinct:
+                    rows = np.flatnonzero(by_bucket == bucket)
+                    plan.append((name, rows, ("HMGET", bucket_keys[bucket], *[view_fields[r] for r in rows.tolist()])))
         replies = []
         if plan:
             try:
@@ -225,6 +236,10 @@ class ViewReader:
                                        else "online store unreachable", reason) from None
         values: dict[str, list] = {}
         for (name, rows, _), reply in zip(plan, replies):
+            if name is None:  # the one script call: each view's rows in order
+                for view_name, first, end in spans:
+                    values[view_name] = reply[first:end]
+                continue
             if rows is None:  # one command for the whole view, row-aligned
                 values[name] = reply
                 continue

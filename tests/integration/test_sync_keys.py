@@ -146,7 +146,7 @@ def test_an_int_view_and_a_string_view_in_one_round_trip(spark, redis_settings):
             await store.close()
 
     got = asyncio.run(run())
-    assert calls == [["EVALSHA", "EVALSHA"]]  # one pipeline: one round trip for both views
+    assert calls == [["EVALSHA"]]  # one command, one round trip, for both views
     assert got["users"].records["clicks"].tolist() == (ids[::5][:100] * 3).tolist()
     assert got["shops"].records["orders"].tolist() == list(range(0, N, 5))[:100]
 

@@ -125,7 +125,7 @@ def test_an_int_view_and_a_string_view_are_read_in_one_round_trip():
         return got, redis.round_trips, redis.commands
 
     got, round_trips, commands = asyncio.run(run())
-    assert round_trips == 1 and [c[0] for c in commands] == ["EVALSHA", "EVALSHA"]
+    assert round_trips == 1 and [c[0] for c in commands] == ["EVALSHA"]  # one script call for both views
     users, shops = got["users"], got["shops"]
     assert users.view == USERS and shops.view == SHOPS
     assert users.present.tolist() == [True, True, False, True] + [True] * 96
@@ -136,7 +136,7 @@ def test_an_int_view_and_a_string_view_are_read_in_one_round_trip():
     assert (users.records["as_of_ms"][0], shops.records["as_of_ms"][0]) == (1_000, 2_000)
 
 
-def test_single_rows_and_a_cluster_read_with_hmget_still_in_one_round_trip():
+def test_one_entity_and_a_cluster_read_with_hmget_still_in_one_round_trip():
     redis = seeded()
     redis.scripts.add(GET_MANY_SHA)  # loaded by an earlier request
 
@@ -147,8 +147,19 @@ def test_single_rows_and_a_cluster_read_with_hmget_still_in_one_round_trip():
         got = await r.read({"users": np.array([5]) if not cluster else np.array([5, 6, 13]), "shops": names(3)}, 1.0)
         return got, redis.round_trips, [c[0] for c in redis.commands]
 
-    got, round_trips, commands = asyncio.run(run(False))
-    assert round_trips == 1 and commands[0] == "HMGET" and got["users"].records["clicks"].tolist() == [50]
+    got, round_trips, commands = asyncio.run(run(False))  # two views: one script call
+    assert round_trips == 1 and commands == ["EVALSHA"] and got["users"].records["clicks"].tolist() == [50]
+
+    async def one_entity():
+        r = reader(redis, {"users": USERS, "shops": SHOPS})
+        await r.refresh()
+        redis.round_trips, redis.commands = 0, []
+        got = await r.read({"users": np.array([5])}, 1.0)
+        return got, redis.round_trips, redis.commands
+
+    got, round_trips, commands = asyncio.run(one_entity())  # one view, one bucket: a plain HMGET
+    assert round_trips == 1 and commands == [("HMGET", layout.bucket_key(PREFIX, USERS, 4, 5).encode(), b"5")]
+    assert got["users"].records["clicks"].tolist() == [50]
     got, round_trips, commands = asyncio.run(run(True))  # one HMGET per bucket, none spans two slots
     assert round_trips == 1 and set(commands) == {"HMGET"}
     assert got["users"].records["clicks"].tolist() == [50, 60, 130] and got["shops"].present.all()
