@@ -142,6 +142,12 @@ def python_function(repo: Repository, target: str):
     function = getattr(module, function_name, None)
     if not callable(function):
         raise FeatureJobError(f"transformation {target}: {module_name} has no function {function_name!r}")
+    if repo.root is not None and getattr(module, "__file__", None):
+        # Python UDFs it defines travel to the executors by value: there the repository folder
+        # is not on sys.path (nor, on a cluster, on the disk)
+        from pyspark import cloudpickle
+
+        cloudpickle.register_pickle_by_value(module)
     return function
 
 

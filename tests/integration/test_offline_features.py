@@ -91,8 +91,12 @@ TRANSFORM = '''
 from pyspark.sql import functions as F
 
 
-def enrich(frame):
-    return frame.withColumn("score_x10", F.col("score") * 10)
+def times_ten(x):
+    return None if x is None else x * 10
+
+
+def enrich(frame):  # a Python UDF: the module must reach the executors, whose sys.path lacks its folder
+    return frame.withColumn("score_x10", F.udf(times_ten, "double")(F.col("score")))
 '''
 SPEC = {v["name"]: v for v in DEFINITIONS["views"]}
 KEYS = {"user_agg": ["user_id"], "user_profile": ["user_id"], "device_agg": ["device_id"],
@@ -126,6 +130,15 @@ def random_events(rng) -> list[tuple]:
                          int(rng.integers(1, 5)), DEVICES[int(rng.integers(0, 4))], f"s{int(rng.integers(1, 3))}",
                          int(rng.integers(1, 3)), "refund" if rng.random() < 0.2 else "sale"))
     return rows
+
+
+@pytest.fixture(scope="module", autouse=True)
+def few_partitions(spark):
+    """Tiny data: two shuffle partitions instead of the session's default (restored after)."""
+    before = spark.conf.get("spark.sql.shuffle.partitions")
+    spark.conf.set("spark.sql.shuffle.partitions", "2")
+    yield
+    spark.conf.set("spark.sql.shuffle.partitions", before)
 
 
 @pytest.fixture(scope="module")
@@ -378,3 +391,36 @@ def test_load_repository_reads_a_folder_or_the_applied_one(world, redis_server, 
     assert jobs.load_repository(settings).digest == world["repo"].digest
     with pytest.raises(FeatureJobError, match="invalid feature repository"):
         jobs.load_repository(settings, tmp_path)
+
+
+def test_incremental_sync_sends_the_rows_of_keys_with_events_since_the_watermark(spark, world, tmp_path,
+                                                                                monkeypatch):
+    """A composite-keyed view: the table's rows of exactly the (shop, region) pairs with events in
+    [watermark, as_of) go to ``FeatureSync.incremental`` (the Redis side is the writer's tests')."""
+    from features_online.settings import StoreSettings
+    from features_online.sync import SyncResult
+
+    sent = {}
+
+    class Recorder:
+        def __init__(self, redis, features, view):
+            self.view = view
+
+        def meta(self):
+            return {"watermark_ms": str(int((T - DAY).timestamp() * 1000))}
+
+        def incremental(self, frame, as_of, source):
+            sent.update(rows=frame.toPandas(), as_of=as_of, source=source)
+            return SyncResult(self.view.name, "incremental", 1, len(sent["rows"]), 1.0)
+
+    monkeypatch.setattr(jobs, "FeatureSync", Recorder)
+    settings = StoreSettings(state_dir=tmp_path)
+    repo, view = world["repo"], world["repo"].views["shop_agg"]
+    path, as_of = jobs.build(settings, spark, repo, view, T.to_pydatetime())
+    assert jobs.sync(settings, spark, repo, view, "incremental").rows == len(sent["rows"]) > 0
+    assert (sent["as_of"], sent["source"]) == (as_of, str(path))
+    rows = view_rows(world, "shop_agg")
+    changed = rows[(rows.ts >= T - DAY) & (rows.ts < T)][["shop_name", "region"]].drop_duplicates()
+    assert sorted(sent["rows"][["shop_name", "region"]].itertuples(index=False, name=None)) == sorted(
+        changed.itertuples(index=False, name=None))
+    assert list(sent["rows"].columns) == ["shop_name", "region", "as_of_ms", "cnt_2d", "amount2_max_2d"]
