@@ -17,7 +17,9 @@ def cmd_features(args: argparse.Namespace, settings: StoreSettings) -> int:
         missing = [flag for flag, value in (("--entities", args.entities), ("--features", args.features),
                                             ("--output", args.output)) if not value]
         if missing:
-            raise FeatureJobError(f"features training-set needs {', '.join(missing)}")
+            error = FeatureJobError(f"features training-set needs {', '.join(missing)}")
+            error.exit_code = 2  # a usage error, as the command line reports them
+            raise error
     repo = jobs.load_repository(settings, args.repo)
     if args.action != "training-set":
         views = jobs.views(repo, args.view)  # unknown names fail before Spark starts

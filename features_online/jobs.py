@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from features_online import repository, spark_job
 from features_online.definitions import FeatureView
@@ -40,15 +41,26 @@ def load_repository(settings: StoreSettings, path: Path | str | None = None) -> 
             return repository.load(path)
         except RepositoryError as exc:
             raise FeatureJobError(f"invalid feature repository: {exc}") from None
+    import redis
+
     client = connect(settings.redis)
     try:
         applied = repository.applied(client, settings.redis.prefix)
+    except redis.RedisError as exc:
+        raise FeatureJobError(f"cannot read the applied feature repository from {_where(settings)} "
+                              f"({type(exc).__name__}): start Redis, or pass --repo PATH") from exc
     finally:
         client.close()
     if applied is None:
-        raise FeatureJobError(f"no feature repository applied to {settings.redis.url} (prefix "
+        raise FeatureJobError(f"no feature repository applied to {_where(settings)} (prefix "
                               f"{settings.redis.prefix!r}): run `mlgate apply PATH`, or pass --repo PATH")
     return applied
+
+
+def _where(settings: StoreSettings) -> str:
+    """The store's address without any password the URL carries."""
+    parts = urlsplit(settings.redis.url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"
 
 
 def views(repo: Repository, names: list[str] | tuple[str, ...] | None = None,

@@ -424,3 +424,15 @@ def test_incremental_sync_sends_the_rows_of_keys_with_events_since_the_watermark
     assert sorted(sent["rows"][["shop_name", "region"]].itertuples(index=False, name=None)) == sorted(
         changed.itertuples(index=False, name=None))
     assert list(sent["rows"].columns) == ["shop_name", "region", "as_of_ms", "cnt_2d", "amount2_max_2d"]
+
+
+def test_the_cli_refuses_before_spark_starts(world, tmp_path, monkeypatch, capsys):
+    from serving import cli
+
+    monkeypatch.setenv("MLGATE_STATE_DIR", str(tmp_path))
+    assert cli.main(["features", "training-set", "--repo", str(world["root"])]) == 2
+    assert "needs --entities, --features, --output" in capsys.readouterr().err
+    assert cli.main(["features", "build", "--repo", str(tmp_path)]) == 1
+    assert "invalid feature repository" in capsys.readouterr().err
+    assert cli.main(["features", "sync", "--repo", str(world["root"]), "--view", "nope"]) == 1
+    assert "no view 'nope'" in capsys.readouterr().err
