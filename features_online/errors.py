@@ -53,3 +53,8 @@ class LeaseHeld(LeaseError):
 
 class LeaseLost(LeaseError):
     """Our lease ran out or was taken over while we held it."""
+
+
+class FeatureJobError(FeatureStoreError):
+    """An offline feature job cannot run as asked: a source that cannot be read, a transformation
+    that fails, a column or view that does not exist, no repository applied."""
