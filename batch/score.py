@@ -12,7 +12,7 @@ specialised to the request-time values every row gets (``batch.specialise``), ch
 the same scores to the bit. Scores go to Parquet, then to the model's fallback keyspace in Redis
 through the same versioned, verified, atomic sync as features.
 
-What a per-entity score means: the model's request-time inputs (the transaction being scored)
+What a per-entity score means: the model's request-time inputs (what the caller sends with a request)
 are unknown in batch, so they take the training median (from the feature statistics logged with
 the model): the score is the entity's score for a typical request, a sensible stand-in when the
 online path cannot answer.
