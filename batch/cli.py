@@ -28,26 +28,46 @@ def model_ref(text: str) -> ModelSettings:
     return ref
 
 
-def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
-    from mlflow import MlflowClient
+def load_repository(settings: Settings, path: str | None):
+    """The feature repository in folder ``path``, else the one applied to the online store."""
+    from features_online import repository
+    from features_online.redis_client import connect
 
-    from batch.score import score
+    if path is not None:
+        try:
+            return repository.load(path)
+        except (repository.RepositoryError, OSError) as exc:
+            raise UsageError(f"--repo {path}: not a feature repository: {exc}") from None
+    client = connect(settings.redis)
+    try:
+        applied = repository.applied(client, settings.redis.prefix)
+    finally:
+        client.close()
+    if applied is None:
+        raise UsageError(f"no feature repository applied to {settings.redis.url} (prefix {settings.redis.prefix!r}): "
+                         "run `mlgate apply PATH`, or pass --repo PATH")
+    return applied
+
+
+def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
+    from batch.score import plan, run
     from features_online import jobs
     from features_online.progress import step
-    from serving.runtime.loader import resolve_version
 
     if args.model is None:  # the first model the gateway serves, as it follows it
         first = settings.models[0]
         args.model = f"{first.name}/{first.version}" if first.version else f"{first.name}@{first.alias}"
     ref = model_ref(args.model)
-    # An unknown model or alias is refused now, not after a Spark start (ModelValidationError).
-    resolve_version(MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri), ref)
+    repo = load_repository(settings, args.repo)
+    # An unknown model or alias, inputs no view provides, missing offline tables: refused now,
+    # not after a Spark start (ModelValidationError, OfflineTableMissing).
+    job = plan(settings, ref, repo, entity_table=args.entities is not None)
     output = args.output or str(settings.state_dir / "scores" / args.model.replace("@", "_").replace("/", "_"))
     with step("starting Spark"):
         spark = jobs.session(settings, debug=getattr(args, "debug", False))
     try:
         with step(f"batch scoring with {args.model}"):
-            result = score(settings, spark, args.model, output, sync=not args.no_sync)
+            result = run(settings, spark, job, output, sync=not args.no_sync, entities=args.entities)
     finally:
         spark.stop()
     print(f"scored {result.rows:,} entities with {result.model} v{result.version} in {result.seconds:.1f}s "
@@ -62,5 +82,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("action", choices=("score",))
     sp.add_argument("--model", help="name@alias or name/version (default: the first configured model)")
     sp.add_argument("--output", help="Parquet folder (default .mlgate/scores/<model>)")
+    sp.add_argument("--repo", help="feature repository folder (default: the one applied to the online store)")
+    sp.add_argument("--entities", help="Parquet table of the key rows to score (default: the rows of the model's "
+                                       "first view keyed by all its entities' keys)")
     sp.add_argument("--no-sync", action="store_true", help="write Parquet only, leave Redis alone")
     sp.set_defaults(func=cmd_batch)

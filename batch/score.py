@@ -1,4 +1,9 @@
-"""Spark batch scoring: a registered ONNX model over the offline feature table, in partitions.
+"""Spark batch scoring: a registered ONNX model over its views' offline tables, in partitions.
+
+Any model whose inputs come from the repository's views: its rows are the latest offline tables
+of those views joined on their key columns (``batch.frame`` says which rows and how), its scores
+are keyed by every key column of its entities and stored in its score view (``label``, ``score``;
+``batch.outputs`` for classifiers and regressors).
 
 Each Python worker opens one onnxruntime session per graph (``batch.worker``: cached for the
 life of the process, not per task, row or batch) from model bytes shipped with the task, so the
@@ -7,9 +12,9 @@ specialised to the request-time values every row gets (``batch.specialise``), ch
 the same scores to the bit. Scores go to Parquet, then to the model's fallback keyspace in Redis
 through the same versioned, verified, atomic sync as features.
 
-What a per-entity score means: the model's request-time inputs (the transaction being scored)
+What a per-entity score means: the model's request-time inputs (what the caller sends with a request)
 are unknown in batch, so they take the training median (from the feature statistics logged with
-the model): the score is the entity's risk for a typical request, a sensible stand-in when the
+the model): the score is the entity's score for a typical request, a sensible stand-in when the
 online path cannot answer.
 """
 
@@ -21,16 +26,18 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 
+from batch.frame import FrameError, FramePlan, ViewInputs, build_frame, frame_plan
+from batch.outputs import UnscorableOutputs, score_outputs
 from batch.specialise import probe, read_columns, specialise
-from batch.worker import SCORE_SCHEMA, ScoringPlan, score_batches
+from batch.worker import ScoringPlan, score_batches
 from features_online import jobs
-from features_online.definitions import SCORED_ENTITY, VIEWS, score_view
+from features_online.definitions import Entity, FeatureView, score_view, scored_entity
+from features_online.repository import Repository
 from features_online.sync import FeatureSync, SyncResult
-from serving.codec import bind
 from serving.errors import ModelValidationError
 from serving.runtime.loader import download, read_spec, resolve_version, verify_digest
 from serving.settings import ModelSettings, Settings
@@ -128,7 +135,7 @@ def model_columns(frame, scoring: ScoringPlan):
     of double across the JVM/Python boundary and Python converts nothing."""
     from pyspark.sql import functions as F
 
-    return frame.select("customer_id", "as_of_ms", *[
+    return frame.select(*scoring.key_names, "as_of_ms", *[
         F.col(column).cast(scoring.feed_types[name]).alias(column) for name, column in scoring.shipped.items()])
 
 
@@ -147,21 +154,87 @@ def typical_request(inputs, stats: dict) -> dict[str, float]:
 
 
 def scored(frame, scoring: ScoringPlan):
-    """``frame`` (offline table) scored, with model, version, snapshot and scoring time."""
+    """``frame`` (``batch.frame.build_frame``) scored: key columns, as_of_ms, label, score, then
+    model, version, snapshot (the tables read) and scoring time."""
     from pyspark.sql import functions as F
 
-    return (model_columns(frame, scoring).mapInArrow(score_partitions(scoring), schema=SCORE_SCHEMA)
+    return (model_columns(frame, scoring).mapInArrow(score_partitions(scoring), schema=scoring.schema)
             .withColumn("model", F.lit(scoring.spec.name))
             .withColumn("model_version", F.lit(scoring.spec.version))
             .withColumn("feature_snapshot", F.lit(scoring.snapshot))
             .withColumn("scored_at_ms", F.lit(int(time.time() * 1000)).cast("long")))
 
 
-def plan(settings: Settings, ref: ModelSettings) -> tuple[ScoringPlan, str]:
-    """Resolve and fetch the model; map its inputs to the offline table (the table path too)."""
-    from mlflow import MlflowClient
+@dataclass(frozen=True)
+class Job:
+    """One batch job, planned: what the workers run, the frame they read, where scores go."""
 
+    scoring: ScoringPlan
+    frame: FramePlan
+    tables: dict[str, str]  # view -> its latest offline table
+    as_of: datetime  # of the oldest table: the age of every score
+    view: FeatureView  # the model's score view (Redis)
+
+
+RESERVED = frozenset({"as_of_ms", "label", "score", "model", "model_version", "feature_snapshot", "scored_at_ms"})
+
+
+def model_entities(repo: Repository, model: str, views: list[FeatureView]) -> tuple[Entity, ...]:
+    """The entities the model's scores are keyed by: as the repository lists them for the model
+    (the gateway looks its fallbacks up by the same), else those of its views, in input order."""
+    listed = repo.model_entities(model)
+    if listed:
+        return listed
+    log.warning("model %s is not listed in the repository: its scores are keyed by its views' entities", model)
+    return tuple({v.entity.name: v.entity for v in views}.values())
+
+
+def plan(settings: Settings, ref: ModelSettings, repo: Repository, entity_table: bool = False) -> Job:
+    """Resolve and fetch the model; bind its inputs to the repository's views; find their latest
+    offline tables and how they join (``batch.frame``)."""
+    from serving.codec import bind
     from serving.runtime.onnx_runtime import OnnxRuntime
+
+    spec, path, onnx_file = fetch(settings, ref)
+    binding = bind(spec, repo.views)
+    if not binding.by_view:
+        raise ModelValidationError(f"{spec.name} reads no feature view: there is nothing to score it by")
+    inputs = [ViewInputs(repo.views[name], tuple(features)) for name, features in binding.by_view.items()]
+    entities = model_entities(repo, spec.name, [vi.view for vi in inputs])
+    entity = scored_entity(spec.name, entities)
+    if clash := RESERVED & set(entity.key_names):
+        raise ModelValidationError(f"key columns named {sorted(clash)} clash with the score columns")
+    try:
+        frame = frame_plan(entity, inputs, entity_table)
+    except FrameError as exc:
+        raise ModelValidationError(str(exc)) from None
+    stats_file = path / "extra_files" / "feature_stats.json"
+    if binding.request_spec.inputs and not stats_file.exists():
+        raise ModelValidationError("the model has request-time inputs but no feature_stats.json to default them")
+    stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
+    located = {vi.view.name: jobs.latest_table(settings, vi.view) for vi in inputs}
+    model_bytes = open(onnx_file, "rb").read()
+    runtime = OnnxRuntime(model_bytes, spec, settings.onnx)  # opens once here, fails early
+    if unknown := {str(d) for d in runtime.input_dtypes.values() if d not in _SPARK_TYPES}:
+        raise ModelValidationError(f"batch scoring cannot feed graph inputs of type {sorted(unknown)}")
+    try:
+        outputs = score_outputs(runtime.spec.outputs, output_shapes(model_bytes))
+    except UnscorableOutputs as exc:
+        raise ModelValidationError(str(exc)) from None
+    scoring = specialised(ScoringPlan(
+        model_bytes=model_bytes, spec=spec, onnx=settings.onnx, stored=frame.columns,
+        request_defaults=typical_request(binding.request_spec.inputs, stats),
+        snapshot=";".join(f"{name}={table}" for name, (table, _) in located.items()),
+        feed_types={name: _SPARK_TYPES[d] for name, d in runtime.input_dtypes.items()},
+        keys=tuple((k.name, k.type) for k in entity.keys), outputs=outputs))
+    view = score_view(spec.name, entities, timedelta(seconds=settings.fallback.max_age_s))
+    return Job(scoring, frame, {name: str(table) for name, (table, _) in located.items()},
+               min(as_of for _, as_of in located.values()), view)
+
+
+def fetch(settings: Settings, ref: ModelSettings):
+    """The registered version's spec, local folder and ONNX file (ONNX models only)."""
+    from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
     version, alias, tags = resolve_version(client, ref)
@@ -170,48 +243,46 @@ def plan(settings: Settings, ref: ModelSettings) -> tuple[ScoringPlan, str]:
     spec, onnx_file = read_spec(path, ref.name, version, alias, f"models:/{ref.name}/{version}", tags)
     if not onnx_file:
         raise ModelValidationError("batch scoring runs ONNX models (use mlflow.pyfunc.spark_udf for others)")
-    binding = bind(spec)
-    if list(binding.by_view) != ["customer_activity"]:
-        raise ModelValidationError("batch scoring needs a model fed by the customer_activity view")
-    view = VIEWS["customer_activity"]
-    stats_file = path / "extra_files" / "feature_stats.json"
-    if binding.request_spec.inputs and not stats_file.exists():
-        raise ModelValidationError("the model has request-time inputs but no feature_stats.json to default them")
-    stats = json.loads(stats_file.read_text()) if stats_file.exists() else {}
-    table, _ = jobs.latest_table(settings, view)
-    model_bytes = open(onnx_file, "rb").read()
-    dtypes = OnnxRuntime(model_bytes, spec, settings.onnx).input_dtypes  # opens once here, fails early
-    if unknown := {str(d) for d in dtypes.values() if d not in _SPARK_TYPES}:
-        raise ModelValidationError(f"batch scoring cannot feed graph inputs of type {sorted(unknown)}")
-    return specialised(ScoringPlan(
-        model_bytes=model_bytes, spec=spec, onnx=settings.onnx,
-        stored={view.qualified(f): f for f in binding.by_view["customer_activity"]},
-        request_defaults=typical_request(binding.request_spec.inputs, stats),
-        snapshot=str(table), feed_types={name: _SPARK_TYPES[d] for name, d in dtypes.items()})), str(table)
+    return spec, path, onnx_file
 
 
-def score(settings: Settings, spark, ref: str, output: str, sync: bool = True) -> BatchResult:
-    """Score every entity of the latest offline table; write Parquet; sync the fallback keyspace."""
-    from pyspark.sql import functions as F
+def output_shapes(model_bytes: bytes) -> dict[str, list]:
+    """Each graph output's declared shape (ints, or None/str for free dimensions)."""
+    import onnx
 
+    shapes = {}
+    for out in onnx.load_from_string(model_bytes).graph.output:
+        dims = out.type.tensor_type.shape.dim
+        shapes[out.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+    return shapes
+
+
+def score(settings: Settings, spark, ref: str, output: str, repo: Repository, sync: bool = True,
+          entities: str | None = None) -> BatchResult:
+    """Score every entity of the model's views (or of the ``entities`` table); write Parquet;
+    sync the model's score view."""
     started = time.perf_counter()
-    scoring, table = plan(settings, parse_ref(ref))
+    job = plan(settings, parse_ref(ref), repo, entity_table=entities is not None)
+    return run(settings, spark, job, output, sync, entities, started)
+
+
+def run(settings: Settings, spark, job: Job, output: str, sync: bool = True, entities: str | None = None,
+        started: float | None = None) -> BatchResult:
+    """Run a planned job (:func:`plan`: refusals come before Spark is needed)."""
+    started = time.perf_counter() if started is None else started
+    rows_in = spark.read.parquet(entities) if entities is not None else None
+    frame = build_frame(spark, job.frame, job.tables, int(job.as_of.timestamp() * 1000), rows_in)
     with arrow_for_scoring(spark):
-        scored(spark.read.parquet(table), scoring).write.mode("overwrite").parquet(output)
+        scored(frame, job.scoring).write.mode("overwrite").parquet(output)
     written = spark.read.parquet(output)
     rows = written.count()
     synced = None
     if sync:
-        as_of_ms = written.agg(F.max("as_of_ms")).first()[0]
-        from datetime import datetime, timezone
-
-        as_of = datetime.fromtimestamp(as_of_ms / 1000, timezone.utc)
-        to_redis = written.select(F.col("customer_id").alias(SCORED_ENTITY.key), "as_of_ms", "label", "probability")
-        view = score_view(scoring.spec.name, timedelta(seconds=settings.fallback.max_age_s))
-        synced = FeatureSync(settings.fallback.redis or settings.redis, settings.features, view).full(
-            to_redis.repartition(settings.spark.sync_partitions), as_of, output,
-            extra={"model_version": scoring.spec.version})
-    result = BatchResult(scoring.spec.name, scoring.spec.version, rows, time.perf_counter() - started,
-                         output, synced)
+        to_redis = written.select(*job.scoring.key_names, "as_of_ms", "label", "score")
+        synced = FeatureSync(settings.fallback.redis or settings.redis, settings.features, job.view).full(
+            to_redis.repartition(settings.spark.sync_partitions), job.as_of, output,
+            extra={"model_version": job.scoring.spec.version, "outputs": job.scoring.outputs.kind})
+    spec = job.scoring.spec
+    result = BatchResult(spec.name, spec.version, rows, time.perf_counter() - started, output, synced)
     log.info("scored %d entities with %s v%s in %.1fs", rows, result.model, result.version, result.seconds)
     return result

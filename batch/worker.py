@@ -17,14 +17,16 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from batch.outputs import ScoreOutputs
 from serving.runtime.base import ModelSpec
 from serving.runtime.onnx_runtime import OnnxRuntime
 from serving.settings import OnnxSettings
 
 _SESSIONS: dict[str, OnnxRuntime] = {}  # graph digest -> session, for the life of the worker process
 
-SCORE_COLUMNS = ("customer_id", "as_of_ms", "label", "probability")
-SCORE_SCHEMA = "customer_id long, as_of_ms long, label long, probability double"
+SCORE_FIELDS = ("as_of_ms", "label", "score")
+"""What follows the key columns in a worker's output (the score view's fields, and their age)."""
+_KEY_TYPES = {"int64": "bigint", "string": "string"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class ScoringPlan:
     request_defaults: dict[str, float]
     snapshot: str
     feed_types: dict[str, str]  # model input -> the Spark type of the dtype the graph takes
+    keys: tuple[tuple[str, str], ...]  # the scored entity's key columns: (name, "int64" | "string")
+    outputs: ScoreOutputs  # which graph outputs become label and score
     graph: bytes | None = None  # what the workers run, if not model_bytes (``batch.score.specialised``)
     unread: frozenset[str] = frozenset()  # stored inputs the workers' graph never reads: not shipped, fed as 0
 
@@ -51,13 +55,29 @@ class ScoringPlan:
         return {name: column for name, column in self.stored.items() if name not in self.unread}
 
     @property
+    def key_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.keys)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The worker's output columns: the key columns, then ``SCORE_FIELDS``."""
+        return (*self.key_names, *SCORE_FIELDS)
+
+    @property
+    def schema(self) -> str:
+        """The worker's output as a Spark DDL schema (keys of any type, carried through)."""
+        keys = [f"`{name}` {_KEY_TYPES[kind]}" for name, kind in self.keys]
+        return ", ".join([*keys, "`as_of_ms` bigint", "`label` bigint", "`score` double"])
+
+    @property
     def digest(self) -> str:
         return hashlib.sha256(self.worker_graph).hexdigest()
 
 
 def score_batches(plan: ScoringPlan, batches: Iterator[Any]) -> Iterator[Any]:
-    """One partition (mapInArrow): Arrow columns straight into the model, numeric columns
-    straight back; constant columns are added by Spark afterwards."""
+    """One partition (mapInArrow): Arrow columns straight into the model, the key columns
+    (whatever their type) passed through as they came, label and score back; constant columns
+    are added by Spark afterwards."""
     import pyarrow as pa
 
     runtime = _session(plan)
@@ -71,11 +91,10 @@ def score_batches(plan: ScoringPlan, batches: Iterator[Any]) -> Iterator[Any]:
         inputs = {f.name: (batch.column(shipped[f.name]).to_numpy(zero_copy_only=False)
                            if f.name in shipped else np.full(n, fixed[f.name], dtype=dtypes[f.name]))
                   for f in plan.spec.inputs}
-        out = runtime.predict(inputs)
+        label, score = plan.outputs.scores(runtime.predict(inputs))
         yield pa.RecordBatch.from_arrays(
-            [batch.column("customer_id"), batch.column("as_of_ms"),
-             pa.array(np.asarray(out["label"], np.int64)), pa.array(np.asarray(out["probability"], np.float64))],
-            names=list(SCORE_COLUMNS))
+            [*(batch.column(key) for key in plan.key_names), batch.column("as_of_ms"), pa.array(label),
+             pa.array(score)], names=list(plan.columns))
 
 
 def _session(plan: ScoringPlan) -> OnnxRuntime:

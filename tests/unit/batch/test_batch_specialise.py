@@ -12,11 +12,12 @@ from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegress
 import batch.score
 from batch.score import specialised
 from batch.specialise import probe, read_columns, specialise
+from batch.outputs import score_outputs
 from batch.worker import ScoringPlan
-from examples.fraud.train import to_onnx
 from serving.runtime.base import FeatureSpec
 from serving.runtime.onnx_runtime import OnnxRuntime
 from serving.settings import OnnxSettings
+from tests.unit.batch.toy import convert
 from tests.unit.conftest import make_spec
 
 WIDTH = 6
@@ -34,7 +35,7 @@ def training_data(rows: int = 600):
 def classifier() -> bytes:
     x, score = training_data()
     model = GradientBoostingClassifier(n_estimators=40, max_depth=3, random_state=0).fit(x, score > 0)
-    return to_onnx(model, WIDTH).SerializeToString()
+    return convert(model, WIDTH, {"zipmap": False})
 
 
 @pytest.fixture(scope="module")
@@ -136,11 +137,12 @@ def test_read_columns_is_none_when_something_else_reads_the_input():
 
 def plan_for(graph: bytes) -> ScoringPlan:
     names = [f"f{j}" for j in range(WIDTH)]
-    spec = make_spec(inputs=tuple(FeatureSpec(n, "double") for n in names), outputs=("label", "probability"))
+    spec = make_spec(inputs=tuple(FeatureSpec(n, "double") for n in names), outputs=("label", "probabilities"))
     return ScoringPlan(model_bytes=graph, spec=spec, onnx=OnnxSettings(),
                        stored={n: n for j, n in enumerate(names) if j not in CONSTANTS},
                        request_defaults={names[j]: v for j, v in CONSTANTS.items()}, snapshot="s",
-                       feed_types=dict.fromkeys(names, "float"))
+                       feed_types=dict.fromkeys(names, "float"), keys=(("key", "string"),),
+                       outputs=score_outputs(("label", "probabilities")))
 
 
 def test_the_plan_ships_the_specialised_graph_and_only_the_columns_it_reads(classifier):
@@ -153,7 +155,7 @@ def test_the_plan_ships_the_specialised_graph_and_only_the_columns_it_reads(clas
     fed = {**inputs, **{name: np.zeros(len(x), np.float32) for name in plan.unread}}  # as the worker feeds them
     ours = OnnxRuntime(plan.worker_graph, plan.spec, plan.onnx).predict(fed)
     theirs = OnnxRuntime(classifier, plan.spec, plan.onnx).predict(inputs)
-    assert_bit_identical([theirs["label"], theirs["probability"]], [ours["label"], ours["probability"]])
+    assert_bit_identical([theirs["label"], theirs["probabilities"]], [ours["label"], ours["probabilities"]])
 
 
 def test_the_plan_keeps_the_registered_graph_if_the_specialised_one_disagrees(classifier, monkeypatch):
