@@ -59,15 +59,27 @@ def register_onnx(onnx_model, *, name: str, alias: str, tracking_uri: str, artif
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(
         EXPERIMENT, artifact_location=artifact_root)
     signature = infer_signature(example, outputs)
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=experiment_id) as run:
-        stats_path = Path(tmp) / "feature_stats.json"
-        stats_path.write_text(json.dumps(feature_stats(train_inputs)))
-        mlflow.log_params(params)
-        mlflow.log_metrics(metrics)
-        info = mlflow.onnx.log_model(onnx_model, name="model", signature=signature,
-                                     input_example=example, registered_model_name=name,
-                                     extra_files=[str(stats_path)], save_as_external_data=False,
-                                     onnx_execution_providers=["CPUExecutionProvider"])
+    # MLflow runs the example through its own pyfunc wrapper (to infer requirements, which we give,
+    # and to validate it), which feeds a DataFrame with a boolean column to the float matrix as
+    # strings and fails: a false alarm, since the gateway types each column by the signature. The
+    # training code checks the ONNX graph against the fitted model instead.
+    validation = logging.getLogger("mlflow.models.model")
+    level = validation.level
+    if any(example[c].dtype == bool for c in example.columns):
+        validation.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=experiment_id) as run:
+            stats_path = Path(tmp) / "feature_stats.json"
+            stats_path.write_text(json.dumps(feature_stats(train_inputs)))
+            mlflow.log_params(params)
+            mlflow.log_metrics(metrics)
+            info = mlflow.onnx.log_model(onnx_model, name="model", signature=signature,
+                                         input_example=example, registered_model_name=name,
+                                         extra_files=[str(stats_path)], save_as_external_data=False,
+                                         onnx_execution_providers=["CPUExecutionProvider"],
+                                         pip_requirements=mlflow.onnx.get_default_pip_requirements())
+    finally:
+        validation.setLevel(level)
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, alias, version)
     for key, value in {**tags, "trained_for": alias}.items():
