@@ -21,7 +21,8 @@ system:
 system-test:
 	@.ci/system-deps --tests
 
-## Data, model, Redis, gateway on 127.0.0.1:8000 in the foreground (Ctrl-C stops it).
+## Both examples (fraud, delivery): data, features in Redis, two models, one gateway on
+## 127.0.0.1:8000 serving both, a curl line for each; in the foreground (Ctrl-C stops it).
 demo: system $(STAMP)
 	$(VENV)/bin/mlgate demo
 

@@ -79,10 +79,12 @@ def kill(proc: subprocess.Popen, timeout_s: float = 60) -> None:
 # --- data, model, request bodies ----------------------------------------------------------------
 
 def prepare(settings, env: dict[str, str], customers: int, log: Path) -> None:
-    from examples.fraud.runner import has_alias
+    from examples import project
+    from examples.registry import has_alias
 
     mlgate = [str(VENV_BIN / "mlgate"), "--state-dir", str(settings.state_dir)]
-    if (settings.data_dir / "transactions.parquet").exists() and has_alias(settings, MODEL, "champion"):
+    if ((project.data_dir(settings, "fraud") / "transactions.parquet").exists()
+            and has_alias(settings.tracking_uri, MODEL, "champion")):
         steps = [mlgate + ["features", "sync"], mlgate + ["batch", "score", "--model", f"{MODEL}@champion"]]
     else:
         steps = [mlgate + ["demo", "--detach", "--customers", str(customers), "--port", str(free_port())]]
@@ -117,7 +119,7 @@ def bodies(redis_url: str, inputs, customers: int, n: int, seed: int) -> tuple[l
     import redis
 
     from features_online import layout
-    from features_online.definitions import CUSTOMER_ACTIVITY as VIEW
+    from examples.fraud.train import VIEW
     from loadtests.traffic import transaction
 
     rng = random.Random(seed)

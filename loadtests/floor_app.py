@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from features_online import layout
-from features_online.definitions import CUSTOMER_ACTIVITY as VIEW
+from examples.fraud.train import VIEW  # the example's view, as examples/fraud/features.yaml defines it
 
 PREFIX = "mlg"
 INPUTS = os.environ["FLOOR_INPUTS"].split(",")

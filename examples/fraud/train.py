@@ -1,23 +1,28 @@
-"""Train the demo fraud model, convert it to ONNX and register it in MLflow under an alias."""
+"""Train the fraud model on a point-in-time training set, convert it to ONNX, register it in
+MLflow under an alias.
+
+The entity table is the labelled transactions (customer, time, label, what the caller knows about
+the transaction); the stored features come from the repository's ``customer_activity`` view,
+computed by the feature repository's training-set job as of each transaction's time: the same
+definition the online store is synced from, so training and serving cannot drift apart.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from examples import project
 from examples.fraud.data import DemoData
-from features_online.definitions import CUSTOMER_ACTIVITY
+from examples.registry import TrainResult, feature_stats, register_onnx  # noqa: F401 (re-exported)
+from features_online import repository
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "fraud-detector"
-EXPERIMENT = "mlgate-demo"
+VIEW_NAME = "customer_activity"
 
 # Request-time features: what the caller knows about the transaction being scored.
 REQUEST_FEATURES: tuple[tuple[str, str], ...] = (
@@ -31,11 +36,13 @@ REQUEST_FEATURES: tuple[tuple[str, str], ...] = (
     ("distance_from_home_km", "double"),
     ("card_age_days", "long"),
 )
-VIEW = CUSTOMER_ACTIVITY
+VIEW = repository.load(project.ROOT).views[VIEW_NAME]
+"""The view as examples/fraud/features.yaml defines it (names, dtypes, defaults)."""
 # Stored features, named <view>__<feature> so the gateway knows to read them from the online store.
 FEATURES = REQUEST_FEATURES + tuple((VIEW.qualified(f.name), f.dtype) for f in VIEW.features)
 FEATURE_NAMES = [name for name, _ in FEATURES]
 REQUEST_NAMES = [name for name, _ in REQUEST_FEATURES]
+VIEW_FEATURE_NAMES = [VIEW.qualified(f.name) for f in VIEW.features]
 LABEL_DAYS = 7
 """Train on the last week's transactions, each with its features as of just before it."""
 
@@ -48,15 +55,6 @@ RECIPES = {
 # the latter with scikit-learn 1.9 (boolean tree attributes). The classic one trains slower, so
 # it fits on a uniform sample of the training window.
 MAX_TRAIN_ROWS = 150_000
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    name: str
-    version: str
-    alias: str
-    run_id: str
-    metrics: dict[str, float]
 
 
 def request_table(data: DemoData) -> pd.DataFrame:
@@ -81,32 +79,26 @@ def request_table(data: DemoData) -> pd.DataFrame:
     return table.sort_values("ts", kind="stable").reset_index(drop=True)
 
 
-def training_table(data: DemoData, view_features: pd.DataFrame) -> pd.DataFrame:
-    """Labelled transactions with request-time and point-in-time view features (``FEATURES``).
+def labels(data: DemoData, days: int = LABEL_DAYS) -> pd.DataFrame:
+    """The entity table of a training set: the last ``days`` of labelled transactions with their
+    request-time features and ``event_timestamp`` (the time the features are taken as of)."""
+    table = request_table(data)
+    since = table["ts"].max() - pd.Timedelta(days=days)
+    return table[table["ts"] > since].assign(event_timestamp=lambda t: t["ts"]).reset_index(drop=True)
 
-    ``view_features`` comes from the Spark feature job (``row_id`` = transaction_id): the same
-    code that computes what the online store serves.
-    """
-    stored = view_features.rename(columns={f.name: VIEW.qualified(f.name) for f in VIEW.features})
-    stored = stored.rename(columns={"row_id": "transaction_id"}).drop(columns=["customer_id", "as_of_ms"])
-    table = request_table(data).merge(stored, on="transaction_id", how="inner")
+
+def training_table(spark, repo, entities: pd.DataFrame) -> pd.DataFrame:
+    """``entities`` (:func:`labels`) with the view's features as of each row's time, from the
+    repository's point-in-time training set (Spark), typed as the model's inputs."""
+    from features_online import spark_job
+
+    keys = spark.createDataFrame(entities[["transaction_id", "customer_id", "event_timestamp"]])
+    stored = spark_job.training_set(spark, repo, keys, VIEW_FEATURE_NAMES, timestamp="event_timestamp")
+    stored = stored.drop("customer_id", "event_timestamp").toPandas()
+    table = entities.merge(stored, on="transaction_id", how="inner")
     for name, dtype in FEATURES:
-        table[name] = table[name].astype("int64" if dtype == "long" else "float64")
-    return table.sort_values("ts", kind="stable").reset_index(drop=True)
-
-
-def feature_stats(x: pd.DataFrame) -> dict[str, dict]:
-    """Per-feature training statistics: the reference for drift detection later."""
-    stats = {}
-    for col in x.columns:
-        v = x[col].to_numpy(dtype=np.float64)
-        edges = np.unique(np.quantile(v, np.linspace(0, 1, 11)))
-        counts, _ = np.histogram(v, bins=edges) if len(edges) > 1 else (np.array([len(v)]), edges)
-        stats[col] = {"count": int(len(v)), "mean": float(v.mean()), "std": float(v.std()),
-                      "min": float(v.min()), "max": float(v.max()),
-                      "quantiles": {str(q): float(np.quantile(v, q)) for q in (0.01, 0.25, 0.5, 0.75, 0.99)},
-                      "histogram": {"edges": edges.tolist(), "counts": counts.tolist()}}
-    return stats
+        table[name] = table[name].astype("int64" if dtype in ("long", "int") else "float64")
+    return table.sort_values(["ts", "transaction_id"], kind="stable").reset_index(drop=True)
 
 
 def to_onnx(model, n_features: int):
@@ -144,10 +136,6 @@ def check_parity(onnx_model, model, x: np.ndarray) -> float:
 def train_and_register(table: pd.DataFrame, tracking_uri: str, artifact_root: str,
                        alias: str = "champion", seed: int = 0, name: str = MODEL_NAME) -> TrainResult:
     """Fit on ``table`` (see :func:`training_table`), convert, log, register, set ``alias``."""
-    import mlflow
-    import mlflow.onnx
-    from mlflow import MlflowClient
-    from mlflow.models import infer_signature
     from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -167,30 +155,12 @@ def train_and_register(table: pd.DataFrame, tracking_uri: str, artifact_root: st
     metrics["onnx_max_abs_diff"] = check_parity(onnx_model, model, x_test[:5000])
     if metrics["onnx_max_abs_diff"] > 1e-4:
         raise RuntimeError(f"ONNX conversion changed predictions by {metrics['onnx_max_abs_diff']:.2g}")
-
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)  # log_model registers through the global registry URI
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-        EXPERIMENT, artifact_location=artifact_root)
     example = test[FEATURE_NAMES].head(5).reset_index(drop=True)
     x_example = example.to_numpy(np.float32)
-    signature = infer_signature(example, pd.DataFrame({
-        "label": model.predict(x_example).astype(np.int64),
-        "probability": model.predict_proba(x_example)[:, 1].astype(np.float32)}))
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=experiment_id) as run:
-        stats_path = Path(tmp) / "feature_stats.json"
-        stats_path.write_text(json.dumps(feature_stats(train[FEATURE_NAMES])))
-        mlflow.log_params({**recipe, "seed": seed, "features": ",".join(FEATURE_NAMES)})
-        mlflow.log_metrics(metrics)
-        info = mlflow.onnx.log_model(onnx_model, name="model", signature=signature,
-                                     input_example=example, registered_model_name=name,
-                                     extra_files=[str(stats_path)], save_as_external_data=False,
-                                     onnx_execution_providers=["CPUExecutionProvider"])
-    version = str(info.registered_model_version)
-    client.set_registered_model_alias(name, alias, version)
-    for key, value in {"auc": f"{metrics['auc']:.4f}", "trained_for": alias}.items():
-        client.set_model_version_tag(name, version, key, value)
-    log.info("registered %s v%s as @%s (auc %.4f)", name, version, alias, metrics["auc"])
-    return TrainResult(name, version, alias, run.info.run_id, metrics)
+    outputs = pd.DataFrame({"label": model.predict(x_example).astype(np.int64),
+                            "probability": model.predict_proba(x_example)[:, 1].astype(np.float32)})
+    return register_onnx(onnx_model, name=name, alias=alias, tracking_uri=tracking_uri,
+                         artifact_root=artifact_root, example=example, outputs=outputs,
+                         train_inputs=train[FEATURE_NAMES],
+                         params={**recipe, "seed": seed, "features": ",".join(FEATURE_NAMES)},
+                         metrics=metrics, tags={"auc": f"{metrics['auc']:.4f}"})

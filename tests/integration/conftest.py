@@ -210,15 +210,24 @@ def postgres_server():
 
 @pytest.fixture(scope="session")
 def state_dir(tmp_path_factory) -> Path:
-    """A state folder with demo data (small) and an MLflow SQLite registry."""
+    """A state folder with the fraud example's data (small; where `mlgate data` writes it) and
+    an MLflow SQLite registry."""
     folder = tmp_path_factory.mktemp("state")
-    data.write(data.generate(n_customers=DEMO_CUSTOMERS, seed=11), folder / "data")
+    data.write(data.generate(n_customers=DEMO_CUSTOMERS, seed=11), folder / "data" / "fraud")
     return folder
 
 
 @pytest.fixture(scope="session")
 def settings(state_dir) -> Settings:
     return Settings(state_dir=state_dir, mlflow_tracking_uri=None)
+
+
+@pytest.fixture(scope="session")
+def examples_repo(settings):
+    """The examples' feature repository (examples/), its sources in ``settings``' data folder."""
+    from examples import project
+
+    return project.load(settings)
 
 
 @pytest.fixture(scope="session")
@@ -233,11 +242,12 @@ def spark():
 
 
 @pytest.fixture(scope="session")
-def train_table(settings, spark):
-    """Labelled transactions with point-in-time features, as `mlgate train` builds them."""
+def train_table(settings, spark, examples_repo):
+    """Labelled transactions with point-in-time features (the repository's training set), as
+    `mlgate train` builds them: ``label``, the model's inputs (``FEATURE_NAMES``), ids and time."""
     from examples.fraud.runner import training_data
 
-    return training_data(settings, spark)
+    return training_data(settings, spark, examples_repo)
 
 
 @pytest.fixture(scope="session")

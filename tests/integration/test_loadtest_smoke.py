@@ -13,6 +13,9 @@ from tests.integration.conftest import DEMO_CUSTOMERS, gateway_env, run_cli
 pytestmark = pytest.mark.integration
 
 
+DEMO_COURIERS = 60  # the delivery example, served beside the fraud model the load test drives
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory, redis_url):
     """`mlgate data`, then `mlgate demo --detach` on a private state folder, Redis and free ports;
@@ -20,9 +23,10 @@ def gateway(tmp_path_factory, redis_url):
     state = tmp_path_factory.mktemp("loadtest-state")
     env = gateway_env(state, redis_url)
     port = int(env["MLGATE_HTTP__PORT"])
-    done = run_cli(["data", "--customers", str(DEMO_CUSTOMERS)], env)
+    small = ["--customers", str(DEMO_CUSTOMERS), "--couriers", str(DEMO_COURIERS)]
+    done = run_cli(["data", *small], env)
     assert done.returncode == 0, done.stderr[-3000:]
-    demo = run_cli(["demo", "--detach", "--customers", str(DEMO_CUSTOMERS)], env)
+    demo = run_cli(["demo", "--detach", *small], env)
     if demo.returncode != 0:
         log = state / "logs" / "gateway.log"
         pytest.fail(f"demo failed:\n{demo.stdout[-2000:]}\n{demo.stderr[-2000:]}\n"
