@@ -16,8 +16,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-CLASSIFIER = "label,probability"
-REGRESSOR = "prediction"
+from features_online.definitions import CLASSIFIER_OUTPUTS, REGRESSOR_OUTPUTS
+
+CLASSIFIER, REGRESSOR = CLASSIFIER_OUTPUTS, REGRESSOR_OUTPUTS
 
 
 class UnscorableOutputs(ValueError):

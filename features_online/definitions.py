@@ -144,6 +144,14 @@ SCORE_FIELDS = (Feature("label", "long", 0), Feature("score", "double", float("n
 a regressor's prediction in ``score`` (label 0)."""
 
 
+CLASSIFIER_OUTPUTS = "label,probability"
+"""The ``outputs`` fact of a classifier's scores: ``label`` is its label, ``score`` the
+positive-class probability, served as ``label`` and ``probability``."""
+REGRESSOR_OUTPUTS = "prediction"
+"""The ``outputs`` fact of a regressor's scores: ``score`` is the prediction, served as
+``prediction``."""
+
+
 def scored_entity(model: str, entities: tuple[Entity, ...]) -> Entity:
     """The entity a model's batch scores are keyed by: every key column of its entities."""
     keys: list[EntityKey] = []

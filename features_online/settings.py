@@ -38,13 +38,18 @@ class RedisSettings(Section):
 
 
 class FeatureSettings(Section):
-    on_missing: Literal["default", "error", "fallback"] = "fallback"
-    """Entity not in the online store: serve the row's batch score (503 if there is none fresh
-    enough), serve the view's default values (said so per row), or refuse with 422
-    ``features_missing``."""
+    on_missing: Literal["default", "error", "fallback"] = "default"
+    """Entity not in the online store (a never-seen customer is normal): serve the view's default
+    values (marked ``status: "missing"`` per row), serve the row's batch score (503 if there is
+    none fresh enough), or refuse with 422 ``features_missing``. A view's own ``on_missing``
+    overrides it."""
     on_stale: Literal["default", "serve", "error", "fallback"] = "serve"
     """Values older than the view's TTL: serve them anyway (flagged stale per row), use defaults,
-    refuse with 422 ``features_stale``, or serve the row's batch score."""
+    refuse with 422 ``features_stale``, or serve the row's batch score. A view's own
+    ``on_stale`` overrides it."""
+    repository_poll_s: float = Field(2.0, gt=0)
+    """How often a gateway checks whether a new feature repository was applied (``mlgate apply``):
+    new views and models are served without a restart."""
     pointer_refresh_s: float = Field(1.0, gt=0)
     """How often the gateway re-reads which data version of each view is live."""
     retire_grace_s: int = Field(60, gt=0)

@@ -12,13 +12,14 @@ sends, under ``instances`` (every input spelled out) or ``features`` (beside ``e
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import orjson
 
-from features_online.definitions import VIEWS, FeatureView, split_inputs
+from features_online import layout
+from features_online.definitions import Entity, EntityKey, FeatureView, split_inputs
 from serving.errors import (
     InvalidFeatureType,
     InvalidRequest,
@@ -111,63 +112,112 @@ class FeatureBinding:
     """Features each view supplies, as the model names them minus the view prefix."""
     request_spec: ModelSpec
     """The model's spec restricted to the inputs the caller sends with the request."""
+    views: tuple[FeatureView, ...] = ()
+    """The views named in ``by_view``, as defined when the binding was made."""
+    stored_dtypes: Mapping[str, Any] = field(default_factory=dict)
+    """The numpy dtype the model's signature gives each stored input (``<view>__<feature>``)."""
 
     @property
-    def views(self) -> list[FeatureView]:
-        return [VIEWS[name] for name in self.by_view]
+    def entities(self) -> tuple[Entity, ...]:
+        """The entities whose keys a request row carries, in view order, each once."""
+        seen: dict[str, Entity] = {}
+        for view in self.views:
+            seen.setdefault(view.entity.name, view.entity)
+        return tuple(seen.values())
 
     @property
-    def entity_keys(self) -> list[str]:
-        return sorted({v.entity.key for v in self.views})
+    def key_columns(self) -> tuple[EntityKey, ...]:
+        return tuple(key for entity in self.entities for key in entity.keys)
 
 
-def bind(spec: ModelSpec) -> FeatureBinding:
-    """Raises ModelValidationError when the signature asks for features no view provides."""
+def bind(spec: ModelSpec, views: Mapping[str, FeatureView]) -> FeatureBinding:
+    """The model's inputs against the online ``views`` (newest definitions by name).
+
+    Raises ModelValidationError when the signature asks for features no view provides."""
     try:
-        by_view, request = split_inputs(spec.feature_names)
+        by_view, request = split_inputs(spec.feature_names, views)
     except ValueError as exc:
         raise ModelValidationError(str(exc)) from None
     request_inputs = tuple(f for f in spec.inputs if f.name in set(request))
+    stored = {f.name: NUMPY_DTYPES[f.dtype] for f in spec.inputs if f.name not in set(request)}
     return FeatureBinding({k: tuple(v) for k, v in by_view.items()},
-                          replace(spec, inputs=request_inputs, input_example=()))
+                          replace(spec, inputs=request_inputs, input_example=()),
+                          tuple(views[name] for name in by_view), stored)
 
 
 ENTITY_BODY_FIELDS = frozenset({"entities", "features", "timeout_ms"})
-_INT64_MAX = 2**63 - 1
 
 
-def entity_ids(payload: Any, max_instances: int) -> np.ndarray:
-    """The entity ids of a body whose model is not known yet (for batch-score fallbacks): each
-    row must carry exactly one id, under the same key."""
+class EntityRows:
+    """The entity keys of a request's rows, validated: each entity's row keys on demand."""
+
+    def __init__(self, columns: Mapping[str, list], n: int) -> None:
+        self.columns = columns
+        self.n = n
+        self._keys: dict[str, layout.RowKeys] = {}
+
+    def keys(self, entity: Entity) -> layout.RowKeys:
+        """The rows' keys of ``entity``: int64 ids for a single ``int64`` key, else encoded fields."""
+        found = self._keys.get(entity.name)
+        if found is None:
+            if entity.is_int:
+                found = np.array(self.columns[entity.keys[0].name], dtype=np.int64)
+            else:
+                found = layout.encode_fields(entity, self.columns)
+            self._keys[entity.name] = found
+        return found
+
+
+def entity_keys(payload: Any, keys: Sequence[EntityKey], max_instances: int) -> EntityRows:
+    """The entity keys of a body whose model is not loaded yet (for batch-score fallbacks)."""
     entities = body_rows(payload, "entities", ENTITY_BODY_FIELDS, max_instances)
-    first = entities[0]
-    if not isinstance(first, dict) or len(first) != 1:
-        raise InvalidRequest("entities[0] must be an object with exactly one entity id")
-    return _ids(entities, list(first))[next(iter(first))]
+    return EntityRows(_key_columns(entities, keys), len(entities))
 
 
 def entity_rows(payload: Any, binding: FeatureBinding, max_instances: int
-                ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
-    """Entity ids per view, and request-time feature rows, from an entity-keyed predict body."""
+                ) -> tuple[EntityRows, list[dict[str, Any]]]:
+    """Entity keys and request-time feature rows from an entity-keyed predict body."""
     entities = body_rows(payload, "entities", ENTITY_BODY_FIELDS, max_instances)
     if not binding.by_view:
         raise InvalidRequest("this model takes no stored features: send 'instances'")
-    ids = _ids(entities, binding.entity_keys)
-    return ({v.name: ids[v.entity.key] for v in binding.views},
-            _request_rows(payload.get("features"), len(entities), binding))
+    rows = EntityRows(_key_columns(entities, binding.key_columns), len(entities))
+    return rows, _request_rows(payload.get("features"), len(entities), binding)
 
 
-def _ids(entities: list, keys: list[str]) -> dict[str, np.ndarray]:
-    ids = {key: np.empty(len(entities), dtype=np.int64) for key in keys}
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _key_columns(entities: list, keys: Sequence[EntityKey]) -> dict[str, list]:
+    """Each key column's values; every row must carry exactly ``keys``, each of its type.
+
+    A string key is any printable text of 1 to ``max_length`` UTF-8 bytes: it becomes a Redis
+    hash field as bulk bytes (never part of a key name or a command), so no value can change
+    which key or slot is read."""
+    names = [k.name for k in keys]
+    wanted = set(names)
+    columns: dict[str, list] = {name: [] for name in names}
     for i, row in enumerate(entities):
-        if not isinstance(row, dict) or row.keys() != set(keys):
-            raise InvalidRequest(f"entities[{i}] must be an object with exactly: {', '.join(keys)}")
+        if not isinstance(row, dict) or row.keys() != wanted:
+            raise InvalidRequest(f"entities[{i}] must be an object with exactly: {', '.join(names)}")
         for key in keys:
-            value = row[key]
-            if type(value) is not int or not 0 <= value <= _INT64_MAX:
-                raise InvalidRequest(f"entities[{i}].{key}: expected a non-negative integer id")
-            ids[key][i] = value
-    return ids
+            value = row[key.name]
+            if key.type == "int64":
+                if type(value) is not int or not _INT64_MIN <= value <= _INT64_MAX:
+                    raise InvalidRequest(f"entities[{i}].{key.name}: expected an integer id (int64)")
+            elif type(value) is not str or not _valid_text(value, key.max_length):
+                raise InvalidRequest(f"entities[{i}].{key.name}: expected a string id of 1 to "
+                                     f"{key.max_length} bytes of printable UTF-8 text")
+            columns[key.name].append(value)
+    return columns
+
+
+def _valid_text(value: str, max_length: int) -> bool:
+    if not value or len(value) > max_length or not value.isprintable():
+        return False
+    try:
+        return len(value.encode()) <= max_length
+    except UnicodeEncodeError:  # a lone surrogate (JSON's \ud800)
+        return False
 
 
 def _request_rows(features: Any, n: int, binding: FeatureBinding) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping, Protocol
+from typing import Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 
@@ -106,18 +106,36 @@ class ModelTable:
 
     def __init__(self, settings: Settings, metrics: GatewayMetrics, factory: BackendFactory,
                  resolver: Resolver | None = None, retry_initial_s: float | None = None,
-                 retry_max_s: float | None = None) -> None:
+                 retry_max_s: float | None = None, models: Iterable[ModelSettings] | None = None) -> None:
         registry = settings.registry
         self._metrics = metrics
         self._factory = factory
         self._resolver = resolver
         self._retry = (retry_initial_s or registry.retry_initial_s, retry_max_s or registry.retry_max_s)
         self._poll_s = registry.poll_s
-        self._models = {m.name: {name: Variant(m.name, name, ref) for name, ref in variant_refs(m).items()}
-                        for m in settings.models}
+        self._models: dict[str, dict[str, Variant]] = {}
         self._started = False
-        for name in self._models:
-            metrics.model_ready.labels(name).set(0)
+        for model in settings.models if models is None else models:
+            self.add(model)
+
+    def add(self, model: ModelSettings) -> None:
+        """Serve one more model (a newly applied repository's): its variants start loading."""
+        if model.name in self._models:
+            raise ValueError(f"model {model.name!r} is served already")
+        self._models[model.name] = {name: Variant(model.name, name, ref) for name, ref in variant_refs(model).items()}
+        self._metrics.model_ready.labels(model.name).set(0)
+        if self._started:
+            for variant in self._models[model.name].values():
+                self._supervise(variant)
+
+    def remove(self, name: str) -> None:
+        """Stop serving a model: its variants retire (calls in flight finish on them)."""
+        for variant in self._models.pop(name, {}).values():
+            self._retire(variant)
+        self._metrics.model_ready.labels(name).set(0)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._models
 
     def start(self) -> None:
         """Start every variant's supervisor (call from the serving event loop)."""

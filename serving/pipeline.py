@@ -24,11 +24,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Mapping
 
 import numpy as np
 
+from features_online.definitions import REGRESSOR_OUTPUTS, Entity, FeatureView, score_view
 from features_online.errors import StoreUnavailable
+from features_online.layout import RowKeys
 from features_online.reader import ViewRead, ViewReader
 from features_online.settings import FeatureSettings
 from observability.metrics import UNKNOWN_MODEL, GatewayMetrics
@@ -45,6 +48,7 @@ from serving.errors import (
     StoredFeaturesStale,
     VariantNotFound,
 )
+from serving.catalog import Catalog, catalog_of
 from serving.models import ModelBackend, ModelTable
 from serving.rollout import Rollouts
 from serving.routing import CANARY, CHAMPION
@@ -75,7 +79,8 @@ NO_HINTS = RouteHints()
 class Pipeline:
     def __init__(self, settings: Settings, models: ModelTable, metrics: GatewayMetrics,
                  store: ViewReader | None = None, scores: ViewReader | None = None,
-                 rollouts: Rollouts | None = None, mirror: ShadowMirror | None = None) -> None:
+                 rollouts: Rollouts | None = None, mirror: ShadowMirror | None = None,
+                 catalog: Catalog | None = None) -> None:
         self.settings = settings
         self.models = models
         self.metrics = metrics
@@ -84,20 +89,39 @@ class Pipeline:
         # Which variant answers (without shared state: this process's own) and where shadows go.
         self.rollouts = rollouts if rollouts is not None else Rollouts(settings, models, metrics)
         self.mirror = mirror
+        self.catalog = catalog if catalog is not None else catalog_of(settings, None)
         self._bindings: dict[tuple[str, str], FeatureBinding] = {}
         secret = settings.routing_secret
         self._routing_secret = secret.get_secret_value().encode() if secret is not None else b""
 
+    def set_catalog(self, catalog: Catalog) -> None:
+        """Serve a newly applied repository's views: bindings are made again on next use."""
+        self.catalog = catalog
+        self._bindings = {}
+
     def binding(self, spec: ModelSpec) -> FeatureBinding:
         key = (spec.name, spec.version)
-        if key not in self._bindings:
-            self._bindings[key] = codec.bind(spec)
-        return self._bindings[key]
+        binding = self._bindings.get(key)
+        if binding is None:
+            binding = self._bindings[key] = codec.bind(spec, self.catalog.newest)
+            self._score_view(spec.name, binding.entities)
+        return binding
+
+    def _score_view(self, model: str, entities: tuple[Entity, ...]) -> FeatureView | None:
+        """The model's batch-score view: keyed by the entities the repository declares for it,
+        else by those of the views it reads (known once it has loaded); read from then on."""
+        entities = self.catalog.entities.get(model) or entities
+        if not entities:
+            return None
+        view = score_view(model, entities, timedelta(seconds=self.settings.fallback.max_age_s))
+        if self.scores is not None:
+            self.scores.add_view(view)
+        return view
 
     async def predict(self, name: str, body: bytes, request_id: str,
                       hints: RouteHints = NO_HINTS) -> dict[str, Any]:
         started = time.perf_counter()
-        label, version, rows = (name if self.settings.model(name) else UNKNOWN_MODEL), "", 0
+        label, version, rows = (name if name in self.models else UNKNOWN_MODEL), "", 0
         variant: str | None = None  # until routed, a failure is no variant's
         try:
             version = self.models.state(name).version or ""  # ModelNotFound: 404 before anything else
@@ -236,17 +260,20 @@ class Pipeline:
         scores = self.scores if allow_fallback and self.settings.fallback.enabled else None
         online_deadline = deadline - (self.settings.fallback.reserve_ms / 1000 if scores is not None else 0)
         limit = self.settings.limits.max_instances
-        if backend is None:  # the model is not ready: batch scores need only the entity ids
-            ids = codec.entity_ids(payload, limit)
-            return await self._fallback(name, ids, dict.fromkeys(range(len(ids)), "model_not_ready"),
-                                        [None] * len(ids), deadline, scores, ModelNotReady(
-                                            f"model {name!r} is not loaded yet")), None
+        if backend is None:  # the model is not ready: batch scores need only the entity keys
+            not_ready = ModelNotReady(f"model {name!r} is not loaded yet")
+            view = self._score_view(name, ())
+            if view is None:  # no entities declared: nothing to key a batch score by
+                raise not_ready
+            rows = codec.entity_keys(payload, view.entity.keys, limit)
+            return await self._fallback(name, rows, dict.fromkeys(range(rows.n), "model_not_ready"),
+                                        [None] * rows.n, deadline, scores, not_ready), None
         spec = backend.spec
         binding = self.binding(spec)
-        ids_by_view, request_rows = codec.entity_rows(payload, binding, limit)
+        rows, request_rows = codec.entity_rows(payload, binding, limit)
         request_columns = codec.decode(request_rows, binding.request_spec)
-        ids = next(iter(ids_by_view.values()))
-        n = len(ids)
+        ids_by_view = {view.name: rows.keys(view.entity) for view in binding.views}
+        n = rows.n
         t_decoded = time.perf_counter()
         self.metrics.observe_stage(name, "decode", t_decoded - started)
         try:
@@ -254,7 +281,7 @@ class Pipeline:
                 raise StoreUnavailable("no online feature store is configured")
             reads = await self.store.read(ids_by_view, timeout_s=max(online_deadline - t_decoded, 0.001))
         except StoreUnavailable as exc:
-            return await self._fallback(name, ids, dict.fromkeys(range(n), "feature_store_unavailable"),
+            return await self._fallback(name, rows, dict.fromkeys(range(n), "feature_store_unavailable"),
                                         [None] * n, deadline, scores, DependencyUnavailable(exc.message)), spec
         stored, provenance, to_fallback = stored_inputs(binding, reads, self.settings.features, self.metrics)
         self.metrics.observe_stage(name, "features", time.perf_counter() - t_decoded)
@@ -275,17 +302,21 @@ class Pipeline:
                     log.exception("model %s v%s failed: serving batch scores", name, spec.version)
                 to_fallback.update(dict.fromkeys(online, reason))
         if to_fallback and allow_fallback:
-            answers = await self._fallback(name, ids, to_fallback, answers, deadline, scores, None)
+            answers = await self._fallback(name, rows, to_fallback, answers, deadline, scores, None)
         for answer, origin in zip(answers, provenance):
             if answer is not None:
                 answer["features"] = origin
         return answers, spec
 
-    async def _fallback(self, name: str, ids: np.ndarray, reasons: dict[int, str],
+    async def _fallback(self, name: str, rows: codec.EntityRows, reasons: dict[int, str],
                         answers: list[dict[str, Any] | None], deadline: float, scores: ViewReader | None,
                         cause: MlgateError | None) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
-        found = await fallback_or_fail(scores, self.metrics, name, ids, reasons, cause,
+        view = self._score_view(name, ()) if scores is not None else None
+        if scores is not None and view is None:  # entities unknown: no batch score to look up
+            scores = None
+        keys = rows.keys(view.entity) if view is not None else []
+        found = await fallback_or_fail(scores, self.metrics, name, keys, reasons, cause,
                                        max(deadline - t0, 0.001))
         self.metrics.observe_stage(name, "fallback", time.perf_counter() - t0)
         return [found.get(i, answer) for i, answer in enumerate(answers)]
@@ -302,13 +333,21 @@ class Pipeline:
             except Exception:  # the example is a convenience: never fail describe on it
                 entity = None
             if entity is not None:
-                request = {f.name: row.get(f.name) for f in binding.request_spec.inputs}
-                return {"entities": [{view.entity.key: entity}], "features": request}
+                keys = dict(entity)
+                for other in binding.views[1:]:  # a second entity: one of its stored keys too
+                    if not set(other.entity.key_names) <= keys.keys():
+                        try:
+                            keys.update(await self.store.sample_entity(other.name) or {})
+                        except Exception:
+                            pass
+                if set(keys) == {k.name for k in binding.key_columns}:
+                    request = {f.name: row.get(f.name) for f in binding.request_spec.inputs}
+                    return {"entities": [keys], "features": request}
         return {"instances": [row]}
 
     def reject(self, name: str, error: MlgateError, started: float) -> None:
         """Count a request the transport refused before it reached the pipeline."""
-        label = name if self.settings.model(name) else UNKNOWN_MODEL
+        label = name if name in self.models else UNKNOWN_MODEL
         self.metrics.observe_request(label, "", error.code, time.perf_counter() - started)
 
 
@@ -321,30 +360,38 @@ def stored_inputs(binding: FeatureBinding, reads: Mapping[str, ViewRead], policy
     n = len(next(iter(reads.values())).present)
     provenance: list[dict[str, Any]] = [{} for _ in range(n)]
     fallback: dict[int, str] = {}
-    for name, features in binding.by_view.items():
+    for newest, features in zip(binding.views, binding.by_view.values()):
+        name = newest.name
         read = reads[name]
-        view = read.view
+        view = read.view  # the schema version served: an older one may lack newer features
+        on_missing = newest.on_missing or policy.on_missing
+        on_stale = newest.on_stale or policy.on_stale
         missing, stale = ~read.present, read.stale
-        if policy.on_missing == "error" and missing.any():
-            raise StoredFeaturesMissing(f"entities[{int(np.argmax(missing))}]: no {view.name} features stored")
-        if policy.on_stale == "error" and stale.any():
-            raise StoredFeaturesStale(f"entities[{int(np.argmax(stale))}]: {view.name} features older than "
+        if on_missing == "error" and missing.any():
+            raise StoredFeaturesMissing(f"entities[{int(np.argmax(missing))}]: no {name} features stored")
+        if on_stale == "error" and stale.any():
+            raise StoredFeaturesStale(f"entities[{int(np.argmax(stale))}]: {name} features older than "
                                       f"{int(view.ttl.total_seconds())}s")
-        for reason, mask, rule in (("features_missing", missing, policy.on_missing),
-                                   ("features_stale", stale, policy.on_stale)):
+        for reason, mask, rule in (("features_missing", missing, on_missing),
+                                   ("features_stale", stale, on_stale)):
             if rule == "fallback":
                 for row in np.flatnonzero(mask).tolist():
                     fallback.setdefault(row, reason)
-        use_default = missing | (stale if policy.on_stale == "default" else np.zeros(n, bool))
+        use_default = missing | (stale if on_stale == "default" else np.zeros(n, bool))
         any_default = bool(use_default.any())
-        for feature in view.features:
-            if feature.name in features:
+        stored = set(view.feature_names)
+        for feature in newest.features:
+            if feature.name not in features:
+                continue
+            if feature.name in stored:
                 values = read.records[feature.name]
                 if any_default:
                     values = np.where(use_default, feature.default, values)
-                # In the view's dtype, which is the signature's: schema-enforcing runtimes check it.
-                columns[view.qualified(feature.name)] = values.astype(
-                    np.int64 if feature.dtype == "long" else np.float64, copy=False)
+            else:  # added by the newest schema, not synced yet: its default
+                values = np.full(n, feature.default)
+            # In the signature's dtype: schema-enforcing runtimes check it.
+            qualified = newest.qualified(feature.name)
+            columns[qualified] = values.astype(binding.stored_dtypes[qualified], copy=False)
         for i in range(n):
             provenance[i][name] = _origin(bool(missing[i]), bool(stale[i]), bool(use_default[i]),
                                           float(read.age_s[i]))
@@ -362,24 +409,28 @@ def _origin(missing: bool, stale: bool, default: bool, age_s: float) -> dict[str
             "status": "stale" if stale else "fresh", "age_s": round(age_s, 3)}
 
 
-async def fallback_or_fail(scores: ViewReader | None, metrics: GatewayMetrics, model: str, ids: np.ndarray,
+async def fallback_or_fail(scores: ViewReader | None, metrics: GatewayMetrics, model: str, keys: RowKeys,
                            reasons: dict[int, str], cause: MlgateError | None, timeout_s: float
                            ) -> dict[int, dict[str, Any]]:
     """The one decision "serve a fallback or fail", for the rows in ``reasons`` (row -> why the
-    online path cannot answer it): each row's batch score, or an error.
+    online path cannot answer it): each row's batch score, or an error. ``keys``: every row's
+    key in the model's score view.
 
-    - no score store (fallbacks off, or a shadow's replay): ``cause``, the error the online path
-      met, is raised (a 4xx policy error never reaches here: it is the caller's);
+    - no score store (fallbacks off, a shadow's replay, no entities to key scores by): ``cause``,
+      the error the online path met, is raised (a 4xx policy error never reaches here);
     - the scores cannot be read in time: 503 ``fallback_unavailable``, with why they were needed;
     - a row's score is missing or older than ``fallback.max_age_s``: 503 naming the first such row;
-    - else every row's score, with its source, model version, reason and age.
+    - else every row's score under the model's own output names (``label`` and ``probability``
+      for a classifier, ``prediction`` for a regressor, as the batch job recorded them), with its
+      source, model version, reason and age.
     """
     if scores is None:
         raise cause or FallbackUnavailable(f"{_why(reasons)}, and fallbacks are off")
     rows = sorted(reasons)
     view_name = f"score.{model}"
+    wanted = keys[rows] if isinstance(keys, np.ndarray) else [keys[r] for r in rows]
     try:
-        read = (await scores.read({view_name: ids[rows]}, timeout_s))[view_name]
+        read = (await scores.read({view_name: wanted}, timeout_s))[view_name]
     except StoreUnavailable as exc:
         raise FallbackUnavailable(f"{_why(reasons)}, and batch scores are unreachable: {exc.message}") from None
     usable = read.present & ~read.stale
@@ -388,12 +439,14 @@ async def fallback_or_fail(scores: ViewReader | None, metrics: GatewayMetrics, m
         problem = "too old" if read.present[first] else "missing"
         raise FallbackUnavailable(f"entities[{rows[first]}]: {reasons[rows[first]]}, and its batch score is {problem}")
     live = scores.live(view_name)
-    version = live.extra.get("model_version") if live else None
+    extra = live.extra if live else {}
+    version = extra.get("model_version")
+    regressor = extra.get("outputs") == REGRESSOR_OUTPUTS
+    labels, values = read.records["label"].tolist(), read.records["score"].tolist()
     answers = {}
     for i, row in enumerate(rows):
-        answers[row] = {"label": int(read.records["label"][i]),
-                        "probability": float(read.records["probability"][i]),
-                        "source": "batch_fallback", "model_version": version,
+        answer = {"prediction": values[i]} if regressor else {"label": labels[i], "probability": values[i]}
+        answers[row] = {**answer, "source": "batch_fallback", "model_version": version,
                         "fallback_reason": reasons[row], "score_age_s": round(float(read.age_s[i]), 3)}
     for reason in set(reasons.values()):
         metrics.fallback_rows.labels(model, reason).inc(sum(1 for r in reasons.values() if r == reason))

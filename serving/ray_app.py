@@ -16,16 +16,19 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from features_online.definitions import VIEWS, score_view
+from features_online.errors import StoreUnavailable
 from features_online.reader import ViewReader
+from features_online.repository import Repository
 from observability.metrics import GatewayMetrics
 from serving import codec
+from serving.catalog import Catalog, catalog_of
 from serving.http.app import build_app
 from serving.http.server import ReplicaServer
 from serving.launcher import GATEWAY
 from serving.models import InProcessModel, ModelBackend, ModelTable
 from serving.pipeline import Pipeline
 from serving.registry import Registry
+from serving.repo_watch import RepositoryWatcher
 from serving.rollout import Rollouts
 from serving.runtime.base import ModelSpec, predict_async
 from serving.runtime.loader import load_model
@@ -112,27 +115,32 @@ class Gateway:
                 loaded: ModelBackend = DeploymentModel(handles[model.name], loop)
             else:
                 loaded = InProcessModel(_load(self._settings, model), metrics)
-            codec.bind(loaded.spec)  # refuses models asking for features no view provides
+            # refuses models asking for features no view of the applied repository provides
+            codec.bind(loaded.spec, self._catalog.newest)
             return loaded
 
-        max_age = timedelta(seconds=self._settings.fallback.max_age_s)
-        score_views = {v.name: v for v in (score_view(m.name, max_age) for m in self._settings.models)}
-        separate = self._settings.fallback.redis is not None
-        self._store = ViewReader(self._settings.redis, self._settings.features,
-                                  VIEWS if separate else {**VIEWS, **score_views}, metrics)
-        await self._store.start()
+        self._store = ViewReader(self._settings.redis, self._settings.features, {}, metrics)
         self._scores = self._store
-        if separate:
-            self._scores = ViewReader(self._settings.fallback.redis, self._settings.features,
-                                       score_views, metrics)
+        if self._settings.fallback.redis is not None:
+            self._scores = ViewReader(self._settings.fallback.redis, self._settings.features, {}, metrics)
+        # the applied feature repository: its views and models, before anything loads
+        self._catalog = catalog_of(self._settings, None)
+        self._watcher = RepositoryWatcher(self._store.client, self._settings.redis.prefix,
+                                          self._settings.features.repository_poll_s, self._adopt)
+        await self._watcher.check()
+        self._set_views(self._catalog)
+        await self._store.start()
+        if self._scores is not self._store:
             await self._scores.start()
-        self._models = ModelTable(self._settings, metrics, backend, resolver=registry.resolve)
+        self._models = ModelTable(self._settings, metrics, backend, resolver=registry.resolve,
+                                  models=self._catalog.models)
         self._models.start()
         self._rollouts = Rollouts(self._settings, self._models, metrics, self._store.client,
-                                  on_rollback=registry.record_rollback)
+                                  on_rollback=registry.record_rollback, served=self._catalog.models)
         self._rollouts.start()  # routing comes in reconfigure(), which Ray calls right after
         self._pipeline = Pipeline(self._settings, self._models, metrics, self._store, self._scores,
-                                  self._rollouts)
+                                  self._rollouts, catalog=self._catalog)
+        self._watcher.start()
         rollout = self._settings.rollout
         self._pipeline.mirror = ShadowMirror(self._pipeline.replay, metrics, rollout.shadow_queue,
                                              rollout.shadow_concurrency)
@@ -152,10 +160,45 @@ class Gateway:
                 http.port, http.drain_s, http.keep_alive_s, http.header_timeout_s, http.max_header_bytes,
                 http.max_connections, http.backlog)
 
+    def _set_views(self, catalog: Catalog) -> None:
+        score_views = catalog.score_views(timedelta(seconds=self._settings.fallback.max_age_s))
+        if self._scores is self._store:
+            self._store.set_views({**catalog.views, **score_views})
+        else:
+            self._store.set_views(catalog.views)
+            self._scores.set_views(score_views)
+
+    async def _adopt(self, repo: Repository | None) -> None:
+        """Serve a newly applied repository: its views (read from the next refresh, which runs
+        now), then its models: new ones start loading, removed ones retire, changed ones reload."""
+        old, new = self._catalog, catalog_of(self._settings, repo)
+        self._catalog = new
+        self._set_views(new)
+        pipeline = getattr(self, "_pipeline", None)
+        if pipeline is None:  # at start: the model table is built from the catalog next
+            return
+        pipeline.set_catalog(new)
+        try:
+            await self._store.refresh()
+            if self._scores is not self._store:
+                await self._scores.refresh()
+        except StoreUnavailable:
+            pass  # the refresh loop keeps trying
+        before = {m.name: m for m in old.models}
+        after = {m.name: m for m in new.models}
+        for name, model in before.items():
+            if after.get(name) != model:
+                self._rollouts.remove(name)
+                self._models.remove(name)
+        for name, model in after.items():
+            if before.get(name) != model:
+                self._models.add(model)
+                self._rollouts.add(model)
+
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live routing: validate every model's new routing first, then apply them."""
         routing = {name: RoutingSettings(**value) for name, value in (user_config.get("routing") or {}).items()}
-        unknown = set(routing) - {m.name for m in self._settings.models}
+        unknown = set(routing) - set(self._models.names())
         if unknown:
             raise ValueError(f"user_config routing names models not served here: {sorted(unknown)}")
         for name, value in routing.items():
@@ -185,6 +228,9 @@ class Gateway:
         pipeline = getattr(self, "_pipeline", None)
         if pipeline is not None and pipeline.mirror is not None:
             pipeline.mirror.close()
+        watcher = getattr(self, "_watcher", None)
+        if watcher is not None:
+            watcher.close()
         for part in (getattr(self, "_rollouts", None), getattr(self, "_models", None)):
             if part is not None:
                 part.close()

@@ -26,14 +26,14 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from observability.metrics import GatewayMetrics
 from serving.canary import Breach, CanaryAnalysis
 from serving.errors import DependencyUnavailable, ModelNotFound, RolloutConflict, VariantNotFound
 from serving.models import ModelTable
 from serving.routing import CANARY, mirrored
-from serving.settings import RoutingSettings, Settings
+from serving.settings import ModelSettings, RoutingSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class Rollouts:
 
     def __init__(self, settings: Settings, models: ModelTable, metrics: GatewayMetrics,
                  redis: Any = None, on_rollback: RollbackHook | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, served: Iterable[ModelSettings] | None = None) -> None:
         self.settings = settings
         self._models = models
         self._metrics = metrics
@@ -99,8 +99,21 @@ class Rollouts:
         self._canary_seen: dict[str, str | None] = {}  # canary version the analysis window is about
         self._alerted: dict[str, set[tuple[str | None, str]]] = {}  # (canary version, check) reported
         self._tasks: list[asyncio.Task] = []
-        for model in settings.models:  # dated 0: anything stored or configured later wins
-            self._apply_routing(model.name, model.routing, 0.0)
+        for model in settings.models if served is None else served:
+            self.add(model)
+
+    def add(self, model: ModelSettings) -> None:
+        """Route a newly served model by its configured routing (dated 0: anything stored or
+        configured later wins; the next sync adopts the shared state)."""
+        self._apply_routing(model.name, model.routing, 0.0)
+
+    def remove(self, name: str) -> None:
+        for table in (self._routing, self._states, self._analysis, self._applied, self._canary_seen, self._alerted):
+            table.pop(name, None)
+        self._unsaved.discard(name)
+
+    def names(self) -> list[str]:
+        return list(self._routing)
 
     # -- configuration --------------------------------------------------------------------------
 
@@ -276,7 +289,7 @@ class Rollouts:
             except Exception as exc:
                 log.debug("rollout %s: refresh failed: %s", model, type(exc).__name__)
                 continue
-            if stored is not None and stored != self._states[model]:
+            if stored is not None and model in self._states and stored != self._states[model]:
                 self._adopt(model, stored)
 
     async def analyse(self) -> None:

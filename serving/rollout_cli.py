@@ -18,7 +18,7 @@ from serving.settings import Settings
 
 def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("action", choices=("status", "set", "approve", "promote"))
-    sp.add_argument("--model", default=None, help="model name (default: the first configured)")
+    sp.add_argument("--model", default=None, help="model name (default: the only model the gateway serves)")
     sp.add_argument("--url", default=None, help="gateway base URL (default http://<http.host>:<http.port>)")
     sp.add_argument("--canary-weight", type=float, help="set: percent of routing keys for the canary")
     sp.add_argument("--shadow", action="append", default=[], metavar="NAME=SHARE",
@@ -31,9 +31,9 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    model = args.model or settings.models[0].name
     admin = Admin(args.url or f"http://{settings.http.host}:{settings.http.port}", settings)
     try:
+        model = args.model or _only_model(admin)
         if args.action == "status":
             show(admin.get(model))
         elif args.action == "set":
@@ -55,6 +55,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except GatewayError as exc:
         return _fail(str(exc))
     return 0
+
+
+def _only_model(admin: Admin) -> str:
+    names = [r["model"] for r in admin.list()]
+    if len(names) != 1:
+        raise GatewayError(f"the gateway serves {len(names)} models ({', '.join(names) or 'none'}): "
+                           "say which with --model")
+    return names[0]
 
 
 def promote(args: argparse.Namespace, settings: Settings, admin: Admin, model: str) -> int:
@@ -86,14 +94,17 @@ class Admin:
         self.headers = {"authorization": f"Bearer {token.get_secret_value()}"} if token else {}
 
     def get(self, model: str) -> dict[str, Any]:
-        return self._call("GET", model)
+        return self._call("GET", f"/{model}")
+
+    def list(self) -> list[dict[str, Any]]:
+        return self._call("GET", "")["rollouts"]
 
     def patch(self, model: str, change: dict[str, Any]) -> dict[str, Any]:
-        return self._call("PATCH", model, change)
+        return self._call("PATCH", f"/{model}", change)
 
-    def _call(self, method: str, model: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         try:
-            r = httpx.request(method, f"{self.url}/v1/admin/rollouts/{model}", json=body,
+            r = httpx.request(method, f"{self.url}/v1/admin/rollouts{path}", json=body,
                               headers=self.headers, timeout=10)
         except httpx.HTTPError as exc:
             raise GatewayError(f"gateway at {self.url} unreachable: {type(exc).__name__}") from None

@@ -305,8 +305,9 @@ class Settings(StoreSettings):
         None, validation_alias=AliasChoices("MLGATE_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI",
                                             "mlflow_tracking_uri"))
     """MLflow tracking/registry URI; default: a SQLite file in ``state_dir``."""
-    models: tuple[ModelSettings, ...] = (ModelSettings(name="fraud-detector"),)
-    """Models the gateway serves."""
+    models: tuple[ModelSettings, ...] = ()
+    """Models the gateway serves besides those of the applied feature repository (a model named
+    in both is served with these settings)."""
     http: HttpSettings = HttpSettings()
     limits: LimitSettings = LimitSettings()
     batching: BatchingSettings = BatchingSettings()
@@ -316,7 +317,7 @@ class Settings(StoreSettings):
     admin: AdminSettings = AdminSettings()
     routing_secret: SecretStr | None = Field(None, min_length=16, max_length=64)
     """Key of the hash that places routing keys on the canary's side or the champion's (16-64
-    characters, the same on every replica): without it anyone can compute which keys (customer
+    characters, the same on every replica): without it anyone can compute which keys (entity
     ids) the canary answers and steer traffic there. Changing it reshuffles who sees the canary."""
     registry: RegistrySettings = RegistrySettings()
     rollout: RolloutSettings = RolloutSettings()

@@ -87,7 +87,7 @@ def admin_router(rollouts: Rollouts, guard: AdminGuard, on_change: AdminChange |
         """Rollout state of every model: weights, halts, variants and the canary analysis."""
         guard.authorize(request)
         await rollouts.refresh()  # the shared state, not this replica's copy of up to refresh_s ago
-        return json_response({"rollouts": [rollouts.describe(m.name) for m in rollouts.settings.models]})
+        return json_response({"rollouts": [rollouts.describe(name) for name in rollouts.names()]})
 
     @router.get("/rollouts/{model}", responses=errors(401, 403, 404))
     async def get_rollout(model: str, request: Request) -> Response:

@@ -1,0 +1,75 @@
+"""What one gateway serves: the online views of the applied feature repository, and the models
+of its settings and of that repository.
+
+The repository is applied with ``mlgate apply`` (recorded in Redis, see
+:mod:`features_online.repository`); every replica reads it at start and again whenever its digest
+changes (:mod:`serving.repo_watch`). A model listed in the settings wins over a repository entry
+of the same name, so an operator can pin one without editing the repository.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Mapping
+
+from pydantic import ValidationError
+
+from features_online.definitions import Entity, FeatureView, score_view
+from features_online.repository import Repository
+from serving.settings import ModelSettings, Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    views: Mapping[str, tuple[FeatureView, ...]] = field(default_factory=dict)
+    """Every online view, its newest schema first, then older ones that serve until it is synced."""
+    models: tuple[ModelSettings, ...] = ()
+    entities: Mapping[str, tuple[Entity, ...]] = field(default_factory=dict)
+    """The entities each model's request rows carry keys of, where the repository declares them:
+    batch scores are keyed by them, and served before the model has loaded."""
+    digest: str | None = None
+    """The applied repository's digest (None: no repository applied)."""
+
+    @property
+    def newest(self) -> dict[str, FeatureView]:
+        return {name: schemas[0] for name, schemas in self.views.items()}
+
+    def model(self, name: str) -> ModelSettings | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    def score_views(self, max_age: timedelta) -> dict[str, FeatureView]:
+        """The batch-score view of every model whose entities are known."""
+        views = (score_view(m.name, self.entities[m.name], max_age) for m in self.models
+                 if self.entities.get(m.name))
+        return {v.name: v for v in views}
+
+
+def catalog_of(settings: Settings, repo: Repository | None) -> Catalog:
+    """The settings' models, then the repository's (an entry whose ``serving`` settings are
+    invalid is left out and logged: ``mlgate plan`` reports it before an apply)."""
+    models = list(settings.models)
+    entities: dict[str, tuple[Entity, ...]] = {}
+    if repo is None:
+        return Catalog(models=tuple(models))
+    names = {m.name for m in models}
+    for name, entry in repo.models.items():
+        entities[name] = repo.model_entities(name)
+        if name in names:
+            continue
+        try:
+            models.append(ModelSettings(name=name, **entry.serving))
+        except (ValidationError, TypeError) as exc:
+            log.error("model %s of repository %s: invalid serving settings, not served: %s", name,
+                      repo.project, _first_error(exc))
+    return Catalog(repo.online_views(), tuple(models), entities, repo.digest)
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        error = exc.errors(include_input=False, include_url=False)[0]
+        return f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
+    return str(exc)
