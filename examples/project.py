@@ -23,13 +23,21 @@ def data_dir(settings: StoreSettings, example: str) -> Path:
     return settings.data_dir / example
 
 
-def load(settings: StoreSettings) -> Repository:
-    """Both examples as one repository, their sources under ``settings.data_dir``."""
+def load(settings: StoreSettings, models: tuple[str, ...] | None = None) -> Repository:
+    """Both examples as one repository, their sources under ``settings.data_dir``; with
+    ``models``, only those models and the entities, views and sources they need (a test that
+    serves one example needs not build the other's features)."""
     found = repository.load(ROOT)
-    sources = tuple(_located(s, settings.data_dir) for s in found.spec.sources)
-    spec = repository.validate({**found.spec.model_dump(mode="json"),
-                                "sources": [s.model_dump(mode="json") for s in sources]})
-    return repository.compile_spec(spec, ROOT)
+    document = found.spec.model_dump(mode="json")
+    document["sources"] = [_located(s, settings.data_dir).model_dump(mode="json") for s in found.spec.sources]
+    if models is not None:
+        document["models"] = [m for m in document["models"] if m["name"] in models]
+        entities = {e for m in document["models"] for e in m["entities"]}
+        document["entities"] = [e for e in document["entities"] if e["name"] in entities]
+        document["views"] = [v for v in document["views"] if v["entity"] in entities]
+        used = {v["source"] for v in document["views"]}
+        document["sources"] = [s for s in document["sources"] if s["name"] in used]
+    return repository.compile_spec(repository.validate(document), ROOT)
 
 
 def _located(source, data: Path):

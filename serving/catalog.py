@@ -52,19 +52,28 @@ def catalog_of(settings: Settings, repo: Repository | None) -> Catalog:
     """The settings' models, then the repository's (an entry whose ``serving`` settings are
     invalid is left out and logged: ``mlgate plan`` reports it before an apply)."""
     models = list(settings.models)
-    entities: dict[str, tuple[Entity, ...]] = {}
     if repo is None:
         return Catalog(models=tuple(models))
     names = {m.name for m in models}
+    for i, model in enumerate(models):  # pinned in the settings: the repository's entities still hold
+        entry = repo.models.get(model.name)
+        if entry is not None and not model.entities:
+            models[i] = model.model_copy(update={"entities": entry.entities})
     for name, entry in repo.models.items():
-        entities[name] = repo.model_entities(name)
         if name in names:
             continue
         try:
-            models.append(ModelSettings(name=name, **entry.serving))
+            models.append(ModelSettings(name=name, **{"entities": entry.entities, **entry.serving}))
         except (ValidationError, TypeError) as exc:
             log.error("model %s of repository %s: invalid serving settings, not served: %s", name,
                       repo.project, _first_error(exc))
+    entities: dict[str, tuple[Entity, ...]] = {}
+    for model in models:
+        unknown = [e for e in model.entities if e not in repo.entities]
+        if unknown:
+            log.error("model %s: unknown entities %s in repository %s", model.name, unknown, repo.project)
+        elif model.entities:
+            entities[model.name] = tuple(repo.entities[e] for e in model.entities)
     return Catalog(repo.online_views(), tuple(models), entities, repo.digest)
 
 

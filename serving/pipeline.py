@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from features_online.definitions import REGRESSOR_OUTPUTS, Entity, FeatureView, score_view
+from features_online.definitions import REGRESSOR_OUTPUTS, Entity, FeatureView, score_view, scored_entity
 from features_online.errors import StoreUnavailable
 from features_online.layout import RowKeys
 from features_online.reader import ViewRead, ViewReader
@@ -91,6 +91,7 @@ class Pipeline:
         self.mirror = mirror
         self.catalog = catalog if catalog is not None else catalog_of(settings, None)
         self._bindings: dict[tuple[str, str], FeatureBinding] = {}
+        self._score_views: dict[str, FeatureView] = {}
         secret = settings.routing_secret
         self._routing_secret = secret.get_secret_value().encode() if secret is not None else b""
 
@@ -98,6 +99,7 @@ class Pipeline:
         """Serve a newly applied repository's views: bindings are made again on next use."""
         self.catalog = catalog
         self._bindings = {}
+        self._score_views = {}
 
     def binding(self, spec: ModelSpec) -> FeatureBinding:
         key = (spec.name, spec.version)
@@ -112,10 +114,13 @@ class Pipeline:
         else by those of the views it reads (known once it has loaded); read from then on."""
         entities = self.catalog.entities.get(model) or entities
         if not entities:
-            return None
-        view = score_view(model, entities, timedelta(seconds=self.settings.fallback.max_age_s))
-        if self.scores is not None:
-            self.scores.add_view(view)
+            return self._score_views.get(model)
+        view = self._score_views.get(model)
+        if view is None or view.entity.keys != scored_entity(model, entities).keys:
+            view = score_view(model, entities, timedelta(seconds=self.settings.fallback.max_age_s))
+            self._score_views[model] = view
+            if self.scores is not None:
+                self.scores.add_view(view)
         return view
 
     async def predict(self, name: str, body: bytes, request_id: str,

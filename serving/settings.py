@@ -213,6 +213,10 @@ class ModelSettings(Section):
     loading a pyfunc model unpickles code from the registry and runs it inside the gateway,
     so whoever can register a version can run code here. Turn it on only for models whose
     registry writers you trust; without it such a version is refused at load."""
+    entities: tuple[str, ...] = ()
+    """Entities of the applied feature repository whose keys a request row carries (a model of
+    the repository declares them there). Batch scores are keyed by them and can answer before
+    the model has loaded; without them, only once it has (its views tell)."""
 
     @model_validator(mode="after")
     def _needs_a_reference(self) -> ModelSettings:

@@ -258,6 +258,20 @@ def champion(settings, train_table):
     return train_and_register(train_table, settings.tracking_uri, settings.artifact_root, alias="champion")
 
 
+def apply_examples(settings: Settings, models: tuple[str, ...] = ("fraud-detector",)):
+    """Apply the examples' repository, only what ``models`` need, to ``settings``' Redis and
+    prefix (as `mlgate apply` would): what the CLI's jobs and the gateway then read."""
+    from examples import project
+    from features_online import repository
+    from features_online.redis_client import connect
+
+    client = connect(settings.redis)
+    try:
+        return repository.apply(client, settings.redis.prefix, project.load(settings, models=models))
+    finally:
+        client.close()
+
+
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "serving.cli", *args], env={**os.environ, **env},
                           capture_output=True, text=True, timeout=timeout)

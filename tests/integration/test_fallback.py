@@ -18,13 +18,14 @@ import redis
 
 from examples.fraud.runner import training_data
 from examples.fraud.train import FEATURE_NAMES, REQUEST_FEATURES, REQUEST_NAMES
+from examples.fraud.train import VIEW as CUSTOMER_ACTIVITY
 from features_online import layout
-from features_online.definitions import CUSTOMER_ACTIVITY, SCORED_ENTITY, score_view
+from features_online.definitions import CLASSIFIER_OUTPUTS, score_view
 from features_online.settings import FeatureSettings
 from features_online.sync import FeatureSync
 from serving.schemas import PredictResponse
 from serving.settings import Settings
-from tests.integration.conftest import DEMO_CUSTOMERS, RedisServer, gateway_env, run_cli
+from tests.integration.conftest import DEMO_CUSTOMERS, RedisServer, apply_examples, gateway_env, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -70,24 +71,28 @@ def copy_scores(spark, settings: Settings, source_parquet: str, model: str, old_
 
     old_ms = int((time.time() - MAX_AGE_S - 3600) * 1000)
     frame = spark.read.parquet(source_parquet).select(
-        F.col("customer_id").alias(SCORED_ENTITY.key),
-        F.when(F.col("customer_id").isin(list(old_entities) or [-1]), F.lit(old_ms))
-        .otherwise(F.col("as_of_ms")).alias("as_of_ms"), "label", "probability")
-    view = score_view(model, timedelta(seconds=MAX_AGE_S))
+        "customer_id", F.when(F.col("customer_id").isin(list(old_entities) or [-1]), F.lit(old_ms))
+        .otherwise(F.col("as_of_ms")).alias("as_of_ms"), "label", "score")
+    view = score_view(model, (CUSTOMER_ACTIVITY.entity,), timedelta(seconds=MAX_AGE_S))
     from datetime import datetime, timezone
     FeatureSync(settings.fallback.redis, FeatureSettings(), view).full(
-        frame, datetime.now(timezone.utc), source_parquet, extra={"model_version": "test"})
+        frame, datetime.now(timezone.utc), source_parquet,
+        extra={"model_version": "test", "outputs": CLASSIFIER_OUTPUTS})
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, redis_server, spark):
+def stack(tmp_path_factory, spark):
     state = tmp_path_factory.mktemp("fallback-state")
+    redis_server = RedisServer(tmp_path_factory.mktemp("features-redis"))  # its own applied repository
+    redis_server.start()
     scores_redis = RedisServer(tmp_path_factory.mktemp("scores-redis"))
     scores_redis.start()
-    models = [{"name": "fraud-detector"},
-              {"name": "fraud-slow", "placement": "deployment", "allow_pyfunc": True},
-              {"name": "fraud-broken", "placement": "deployment", "allow_pyfunc": True},
-              {"name": "fraud-absent"}, {"name": "fraud-unsafe"}]  # fraud-unsafe: pyfunc, not allowed
+    # fraud-detector comes from the applied repository; these from the settings, keyed by the
+    # repository's entity (fraud-absent never loads: its fallbacks need to know the keys)
+    customer = {"entities": ["customer"]}
+    models = [{"name": "fraud-slow", "placement": "deployment", "allow_pyfunc": True, **customer},
+              {"name": "fraud-broken", "placement": "deployment", "allow_pyfunc": True, **customer},
+              {"name": "fraud-absent", **customer}, {"name": "fraud-unsafe", **customer}]  # pyfunc, not allowed
     env = gateway_env(state, redis_server.url, MLGATE_FALLBACK__REDIS=json.dumps({"url": scores_redis.url}),
                       MLGATE_FALLBACK__MAX_AGE_S=str(MAX_AGE_S), MLGATE_FEATURES__ON_MISSING="fallback",
                       MLGATE_FEATURES__ON_STALE="fallback",
@@ -95,13 +100,14 @@ def stack(tmp_path_factory, redis_server, spark):
                       # fraud-absent never loads: the replica must not wait for it to take traffic
                       MLGATE_RAY__REPLICA_READY_TIMEOUT_S="0")
     port = int(env["MLGATE_HTTP__PORT"])
-    for args in (["data", "--customers", str(DEMO_CUSTOMERS)], ["features", "build"], ["features", "sync"],
-                 ["train"], ["batch", "score", "--model", "fraud-detector@champion",
-                             "--output", str(state / "scores" / "champion")]):
-        done = run_cli(args, env)
-        assert done.returncode == 0, (args, done.stderr[-3000:])
     settings = Settings(state_dir=state, mlflow_tracking_uri=None, redis={"url": redis_server.url},
                         fallback={"redis": {"url": scores_redis.url}, "max_age_s": MAX_AGE_S})
+    apply_examples(settings)
+    for args in (["data", "--customers", str(DEMO_CUSTOMERS), "--couriers", "20"], ["features", "build"],
+                 ["features", "sync"], ["train"], ["batch", "score", "--model", "fraud-detector@champion",
+                                                   "--output", str(state / "scores" / "champion")]):
+        done = run_cli(args, env)
+        assert done.returncode == 0, (args, done.stderr[-3000:])
     table = training_data(settings, spark)
     register_misbehaving_models(settings, table)
     champion_scores = str(state / "scores" / "champion")
@@ -129,6 +135,7 @@ def stack(tmp_path_factory, redis_server, spark):
     gateway.terminate()
     gateway.wait(120)
     scores_redis.stop()
+    redis_server.stop()
 
 
 def body(stack, ids, **extra):
@@ -157,7 +164,7 @@ def assert_fallback(stack, response, ids, reason):
     PredictResponse.model_validate(response.json())  # the OpenAPI schema describes fallback rows too
     for i, row in zip(ids, response.json()["predictions"]):
         assert (row["source"], row["fallback_reason"]) == ("batch_fallback", reason)
-        assert row["probability"] == pytest.approx(stack["scores"].loc[i, "probability"], abs=1e-9)
+        assert row["probability"] == pytest.approx(stack["scores"].loc[i, "score"], abs=1e-9)
 
 
 def test_batch_scores_equal_online_predictions_for_the_same_features(stack):
@@ -170,7 +177,7 @@ def test_batch_scores_equal_online_predictions_for_the_same_features(stack):
     assert r.status_code == 200, r.text
     for i, row in zip(ids, r.json()["predictions"]):
         assert row["source"] == "online"
-        assert row["probability"] == pytest.approx(stack["scores"].loc[i, "probability"], abs=1e-6)
+        assert row["probability"] == pytest.approx(stack["scores"].loc[i, "score"], abs=1e-6)
     assert stack["scores"]["model_version"].unique().tolist() == ["1"]
     assert len(stack["scores"]) == DEMO_CUSTOMERS
 

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.integration
 
 MODEL = "fraud-detector"
 PYFUNC = "fraud-pyfunc"
+DELIVERY = "delivery-eta"
 REDIS_PASSWORD = "redis-secret-4a1f"
 ADMIN_TOKEN = "admin-secret-0b7e-2c9d"
 
@@ -195,9 +196,12 @@ def test_unknown_model_and_route(gateway):
 
 def test_models_readiness_detail_and_example_round_trip(gateway):
     base = gateway["base"]
-    assert httpx.get(f"{base}/readyz").json() == {"status": "ok", "models": {MODEL: True, PYFUNC: True}}
+    # the settings' models and the applied repository's second example, side by side
+    assert httpx.get(f"{base}/readyz").json() == {"status": "ok", "models": {MODEL: True, PYFUNC: True,
+                                                                             DELIVERY: True}}
     listing = httpx.get(f"{base}/v1/models").json()["models"]
-    assert {(m["name"], m["ready"], m["version"]) for m in listing} == {(MODEL, True, "1"), (PYFUNC, True, "1")}
+    assert {(m["name"], m["ready"], m["version"]) for m in listing} == {
+        (MODEL, True, "1"), (PYFUNC, True, "1"), (DELIVERY, True, "1")}
     detail = httpx.get(f"{base}/v1/models/{MODEL}").json()
     assert [f["name"] for f in detail["inputs"]] == FEATURE_NAMES and detail["flavor"] == "onnx"
     r = post(base, detail["example_request"])
@@ -226,8 +230,11 @@ def test_metrics_count_predictions_by_model_version_and_outcome(gateway):
 
 
 def offline_features(gateway) -> pd.DataFrame:
-    tables = sorted((gateway["settings"].offline_dir / "customer_activity" / "v1").glob("as_of=*"))
-    return pd.read_parquet(tables[-1]).set_index("customer_id")
+    from examples.fraud.train import VIEW
+    from features_online.jobs import latest_table
+
+    path, _ = latest_table(gateway["settings"], VIEW)
+    return pd.read_parquet(path).set_index("customer_id")
 
 
 def test_entity_keyed_prediction_uses_the_synced_features(gateway):

@@ -25,7 +25,7 @@ import pytest
 from examples.fraud.runner import training_data
 from examples.fraud.train import FEATURE_NAMES
 from serving.settings import Settings
-from tests.integration.conftest import DEMO_CUSTOMERS, gateway_env, run_cli
+from tests.integration.conftest import DEMO_CUSTOMERS, apply_examples, gateway_env, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -83,11 +83,12 @@ def stack(tmp_path_factory, redis_server, spark):
                       MLGATE_REGISTRY__POLL_S="1", MLGATE_ROLLOUT__REFRESH_S=str(REFRESH_S),
                       MLGATE_ROLLOUT__ANALYSIS_INTERVAL_S="1", MLGATE_FALLBACK__ENABLED="false",
                       MLGATE_REDIS__PREFIX="mlgro")
-    for args in (["data", "--customers", str(DEMO_CUSTOMERS)], ["features", "build"], ["features", "sync"],
-                 ["train"]):
+    settings = Settings(state_dir=state, mlflow_tracking_uri=None, redis={"url": redis_server.url, "prefix": "mlgro"})
+    apply_examples(settings)
+    for args in (["data", "--customers", str(DEMO_CUSTOMERS), "--couriers", "20"], ["features", "build"],
+                 ["features", "sync"], ["train"]):
         done = run_cli(args, env)
         assert done.returncode == 0, (args, done.stderr[-3000:])
-    settings = Settings(state_dir=state, mlflow_tracking_uri=None)
     register_versions(settings, training_data(settings, spark))
     log = open(state / "gateway.log", "wb")
     gateway = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve"], env={**os.environ, **env},
