@@ -7,13 +7,12 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from features_online import repository, spark_job
 from features_online.definitions import FeatureView
 from features_online.errors import FeatureJobError, OfflineTableMissing, SyncError
 from features_online.parquet_pieces import ParquetTable
-from features_online.redis_client import connect
+from features_online.redis_client import address, connect
 from features_online.repository import Repository, RepositoryError
 from features_online.settings import StoreSettings
 from features_online.sync import FeatureSync, SyncResult
@@ -58,9 +57,7 @@ def load_repository(settings: StoreSettings, path: Path | str | None = None) -> 
 
 
 def _where(settings: StoreSettings) -> str:
-    """The store's address without any password the URL carries."""
-    parts = urlsplit(settings.redis.url)
-    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"
+    return address(settings.redis)
 
 
 def views(repo: Repository, names: list[str] | tuple[str, ...] | None = None,

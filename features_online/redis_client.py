@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from features_online import wire
 
@@ -23,6 +24,14 @@ class ClientSpec:
     url: str
     cluster: bool
     options: dict[str, Any] = field(default_factory=dict)
+
+
+def address(settings: RedisSettings) -> str:
+    """The store's address for messages: scheme, host and port, without any password the URL carries."""
+    parts = urlsplit(settings.url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"
 
 
 def _options(settings: RedisSettings) -> dict[str, Any]:

@@ -65,6 +65,7 @@ PROJECT_FILE = "mlgate.yaml"
 NAME = r"^[a-z][a-z0-9_]{0,62}$"
 """Entity, view, source and key names: they appear in Redis keys, Spark columns and model inputs."""
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+PROJECT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|w)\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 HISTORY = 3
@@ -261,7 +262,7 @@ class ModelEntry(_Spec):
 
 
 class RepositorySpec(_Spec):
-    project: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    project: str = Field(pattern=PROJECT_NAME)
     entities: tuple[EntitySpec, ...] = ()
     sources: tuple[SourceSpec, ...] = ()
     views: tuple[ViewSpec, ...] = ()

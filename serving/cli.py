@@ -94,9 +94,44 @@ def cmd_rollout(args: argparse.Namespace, settings: Settings) -> int:
     return rollout_cli.run(args, settings)
 
 
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    from serving import repo_cli
+
+    return repo_cli.init(args, settings)
+
+
+def cmd_plan(args: argparse.Namespace, settings: Settings) -> int:
+    from serving import repo_cli
+
+    return repo_cli.plan(args, settings)
+
+
+def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
+    from serving import repo_cli
+
+    return repo_cli.apply(args, settings)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """The gateway's commands: ``serve``, ``stop``, ``rollout``."""
+    """The gateway's commands: ``init``, ``plan``, ``apply``, ``serve``, ``stop``, ``rollout``."""
     from serving.rollout_cli import add_arguments as rollout_arguments
+
+    sp = sub.add_parser("init", help="scaffold a feature repository (project file, an entity, a source, "
+                                     "a view, a model)")
+    sp.add_argument("dir", nargs="?", default="feature_repo", metavar="DIR",
+                    help="folder to write it into (default: feature_repo)")
+    sp.add_argument("--project", help="project name (default: the folder's name)")
+    sp.set_defaults(func=cmd_init)
+
+    sp = sub.add_parser("plan", help="validate a feature repository and show what applying it would change "
+                                     "(exit 1 if it would break something)")
+    sp.add_argument("dir", nargs="?", default=".", metavar="DIR", help="repository folder (default: .)")
+    sp.set_defaults(func=cmd_plan)
+
+    sp = sub.add_parser("apply", help="record a feature repository in Redis for every gateway and job")
+    sp.add_argument("dir", nargs="?", default=".", metavar="DIR", help="repository folder (default: .)")
+    sp.add_argument("--force", action="store_true", help="apply even though the plan has errors")
+    sp.set_defaults(func=cmd_apply)
 
     sp = sub.add_parser("serve", help="run the gateway on Ray Serve in the foreground")
     serve_options(sp)
