@@ -3,7 +3,9 @@ Redis with a digest; every ``features.repository_poll_s`` the replica reads the 
 and, when it changed, the whole repository, and hands it over. No restart, no image rebuild.
 
 A repository that cannot be read or compiled (a newer mlgate wrote it, or it was edited by hand)
-is logged once and skipped: the replica keeps serving the last one it could.
+is logged once and skipped: the replica keeps serving the last one it could. So is a repository
+that vanished from Redis (a flush, a restart without persistence): losing the store's data must
+not make every replica drop its models; applying a repository is how models are removed.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ class RepositoryWatcher:
             digest = raw.decode() if isinstance(raw, bytes) else raw
             if digest == self.digest:
                 self._failing = None
+                return False
+            if digest is None and self.digest is not None:  # flushed or restarted empty, not unapplied
+                self._note("it is gone from Redis (flushed, or restarted without persistence): apply it again")
                 return False
             repo = repository.from_hash(await self._client.hgetall(self._key)) if digest else None
         except Exception as exc:  # Redis away, or a document this version cannot read

@@ -16,7 +16,13 @@ MAX_ENTITY_ID = 2**63 - 1
 MAX_TIMEOUT_MS = 60_000
 FeatureValue = Annotated[float, Field(ge=-F32_MAX, le=F32_MAX)] | bool | None
 FeatureRow = dict[str, FeatureValue]
-EntityKey = Annotated[dict[str, Annotated[int, Field(ge=0, le=MAX_ENTITY_ID)]], Field(min_length=1)]
+MIN_ENTITY_ID = -(2**63)
+MAX_KEY_BYTES = 1024
+"""The longest string key the schema admits; each key column's own ``max_length`` (the
+repository's, 128 by default) is what the gateway enforces."""
+KeyValue = Annotated[int, Field(ge=MIN_ENTITY_ID, le=MAX_ENTITY_ID)] | Annotated[
+    str, Field(min_length=1, max_length=MAX_KEY_BYTES, pattern=r"^[^\x00-\x1f\x7f]+$")]
+EntityKey = Annotated[dict[str, KeyValue], Field(min_length=1)]
 TimeoutMs = Annotated[int | None, Field(
     None, ge=1, le=MAX_TIMEOUT_MS,
     description="This request's deadline in milliseconds (default: the gateway's "
@@ -47,9 +53,11 @@ class EntitiesRequest(_Strict):
 
     entities: list[EntityKey] = Field(
         min_length=1,
-        description="Entity keys, e.g. [{\"user_id\": 42}]: the gateway reads the model's stored "
-                    "features for each from the online store in one round trip. Each object holds "
-                    "exactly the model's entity keys.",
+        description="Entity keys, e.g. [{\"user_id\": 42}] or [{\"courier_id\": \"c-19\", "
+                    "\"restaurant_id\": \"r-7\"}]: the gateway reads the model's stored features "
+                    "for each from the online store in one round trip. Each object holds exactly "
+                    "the key columns of the model's entities: an int64 key as an integer, a string "
+                    "key as 1 to max_length bytes of printable UTF-8 text.",
         examples=[[{"user_id": 42}]])
     features: FeatureRow | list[FeatureRow] | None = Field(
         None, description="The request-time features, one object for every entity or a list with "

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import time
+import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -113,21 +115,29 @@ def download(tracking_uri: str, name: str, version: str, cache_dir: Path) -> Pat
     target = cache_dir / registry / name / version
     if (target / _COMPLETE).exists():
         return target
-    partial = target.with_name(f"{version}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    # A download of its own (replicas and variants of one node load at once): another one's
+    # cleanup can never delete files under it, and the first finished copy wins the rename.
+    partial = target.with_name(f"{version}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     partial.mkdir(parents=True)
-    # The version's own artifact location, asked of this registry explicitly: a models:/ URI
-    # would be resolved through MLflow's process-global registry URI, whatever we pass.
-    from mlflow import MlflowClient
+    try:
+        # The version's own artifact location, asked of this registry explicitly: a models:/ URI
+        # would be resolved through MLflow's process-global registry URI, whatever we pass.
+        from mlflow import MlflowClient
 
-    source = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri
-                          ).get_model_version_download_uri(name, version)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(partial),
-                                                     tracking_uri=tracking_uri))
-    (local / _COMPLETE).touch()
-    shutil.rmtree(target, ignore_errors=True)
-    local.rename(target)
-    shutil.rmtree(partial, ignore_errors=True)
+        source = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri
+                              ).get_model_version_download_uri(name, version)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(partial),
+                                                         tracking_uri=tracking_uri))
+        (local / _COMPLETE).touch()
+        if not (target / _COMPLETE).exists():
+            shutil.rmtree(target, ignore_errors=True)  # a copy left unfinished by a killed process
+            try:
+                local.rename(target)
+            except OSError:  # another process renamed its finished copy first: use that one
+                if not (target / _COMPLETE).exists():
+                    raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 

@@ -23,7 +23,7 @@ from examples.fraud.train import FEATURE_NAMES, REQUEST_NAMES
 from serving import codec
 from serving.runtime.loader import load_model
 from serving.settings import ModelSettings, Settings
-from tests.integration.conftest import DEMO_CUSTOMERS, RedisServer, gateway_env, run_cli
+from tests.integration.conftest import DEMO_CUSTOMERS, RedisServer, apply_examples, gateway_env, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -278,6 +278,99 @@ def test_describe_offers_an_entity_keyed_example_with_a_real_customer(gateway):
     assert answer["predictions"][0]["features"]["customer_activity"]["source"] == "online_store"
 
 
+def delivery_body(gateway, n: int = 3) -> tuple[dict, pd.DataFrame]:
+    from examples import project
+    from examples.delivery import data
+
+    recent = data.read_deliveries(project.data_dir(gateway["settings"], "delivery")).tail(n)
+    body = {"entities": [{"courier_id": r.courier_id, "restaurant_id": r.restaurant_id} for r in recent.itertuples()],
+            "features": [{"distance_km": float(r.distance_km), "hour_of_day": int(r.ordered_at.hour)}
+                         for r in recent.itertuples()]}
+    return body, recent
+
+
+def test_a_two_entity_string_keyed_model_reads_both_entities_views_in_one_request(gateway):
+    """delivery-eta: views of courier and restaurant (UUID-like string keys) in one request; the
+    answer equals the same model fed every input spelled out from the offline tables."""
+    from examples.delivery.train import VIEW_NAMES
+    from features_online.jobs import latest_table
+
+    body, recent = delivery_body(gateway)
+    r = post(gateway["base"], body, model=DELIVERY)
+    assert r.status_code == 200, r.text
+    answers = r.json()["predictions"]
+    spec = httpx.get(f"{gateway['base']}/v1/models/{DELIVERY}").json()
+    assert sorted(spec["feature_views"]) == sorted(VIEW_NAMES)
+    from examples import project
+
+    repo = project.load(gateway["settings"])
+    stored = {}
+    for name in VIEW_NAMES:
+        path, _ = latest_table(gateway["settings"], repo.views[name])
+        key = repo.views[name].entity.keys[0].name
+        stored[name] = pd.read_parquet(path).set_index(key)
+    instances = []
+    for row, request in zip(recent.itertuples(), body["features"]):
+        spelled = dict(request)
+        for name, table in stored.items():
+            key = row.courier_id if repo.views[name].entity.name == "courier" else row.restaurant_id
+            for feature in repo.views[name].features:
+                value = table.loc[key, feature.name] if key in table.index else feature.default
+                spelled[repo.views[name].qualified(feature.name)] = value.item() if hasattr(value, "item") else value
+        instances.append(spelled)
+    spelled_out = post(gateway["base"], {"instances": instances}, model=DELIVERY)
+    assert spelled_out.status_code == 200, spelled_out.text
+    assert [a["prediction"] for a in answers] == pytest.approx([a["prediction"] for a in spelled_out.json()["predictions"]])
+    assert {a["features"]["courier_stats"]["source"] for a in answers} == {"online_store"}
+
+    # a never-seen courier: the views' defaults, marked missing; a bad key: 400
+    unseen = {"entities": [{"courier_id": "courier-never-seen", "restaurant_id": body["entities"][0]["restaurant_id"]}],
+              "features": body["features"][0]}
+    r = post(gateway["base"], unseen, model=DELIVERY)
+    assert r.status_code == 200, r.text
+    origin = r.json()["predictions"][0]["features"]
+    assert origin["courier_stats"] == {"source": "default", "status": "missing"}
+    assert origin["restaurant_stats"]["source"] == "online_store"
+    for bad in ({"courier_id": "x" * 65, "restaurant_id": "r"}, {"courier_id": 5, "restaurant_id": "r"},
+                {"courier_id": "a\nb", "restaurant_id": "r"}, {"courier_id": "c"}):
+        r = post(gateway["base"], {"entities": [bad], "features": body["features"][0]}, model=DELIVERY)
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_request"), (bad, r.text)
+
+
+def test_a_model_applied_while_the_gateway_runs_is_served_without_a_restart(gateway):
+    """A second name for the delivery model, registered and added to the applied repository:
+    the running replicas pick it up (the repository watcher), no restart, no new settings."""
+    import mlflow
+
+    from features_online import repository
+    from features_online.redis_client import connect
+
+    settings, name = gateway["settings"], "delivery-eta-b"
+    client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    v1 = client.get_model_version(DELIVERY, "1")
+    client.create_registered_model(name)
+    client.create_model_version(name, v1.source, run_id=v1.run_id)
+    client.set_registered_model_alias(name, "champion", "1")
+    store = connect(settings.redis)
+    try:
+        applied = repository.applied(store, settings.redis.prefix)
+        document = applied.spec.model_dump(mode="json")
+        document["models"].append({"name": name, "entities": ["courier", "restaurant"], "serving": {"alias": "champion"}})
+        repository.apply(store, settings.redis.prefix,
+                         repository.compile_spec(repository.validate(document), applied.root))
+    finally:
+        store.close()
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{gateway['base']}/v1/models/{name}").status_code != 200 \
+            or not httpx.get(f"{gateway['base']}/v1/models/{name}").json()["ready"]:
+        assert time.monotonic() < deadline, "the applied model was not served within 120 s"
+        time.sleep(1)
+    body, _ = delivery_body(gateway, 2)
+    new, old = post(gateway["base"], body, model=name), post(gateway["base"], body, model=DELIVERY)
+    assert new.status_code == 200, new.text
+    assert [p["prediction"] for p in new.json()["predictions"]] == [p["prediction"] for p in old.json()["predictions"]]
+
+
 def test_redis_paused_or_down_gives_503_fast_and_the_gateway_recovers(gateway, redis_server):
     body = {"entities": [{"customer_id": 7}],
             "features": {k: v for k, v in rows(gateway["table"], 2)[0].items() if k in REQUEST_NAMES}}
@@ -301,7 +394,9 @@ def test_redis_paused_or_down_gives_503_fast_and_the_gateway_recovers(gateway, r
     assert (r.status_code, r.json()["error"]["code"]) == (503, "fallback_unavailable")
     assert "unreachable" in r.json()["error"]["message"]
 
-    redis_server.start()  # empty: the data went with the process; a sync brings it back
+    redis_server.start()  # empty: the data went with the process; apply and sync bring it back
+    # (meanwhile the replicas keep the repository they serve: an emptied store drops no model)
+    apply_examples(gateway["settings"], models=(MODEL, DELIVERY))
     done = run_cli(["features", "sync"], gateway["env"])
     assert done.returncode == 0, done.stderr[-2000:]
     for _ in range(50):  # the pointer refresh (1 s) picks the new version up by itself

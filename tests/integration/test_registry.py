@@ -168,7 +168,21 @@ def test_a_version_is_downloaded_once_and_a_half_download_is_redone(settings, ch
     (target / ".complete").unlink()  # as if a previous download had died half-way
     load(uri, tmp_path, **ref)
     assert len(calls) == 2 and (target / ".complete").is_file()
-    assert not target.with_name(f"{champion.version}.partial").exists()
+    assert not list(target.parent.glob(f"{champion.version}.partial*"))
+
+
+def test_concurrent_downloads_of_one_version_leave_one_whole_copy(settings, champion, tmp_path):
+    """Replicas and variants of one node load the same version at once: none may delete the
+    files another is downloading (a copy without its MLmodel was once marked complete)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.runtime.loader import download
+
+    with ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(lambda _: download(settings.tracking_uri, "fraud-detector", champion.version,
+                                                 tmp_path), range(4)))
+    assert len(set(paths)) == 1 and (paths[0] / "MLmodel").is_file() and (paths[0] / ".complete").is_file()
+    assert not list(paths[0].parent.glob(f"{champion.version}.partial*"))
 
 
 # --- 4. models that must never serve ---------------------------------------------------------
