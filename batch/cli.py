@@ -49,16 +49,29 @@ def load_repository(settings: Settings, path: str | None):
     return applied
 
 
+def default_model(settings: Settings, repo) -> str:
+    """The model the gateway serves first, as it follows it: the first of the settings, else the
+    repository's only one (settings no longer list any by default)."""
+    from serving.catalog import catalog_of
+
+    models = catalog_of(settings, repo).models
+    if not settings.models and len(models) != 1:
+        raise UsageError(f"the gateway serves {len(models)} models ({', '.join(m.name for m in models) or 'none'}): "
+                         "say which with --model")
+    first = models[0]
+    return f"{first.name}/{first.version}" if first.version else f"{first.name}@{first.alias}"
+
+
 def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     from batch.score import plan, run
     from features_online import jobs
     from features_online.progress import step
 
-    if args.model is None:  # the first model the gateway serves, as it follows it
-        first = settings.models[0]
-        args.model = f"{first.name}/{first.version}" if first.version else f"{first.name}@{first.alias}"
-    ref = model_ref(args.model)
+    ref = model_ref(args.model) if args.model is not None else None
     repo = load_repository(settings, args.repo)
+    if ref is None:
+        args.model = default_model(settings, repo)
+        ref = model_ref(args.model)
     # An unknown model or alias, inputs no view provides, missing offline tables: refused now,
     # not after a Spark start (ModelValidationError, OfflineTableMissing).
     job = plan(settings, ref, repo, entity_table=args.entities is not None)
@@ -80,7 +93,8 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("batch", help="Spark batch scoring: scores to Parquet and to the fallback keyspace")
     sp.add_argument("action", choices=("score",))
-    sp.add_argument("--model", help="name@alias or name/version (default: the first configured model)")
+    sp.add_argument("--model", help="name@alias or name/version (default: the settings' first model, else the "
+                                    "repository's only one)")
     sp.add_argument("--output", help="Parquet folder (default .mlgate/scores/<model>)")
     sp.add_argument("--repo", help="feature repository folder (default: the one applied to the online store)")
     sp.add_argument("--entities", help="Parquet table of the key rows to score (default: the rows of the model's "

@@ -287,7 +287,8 @@ class Pipeline:
             reads = await self.store.read(ids_by_view, timeout_s=max(online_deadline - t_decoded, 0.001))
         except StoreUnavailable as exc:
             return await self._fallback(name, rows, dict.fromkeys(range(n), "feature_store_unavailable"),
-                                        [None] * n, deadline, scores, DependencyUnavailable(exc.message)), spec
+                                        [None] * n, deadline, scores, DependencyUnavailable(exc.message),
+                                        binding.entities), spec
         stored, provenance, to_fallback = stored_inputs(binding, reads, self.settings.features, self.metrics)
         self.metrics.observe_stage(name, "features", time.perf_counter() - t_decoded)
         online = [i for i in range(n) if i not in to_fallback]
@@ -307,7 +308,8 @@ class Pipeline:
                     log.exception("model %s v%s failed: serving batch scores", name, spec.version)
                 to_fallback.update(dict.fromkeys(online, reason))
         if to_fallback and allow_fallback:
-            answers = await self._fallback(name, rows, to_fallback, answers, deadline, scores, None)
+            answers = await self._fallback(name, rows, to_fallback, answers, deadline, scores, None,
+                                           binding.entities)
         for answer, origin in zip(answers, provenance):
             if answer is not None:
                 answer["features"] = origin
@@ -315,9 +317,11 @@ class Pipeline:
 
     async def _fallback(self, name: str, rows: codec.EntityRows, reasons: dict[int, str],
                         answers: list[dict[str, Any] | None], deadline: float, scores: ViewReader | None,
-                        cause: MlgateError | None) -> list[dict[str, Any]]:
+                        cause: MlgateError | None, entities: tuple[Entity, ...] = ()) -> list[dict[str, Any]]:
+        """``entities``: those of the views the loaded model reads (its scores' keys when the
+        repository declares none for it; none while it has not loaded)."""
         t0 = time.perf_counter()
-        view = self._score_view(name, ()) if scores is not None else None
+        view = self._score_view(name, entities) if scores is not None else None
         if scores is not None and view is None:  # entities unknown: no batch score to look up
             scores = None
         keys = rows.keys(view.entity) if view is not None else []

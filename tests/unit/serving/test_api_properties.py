@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import warnings
+from datetime import timedelta
 
 import httpx
 import numpy as np
@@ -18,6 +19,7 @@ from anyio.from_thread import start_blocking_portal
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from features_online.definitions import Entity, EntityKey, Feature, FeatureView
 from observability.metrics import GatewayMetrics
 from serving import codec
 from serving.errors import MlgateError
@@ -31,8 +33,16 @@ from tests.unit.conftest import ToyRuntime, make_spec
 
 MAX_INSTANCES = 5
 SPEC = make_spec()  # amount double, count long, is_online boolean, score double (optional)
+# A model reading two views: one keyed by an int64 id, one by a string code of at most 8 bytes.
+ACCOUNT = Entity("account", (EntityKey("account_id"),))
+MERCHANT = Entity("merchant", (EntityKey("merchant_code", "string", max_length=8),))
+VIEWS = {"account_activity": FeatureView("account_activity", ACCOUNT, (Feature("events_7d", "long", 0),),
+                                         timedelta(hours=1)),
+         "merchant_stats": FeatureView("merchant_stats", MERCHANT, (Feature("refund_rate", "double", 0.0),),
+                                       timedelta(hours=1))}
 STORED_SPEC = make_spec(inputs=(FeatureSpec("amount", "double"),
-                                FeatureSpec("customer_activity__txn_count_7d", "long")))
+                                FeatureSpec("account_activity__events_7d", "long"),
+                                FeatureSpec("merchant_stats__refund_rate", "double")))
 FEATURES = [f.name for f in SPEC.inputs]
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -46,8 +56,10 @@ feature_values = scalars | edges | st.lists(scalars, max_size=2)
 # Rows with the model's own feature names (some left out, some extra) reach the type checks.
 rows = st.fixed_dictionaries({}, optional={name: feature_values for name in [*FEATURES, "extra"]}) \
     | st.dictionaries(st.text(max_size=8), feature_values, max_size=5)
+key_texts = st.text(max_size=10) | st.sampled_from(["", "é" * 4, "é" * 5, "a\nb", "\x00", "\ud800", "😀😀"])
 entity_keys = json_values | st.fixed_dictionaries(
-    {}, optional={"customer_id": feature_values, "other_id": feature_values})
+    {}, optional={"account_id": feature_values, "merchant_code": feature_values | key_texts,
+                  "other_id": feature_values})
 timeouts = st.sampled_from([None, 0, -1, 60_001, 1.5, "100", True, 5_000, 60_000])
 envelopes = st.fixed_dictionaries({}, optional={
     "instances": st.lists(rows, max_size=MAX_INSTANCES + 2) | json_values,
@@ -78,7 +90,8 @@ near_valid = st.fixed_dictionaries(
     optional={"timeout_ms": st.sampled_from([5_000, 60_000, None])})
 # Entity keys the stored-feature spec takes, so that 'features' (any shape) is what is judged.
 near_valid_entities = st.integers(1, 3).flatmap(lambda n: st.fixed_dictionaries(
-    {"entities": st.lists(st.fixed_dictionaries({"customer_id": st.integers(0, 2**63 - 1)}),
+    {"entities": st.lists(st.fixed_dictionaries({"account_id": st.integers(-2**63, 2**63 - 1),
+                                                 "merchant_code": key_texts}),
                           min_size=n, max_size=n)},
     optional={"features": json_values | rows | st.lists(rows | json_values, min_size=n, max_size=n)}))
 # The predict body as bytes: any JSON, an envelope, NaN/Infinity literals, or any bytes at all.
@@ -95,9 +108,9 @@ def decode_body(body: bytes, entity_spec=STORED_SPEC) -> int:
         payload = codec.parse_json(body)
         codec.timeout_s(payload, 2.0)
         if codec.is_entity_keyed(payload):
-            binding = codec.bind(entity_spec)
-            ids, request_rows = codec.entity_rows(payload, binding, MAX_INSTANCES)
-            assert all(len(v) == len(payload["entities"]) for v in ids.values())
+            binding = codec.bind(entity_spec, VIEWS)
+            keys, request_rows = codec.entity_rows(payload, binding, MAX_INSTANCES)
+            assert all(len(keys.keys(e)) == len(payload["entities"]) for e in binding.entities)
             codec.decode(request_rows, binding.request_spec)
             return 200
         columns = codec.decode(codec.instances_of(payload, MAX_INSTANCES), SPEC)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+import yaml
 
 from serving import cli, launcher
 from serving.errors import CommandFailed, ModelValidationError
@@ -51,21 +52,52 @@ def test_a_malformed_model_reference_is_a_usage_error(capsys, ref):
     assert line.startswith("mlgate: error: --model") and "name@alias" in line
 
 
-def test_an_unknown_model_is_a_failure_that_names_what_is_registered(monkeypatch, capsys):
+def repository(tmp_path, *models: str) -> str:
+    """A feature repository folder (one view of accounts; ``models`` keyed by them), for
+    ``--repo``: batch scoring reads no Redis then."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "mlgate.yaml").write_text("project: shop\n")
+    (root / "features.yaml").write_text(yaml.safe_dump({
+        "entities": [{"name": "account", "keys": [{"name": "account_id", "type": "string"}]}],
+        "sources": [{"name": "events", "parquet": "events.parquet", "timestamp": "ts"}],
+        "views": [{"name": "account_activity", "entity": "account", "source": "events", "ttl": "1d",
+                   "features": [{"name": "events_7d", "dtype": "long",
+                                 "aggregation": {"function": "count", "window": "7d"}}]}],
+        "models": [{"name": name, "entities": ["account"]} for name in models]}))
+    return str(root)
+
+
+@pytest.fixture
+def remote_registry(monkeypatch):
+    """A registry URI the client does not touch until asked (no SQLite store is created, whose
+    migrations would log to stderr); every test stubs what it would be asked."""
+    monkeypatch.setenv("MLGATE_MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+
+
+def refuse_every_model(monkeypatch):
+    """The registry knows only ``churn``: any other reference is refused, naming it."""
+    import batch.score
     import serving.runtime.loader as loader
 
     def refuse(client, ref):
-        raise ModelValidationError(f"cannot resolve {ref.uri}: no registered model named 'nosuch'\n"
-                                   "(registered models: fraud-detector)")
+        raise ModelValidationError(f"cannot resolve {ref.uri}: no registered model named {ref.name!r}\n"
+                                   "(registered models: churn)")
 
     monkeypatch.setattr(loader, "resolve_version", refuse)
-    assert cli.main(["batch", "score", "--model", "nosuch@champion"]) == cli.EXIT_FAILURE
+    monkeypatch.setattr(batch.score, "resolve_version", refuse)  # bound at its import
+
+
+def test_an_unknown_model_is_a_failure_that_names_what_is_registered(monkeypatch, capsys, tmp_path, remote_registry):
+    refuse_every_model(monkeypatch)
+    argv = ["batch", "score", "--model", "nosuch@champion", "--repo", repository(tmp_path, "churn")]
+    assert cli.main(argv) == cli.EXIT_FAILURE
     (line,) = error_lines(capsys)  # the library's line break folded
     assert line == ("mlgate: error: cannot resolve models:/nosuch@champion: no registered model named "
-                    "'nosuch' (registered models: fraud-detector)")
+                    "'nosuch' (registered models: churn)")
 
 
-def test_an_unreachable_registry_is_a_one_line_failure(monkeypatch, capsys):
+def test_an_unreachable_registry_is_a_one_line_failure(monkeypatch, capsys, tmp_path, remote_registry):
     import requests
 
     from mlflow import MlflowClient
@@ -74,10 +106,39 @@ def test_an_unreachable_registry_is_a_one_line_failure(monkeypatch, capsys):
         raise requests.ConnectionError("http://mlflow:5000 refused")
 
     monkeypatch.setattr(MlflowClient, "get_model_version_by_alias", unreachable)
-    assert cli.main(["batch", "score", "--model", "fraud-detector@champion"]) == cli.EXIT_FAILURE
+    argv = ["batch", "score", "--model", "churn@champion", "--repo", repository(tmp_path, "churn")]
+    assert cli.main(argv) == cli.EXIT_FAILURE
     (line,) = error_lines(capsys)
     assert line == ("mlgate: error: cannot reach the MLflow registry to resolve "
-                    "models:/fraud-detector@champion (ConnectionError)")
+                    "models:/churn@champion (ConnectionError)")
+
+
+def test_batch_scoring_without_model_scores_the_repositorys_only_model(monkeypatch, capsys, tmp_path, remote_registry):
+    refuse_every_model(monkeypatch)  # the model named is the one resolved, and refused here
+    assert cli.main(["batch", "score", "--repo", repository(tmp_path, "churn-v2")]) == cli.EXIT_FAILURE
+    (line,) = error_lines(capsys)
+    assert line.startswith("mlgate: error: cannot resolve models:/churn-v2@champion:")
+
+
+def test_batch_scoring_without_model_prefers_the_settings_first_model(monkeypatch, capsys, tmp_path, remote_registry):
+    refuse_every_model(monkeypatch)
+    monkeypatch.setenv("MLGATE_MODELS", '[{"name": "pinned", "version": "4"}]')
+    assert cli.main(["batch", "score", "--repo", repository(tmp_path, "a", "b")]) == cli.EXIT_FAILURE
+    (line,) = error_lines(capsys)
+    assert line.startswith("mlgate: error: cannot resolve models:/pinned/4:")
+
+
+@pytest.mark.parametrize("models, says", [(("a", "b"), "serves 2 models (a, b)"), ((), "serves 0 models (none)")])
+def test_batch_scoring_without_model_needs_one_when_the_gateway_serves_several(capsys, tmp_path, models, says):
+    assert cli.main(["batch", "score", "--repo", repository(tmp_path, *models)]) == cli.EXIT_USAGE
+    (line,) = error_lines(capsys)
+    assert line == f"mlgate: error: the gateway {says}: say which with --model"
+
+
+def test_a_folder_that_is_no_repository_is_a_usage_error(capsys, tmp_path):
+    assert cli.main(["batch", "score", "--model", "churn@champion", "--repo", str(tmp_path)]) == cli.EXIT_USAGE
+    (line,) = error_lines(capsys)
+    assert line.startswith(f"mlgate: error: --repo {tmp_path}: not a feature repository")
 
 
 def test_a_command_failure_exits_1_without_a_traceback(monkeypatch, capsys, caplog):

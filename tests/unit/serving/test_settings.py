@@ -4,10 +4,12 @@ from pydantic import ValidationError
 from serving.settings import Settings
 
 
-def test_defaults_serve_the_demo_model_on_localhost_8000(tmp_path):
+def test_defaults_serve_the_applied_repositorys_models_on_localhost_8000(tmp_path):
     s = Settings(state_dir=tmp_path)
     assert (s.http.host, s.http.port, s.http.ingress) == ("127.0.0.1", 8000, "reuseport")
-    assert [m.uri for m in s.models] == ["models:/fraud-detector@champion"]
+    assert s.models == ()  # no model of its own: those of the applied feature repository
+    assert (s.features.on_missing, s.features.on_stale) == ("default", "serve")  # never-seen: defaults
+    assert s.features.repository_poll_s == 2.0
     assert s.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
