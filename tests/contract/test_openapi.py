@@ -46,7 +46,11 @@ def _validator(document: dict, name: str) -> jsonschema.Validator:
     ({"instances": [{"a": 1}], "entities": [{"id": 1}]}, False),
     ({"instances": [{"a": 1}], "features": {"b": 2}}, False),
     ({"entities": [{}]}, False),
-    ({"entities": [{"id": -1}]}, False),
+    ({"entities": [{"id": -1}]}, True),  # int64 keys: negative ids too
+    ({"entities": [{"id": 2**63}]}, False),
+    ({"entities": [{"id": "c-19"}]}, True),  # string keys
+    ({"entities": [{"id": ""}]}, False),
+    ({"entities": [{"id": "a\nb"}]}, False),
     ({"entities": [{"id": 1.5}]}, False),
     ({"instances": [{"a": 1e39}]}, False),
     ({"instances": [{"a": "1"}]}, False),

@@ -108,13 +108,21 @@ def test_an_applied_repository_is_handed_over_once_per_digest():
     assert receiver.handed[1].views["account_activity"].ttl.total_seconds() == 3 * 3600
 
 
-def test_a_repository_removed_from_the_store_is_handed_over_as_none_once():
+def test_a_repository_gone_from_the_store_keeps_serving_and_is_logged_once(caplog):
+    """A flushed or emptied Redis is not an unapplied repository: the replicas keep their models;
+    the same repository applied again changes nothing, another one is handed over."""
     watch, store, _, receiver = watcher()
-    repository.apply(store, PREFIX, compiled("shop"))
+    served = repository.apply(store, PREFIX, compiled("shop"))
     checks(watch, 1)
     del store.hashes[KEY]
-    assert checks(watch, 3) == [True, False, False]
-    assert projects(receiver) == ["shop", None] and watch.digest is None
+    with caplog.at_level(logging.WARNING, logger="serving.repo_watch"):
+        assert checks(watch, 3) == [False, False, False]
+    assert projects(receiver) == ["shop"] and watch.digest == served.digest
+    assert sum("gone from Redis" in r.message for r in caplog.records) == 1
+    repository.apply(store, PREFIX, compiled("shop"))
+    assert checks(watch, 1) == [False]
+    repository.apply(store, PREFIX, compiled("shop", ttl="3h"))
+    assert checks(watch, 1) == [True] and projects(receiver) == ["shop", "shop"]
 
 
 def test_an_unreachable_store_is_logged_once_and_the_last_repository_keeps_serving(caplog):
