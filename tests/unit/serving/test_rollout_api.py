@@ -11,11 +11,12 @@ import orjson
 import pytest
 
 from observability.metrics import GatewayMetrics
+from serving.errors import ModelNotFound
 from serving.http.app import build_app
 from serving.models import InProcessModel, ModelTable
 from serving.pipeline import Pipeline
 from serving.rollout import Rollouts
-from serving.settings import Settings
+from serving.settings import ModelSettings, Settings
 from serving.shadow import ShadowMirror, compare
 from tests.unit.conftest import ToyRuntime, make_spec
 
@@ -331,3 +332,58 @@ def test_a_request_that_fails_before_routing_counts_against_no_variant():
         assert sample(metrics, "mlgate_requests_total", model="toy", version="3", outcome="malformed_json") == 1
 
     run(scenario)
+
+
+# -- models added and removed while serving (a newly applied repository) -------------------------
+
+def test_models_added_and_removed_while_serving_come_and_go_in_the_admin_api():
+    churn = ModelSettings(name="churn", routing={"canary": {"alias": "challenger", "weight": 20}})
+
+    async def scenario(client, rollouts, pipeline, metrics):
+        pipeline.models.add(churn)  # as the gateway adopts a repository: the table, then routing
+        rollouts.add(churn)
+        assert rollouts.names() == ["toy", "churn"]
+        listed = (await client.get("/v1/admin/rollouts")).json()["rollouts"]
+        assert [(r["model"], r["canary_weight"]) for r in listed] == [("toy", 0), ("churn", 20)]
+        r = await client.patch("/v1/admin/rollouts/churn", json={"canary_weight": 50})
+        assert r.status_code == 200 and rollouts.canary_weight("churn") == 50
+        rollouts.remove("churn")
+        pipeline.models.remove("churn")
+        assert rollouts.names() == ["toy"]
+        r = await client.get("/v1/admin/rollouts/churn")
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "model_not_found")
+        assert [r["model"] for r in (await client.get("/v1/admin/rollouts")).json()["rollouts"]] == ["toy"]
+        r = await client.post("/v1/models/churn/predict", json={"instances": [ROW]})
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "model_not_found")
+        assert (await post(client)).status_code == 200  # the other model is untouched
+
+    run(scenario)
+
+
+def test_a_removed_models_routing_is_forgotten_and_a_re_added_one_starts_from_its_configuration():
+    churn = ModelSettings(name="churn", routing={"canary": {"alias": "challenger", "weight": 5},
+                                                 "shadows": [{"name": "mirror", "alias": "shadow", "share": 100}],
+                                                 "key_header": "X-Account"})
+    settings, metrics = Settings(), GatewayMetrics()
+
+    async def main():
+        table = ModelTable(settings, metrics, lambda m: pytest.fail("nothing loads here"), models=[churn])
+        rollouts = Rollouts(settings, table, metrics, served=[churn])
+        assert rollouts.names() == ["churn"]  # the models served, not the settings' (none)
+        await rollouts.set("churn", canary_weight=40)
+        assert rollouts.shadows_for("churn") == ["mirror"]
+        rollouts.remove("churn")
+        assert rollouts.names() == []
+        assert (rollouts.canary_weight("churn"), rollouts.shadows_for("churn")) == (0.0, [])
+        assert rollouts.key_header("churn") == "X-Routing-Key"
+        with pytest.raises(ModelNotFound):
+            rollouts.state("churn")
+        with pytest.raises(ModelNotFound):
+            await rollouts.configure("churn", churn.routing)
+        rollouts.observe("churn", "canary", True, 0.01, 0.5)  # a request still in flight: ignored
+        await rollouts.analyse()
+        rollouts.add(churn)
+        state = rollouts.state("churn")
+        return state.canary_weight, state.updated_at, rollouts.key_header("churn")
+
+    assert asyncio.run(main()) == (5.0, 0.0, "X-Account")
