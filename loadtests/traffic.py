@@ -91,8 +91,8 @@ def _drop_amount(body: dict) -> None:
     del body["features"]["amount"]
 
 
-def _negative_id(body: dict) -> None:
-    body["entities"][0]["customer_id"] = -1
+def _text_id(body: dict) -> None:
+    body["entities"][0]["customer_id"] = "seven"  # the view's key is int64
 
 
 # (expected status, expected error code, how a valid one-entity body is spoiled)
@@ -100,7 +100,7 @@ INVALID_KINDS: tuple[tuple[int, str, Any], ...] = (
     (400, "unknown_feature", _set("favourite_colour", 3)),
     (400, "invalid_feature_type", _set("hour_of_day", "noon")),
     (400, "non_finite_value", _set("amount", 1e39)),  # beyond float32 range
-    (400, "invalid_request", _negative_id),
+    (400, "invalid_request", _text_id),
     (422, "missing_features", _drop_amount),
     (400, "malformed_json", None),  # the body is cut short instead
 )

@@ -41,6 +41,8 @@ def events(rng: np.random.Generator, accounts: list[str], end: pd.Timestamp) -> 
 
 def expected_features(frame: pd.DataFrame, account: str, as_of: pd.Timestamp) -> dict[str, float]:
     """The scaffold's features of ``account`` as of ``as_of``, computed here in pandas."""
+    if as_of.tzinfo is None:  # Spark's Parquet timestamps come back naive, in UTC (the jobs' zone)
+        as_of = as_of.tz_localize("UTC")
     mine = frame[(frame.account_id == account) & (frame.ts < as_of)]
 
     def within(days: int) -> pd.DataFrame:

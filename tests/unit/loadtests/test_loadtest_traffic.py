@@ -71,7 +71,7 @@ def test_every_invalid_kind_spoils_the_body_as_announced():
     with pytest.raises(json.JSONDecodeError):
         json.loads(seen["malformed_json"][1])
     assert "amount" not in json.loads(seen["missing_features"][1])["features"]
-    assert json.loads(seen["invalid_request"][1])["entities"][0]["customer_id"] == -1
+    assert json.loads(seen["invalid_request"][1])["entities"][0]["customer_id"] == "seven"
 
 
 @pytest.mark.parametrize("prediction, kind", [
