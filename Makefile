@@ -28,7 +28,7 @@ demo: system $(STAMP)
 
 ## The whole suite: unit tests, then integration tests on real MLflow, Ray Serve and HTTP.
 test: system-test $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=15
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit
