@@ -85,6 +85,15 @@ def prepare(settings, env: dict[str, str], customers: int, log: Path) -> None:
     mlgate = [str(VENV_BIN / "mlgate"), "--state-dir", str(settings.state_dir)]
     if ((project.data_dir(settings, "fraud") / "transactions.parquet").exists()
             and has_alias(settings.tracking_uri, MODEL, "champion")):
+        # a fresh Redis: the fraud example's repository applied, then its features and scores
+        from features_online import repository
+        from features_online.redis_client import connect
+
+        client = connect(settings.redis)
+        try:
+            repository.apply(client, settings.redis.prefix, project.load(settings, models=(MODEL,)))
+        finally:
+            client.close()
         steps = [mlgate + ["features", "sync"], mlgate + ["batch", "score", "--model", f"{MODEL}@champion"]]
     else:
         steps = [mlgate + ["demo", "--detach", "--customers", str(customers), "--port", str(free_port())]]

@@ -21,6 +21,7 @@ from examples.fraud import data
 from serving.settings import Settings
 
 DEMO_CUSTOMERS = 3_000
+DEMO_COURIERS = 60  # the delivery example, small: tests that serve it beside the fraud model
 
 
 def _ephemeral_start() -> int:

@@ -23,7 +23,7 @@ from examples.fraud.train import FEATURE_NAMES, REQUEST_NAMES
 from serving import codec
 from serving.runtime.loader import load_model
 from serving.settings import ModelSettings, Settings
-from tests.integration.conftest import DEMO_CUSTOMERS, RedisServer, apply_examples, gateway_env, run_cli
+from tests.integration.conftest import DEMO_COURIERS, DEMO_CUSTOMERS, RedisServer, apply_examples, gateway_env, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -75,13 +75,14 @@ def gateway(tmp_path_factory, redis_server, spark):
                       MLGATE_MODELS=json.dumps([{"name": MODEL}, {"name": PYFUNC, "placement": "deployment",
                                                                      "allow_pyfunc": True}]))
     port = int(env["MLGATE_HTTP__PORT"])
-    done = run_cli(["data", "--customers", str(DEMO_CUSTOMERS)], env)
+    small = ["--customers", str(DEMO_CUSTOMERS), "--couriers", str(DEMO_COURIERS)]
+    done = run_cli(["data", *small], env)
     assert done.returncode == 0, done.stderr[-3000:]
     settings = Settings(state_dir=state, mlflow_tracking_uri=None,
                         redis={"url": redis_url, "password": REDIS_PASSWORD})
     table = training_data(settings, spark)
     register_sklearn_model(settings, table)
-    demo = run_cli(["demo", "--detach", "--customers", str(DEMO_CUSTOMERS)], env)
+    demo = run_cli(["demo", "--detach", *small], env)
     if demo.returncode != 0:
         log = state / "logs" / "gateway.log"
         pytest.fail(f"demo failed:\n{demo.stdout[-2000:]}\n{demo.stderr[-2000:]}\n"

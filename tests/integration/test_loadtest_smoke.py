@@ -8,12 +8,11 @@ import json
 
 import pytest
 
-from tests.integration.conftest import DEMO_CUSTOMERS, gateway_env, run_cli
+from tests.integration.conftest import DEMO_COURIERS, DEMO_CUSTOMERS, gateway_env, run_cli
 
 pytestmark = pytest.mark.integration
 
 
-DEMO_COURIERS = 60  # the delivery example, served beside the fraud model the load test drives
 
 
 @pytest.fixture(scope="module")
