@@ -209,14 +209,27 @@ def _key_values(batch, key: EntityKey) -> list:
         return np.asarray(_numbers(column), dtype=np.int64).tolist()
     offsets_type = _OFFSETS.get(str(column.type).replace("utf8", "string"))
     if offsets_type is None:  # e.g. dictionary-encoded: pyarrow's general path
-        return [v.encode() if isinstance(v, str) else bytes(v) for v in column.to_pylist()]
+        values = [v.encode() if isinstance(v, str) else bytes(v) for v in column.to_pylist()]
+        _key_lengths(np.array([len(v) for v in values]), key)
+        return values
     _, offsets, data = column.buffers()[:3]
     n, at = len(column), column.offset
     offsets = np.frombuffer(offsets, dtype=offsets_type, count=at + n + 1)[at:]
+    _key_lengths(np.diff(offsets), key)
     first, last = int(offsets[0]), int(offsets[-1])
     blob = bytes(memoryview(data)[first:last]) if data is not None else b""
     bounds = (offsets - first).tolist()
     return [blob[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _key_lengths(lengths: np.ndarray, key: EntityKey) -> None:
+    """String keys of at most ``max_length`` bytes: the gateway refuses a longer key in a request,
+    so a row stored under one could never be read (the sync fails, nothing flips)."""
+    bad = lengths > key.max_length
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} of {len(lengths)} rows have a {key.name} longer than its max_length "
+                         f"({key.max_length} bytes): requests could never name them; raise max_length in the "
+                         "repository or fix the keys")
 
 
 def _feature(column, feature: Feature) -> np.ndarray:

@@ -80,5 +80,6 @@ def catalog_of(settings: Settings, repo: Repository | None) -> Catalog:
 def _first_error(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         error = exc.errors(include_input=False, include_url=False)[0]
-        return f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
+        where = ".".join(str(p) for p in error["loc"])
+        return f"{where}: {error['msg']}" if where else error["msg"]
     return str(exc)

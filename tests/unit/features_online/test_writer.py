@@ -115,6 +115,16 @@ def test_a_row_without_its_key_fails_the_batch(entity, keys):
         written(v, batch(keys, 3))
 
 
+@pytest.mark.parametrize("arrow_type", [pa.string(), pa.large_string(), pa.dictionary(pa.int32(), pa.string())])
+def test_a_string_key_longer_than_its_max_length_fails_the_batch(arrow_type):
+    """The gateway refuses such keys in requests: rows stored under them could never be read."""
+    short = view(Entity("shop", (EntityKey("shop_code", "string", max_length=4),)))
+    codes = pa.array(["ab", "é" * 3, "abcd"]).cast(arrow_type)  # 6 UTF-8 bytes in 3 characters
+    with pytest.raises(ValueError, match=r"1 of 3 rows have a shop_code longer than its max_length \(4 bytes\)"):
+        written(short, batch({"shop_code": codes}, 3))
+    assert len(written(short, batch({"shop_code": pa.array(["ab", "éé", "abcd"]).cast(arrow_type)}, 3))) == 3
+
+
 def test_the_writer_never_imports_pandas(tmp_path):
     """A cold Spark worker would pay about half a second for it. The batch comes from an Arrow
     IPC file, as a worker's come from Spark (building it from Python lists imports pandas)."""
