@@ -6,7 +6,8 @@
 - the custom resources (RayService, ServiceMonitor, PrometheusRule, ScheduledSparkApplication)
   against excerpts of their CRD schemas in tests/helm/schemas/ (sources named in each file);
 - the embedded Serve config by Ray's own ``ServeDeploySchema``, its application args by
-  mlgate's ``Settings`` and its routing by ``RoutingSettings``;
+  mlgate's ``Settings`` and its routing by ``RoutingSettings``; by default (no ``model.name``) the
+  args name no model, so the gateway serves the applied feature repository's models;
 - a canary step (``--set routing.canary.weight=N``) changes nothing but the Gateway's
   ``user_config``, so KubeRay applies it as an in-place reconfigure;
 - wrong values fail at ``helm template`` time (values.schema.json and the chart's own checks).
@@ -74,8 +75,13 @@ def gateway_deployment(config: dict) -> dict:
 
 
 @pytest.fixture(scope="module", params=VALUES_FILES, ids=lambda p: p.stem)
-def rendered(request, helm_bin, helm_home) -> list[dict]:
-    return render(helm_bin, helm_home, "-f", str(request.param))
+def values_file(request) -> Path:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def rendered(values_file, helm_bin, helm_home) -> list[dict]:
+    return render(helm_bin, helm_home, "-f", str(values_file))
 
 
 # ---- schemas ---------------------------------------------------------------------------------
@@ -173,7 +179,7 @@ def test_crd_schemas_catch_mistakes():
 
 # ---- the Serve config -----------------------------------------------------------------------
 
-def test_serve_config_accepted_by_ray_and_mlgate(rendered, monkeypatch):
+def test_serve_config_accepted_by_ray_and_mlgate(rendered, values_file, monkeypatch):
     from ray.serve.schema import ServeDeploySchema
 
     from serving.settings import RoutingSettings, Settings
@@ -185,7 +191,8 @@ def test_serve_config_accepted_by_ray_and_mlgate(rendered, monkeypatch):
     (app,) = schema.applications
     assert (app.name, app.import_path) == ("mlgate", "serving.ray_app:build")
     settings = Settings(**app.args)
-    assert [m.name for m in settings.models] == ["fraud-detector"]
+    pinned = (yaml.safe_load(values_file.read_text()).get("model") or {}).get("name")
+    assert [m.name for m in settings.models] == ([pinned] if pinned else [])
     gateway = gateway_deployment(config)
     assert gateway["max_replicas_per_node"] == 1  # one replica per pod: the Service's port 8000
     for model, routing in gateway["user_config"]["routing"].items():
@@ -201,8 +208,36 @@ def test_supply_chain_switches_reach_the_gateway_off_by_default(helm_bin, helm_h
         settings = Settings(**app["args"])
         return settings.models[0].allow_pyfunc, settings.registry.require_digest
 
-    assert args() == (False, False)
-    assert args("model.allowPyfunc=true", "registry.requireDigest=true") == (True, True)
+    assert args("model.name=my-model") == (False, False)
+    assert args("model.name=my-model", "model.allowPyfunc=true", "registry.requireDigest=true") == (True, True)
+
+
+def test_default_serves_the_applied_repository(helm_bin, helm_home, monkeypatch):
+    """No model.name: no `models` arg (Settings' default, none: the gateway serves the models of
+    the repository applied with `mlgate apply`), no chart routing, batch scoring without --model
+    (the repository's only model). A name pins that model, its routing and the job's --model."""
+    from serving.settings import Settings
+
+    for name in [n for n in os.environ if n.startswith(("MLGATE_", "MLFLOW_"))]:
+        monkeypatch.delenv(name)
+
+    def parts(*args):
+        docs = render(helm_bin, helm_home, *args)
+        config = serve_config(docs)
+        (app,) = config["applications"]
+        (job,) = [d for d in by_kind(docs, "CronJob") if d["metadata"]["name"].endswith("batch-score")]
+        (container,) = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        return app["args"], gateway_deployment(config)["user_config"], container["args"]
+
+    args, user_config, job_args = parts()
+    assert "models" not in args
+    assert Settings(**args).models == ()
+    assert user_config == {"routing": {}}
+    assert "--model" not in job_args
+    args, user_config, job_args = parts("--set", "model.name=my-model")
+    assert [(m.name, m.alias) for m in Settings(**args).models] == [("my-model", "champion")]
+    assert list(user_config["routing"]) == ["my-model"]
+    assert job_args[-2:] == ["--model", "my-model@champion"]
 
 
 def test_ray_pods_get_direct_ingress_on_port_8000(rendered):
@@ -250,7 +285,7 @@ def test_routing_change_only_touches_gateway_user_config(helm_bin, helm_home, ch
 def test_weight_lands_in_user_config(helm_bin, helm_home):
     config = serve_config(render(helm_bin, helm_home, "-f", CANARY,
                                  "--set", "routing.canary.weight=25"))
-    routing = gateway_deployment(config)["user_config"]["routing"]["fraud-detector"]
+    routing = gateway_deployment(config)["user_config"]["routing"]["my-model"]
     assert routing["canary"] == {"alias": "challenger", "weight": 25}
     assert routing["shadows"] == [{"name": "shadow", "alias": "candidate", "share": 10}]
     assert routing["analysis"]["max_p99_ratio"] == 1.5
@@ -263,7 +298,11 @@ def test_weight_lands_in_user_config(helm_bin, helm_home):
     (["routing.canary.weight=-5"], "minimum"),
     (["routing.canary.weight=5"], "must be true"),  # a weight without an enabled canary
     (["routing.canary.enabled=true", "routing.canary.alias=not an alias"], "pattern"),
-    (["routing.canary.enabled=true", "routing.canary.alias=champion"], "another alias"),
+    (["model.name=m", "routing.canary.enabled=true", "routing.canary.alias=champion"], "another alias"),
+    (["routing.canary.enabled=true"], "model.name, which is empty"),
+    (["routing.shadows[0].name=shadow", "routing.shadows[0].alias=x",
+      "routing.shadows[0].share=5"], "model.name, which is empty"),
+    (["model.name=not a name"], "pattern"),
     (["routing.canary.wieght=5"], "additional properties"),
     (["routing.shadows[0].name=canary", "routing.shadows[0].alias=x",
       "routing.shadows[0].share=5"], "not"),

@@ -118,12 +118,17 @@ to the gateway's defaults. */}}
 {{- toJson $out -}}
 {{- end -}}
 
-{{/* Application args: Settings fields for the gateway (no secrets: those come from env). */}}
+{{/* Application args: Settings fields for the gateway (no secrets: those come from env).
+`models` only for a model.name: without one, Settings' default (none) leaves the gateway to the
+applied feature repository's models. */}}
 {{- define "mlgate.appArgs" -}}
-{{- $model := mergeOverwrite (dict "name" .Values.model.name "placement" "inprocess" "allow_pyfunc" (.Values.model.allowPyfunc | default false)) (fromJson (include "mlgate.variantRef" .Values.model)) -}}
 {{- $redis := dict "url" .Values.redis.url "cluster" .Values.redis.cluster -}}
-{{- $args := dict "models" (list $model) "redis" $redis "mlflow_tracking_uri" .Values.mlflow.trackingUri "state_dir" "/home/mlgate/state" "log_level" .Values.gateway.logLevel "registry" (dict "poll_s" .Values.registry.pollS "require_digest" (.Values.registry.requireDigest | default false)) "http" (dict "host" "0.0.0.0" "ingress" "direct" "proxy_port" .Values.gateway.proxyPort "drain_s" .Values.gateway.drainS) -}}
+{{- $args := dict "redis" $redis "mlflow_tracking_uri" .Values.mlflow.trackingUri "state_dir" "/home/mlgate/state" "log_level" .Values.gateway.logLevel "registry" (dict "poll_s" .Values.registry.pollS "require_digest" (.Values.registry.requireDigest | default false)) "http" (dict "host" "0.0.0.0" "ingress" "direct" "proxy_port" .Values.gateway.proxyPort "drain_s" .Values.gateway.drainS) -}}
 {{- with .Values.redis.fallback.url }}{{ $_ := set $args "fallback" (dict "redis" (dict "url" .)) }}{{ end -}}
+{{- with .Values.model.name -}}
+{{- $model := mergeOverwrite (dict "name" . "placement" "inprocess" "allow_pyfunc" ($.Values.model.allowPyfunc | default false)) (fromJson (include "mlgate.variantRef" $.Values.model)) -}}
+{{- $_ := set $args "models" (list $model) -}}
+{{- end -}}
 {{- toJson (mergeOverwrite $args (deepCopy .Values.gateway.settings)) -}}
 {{- end -}}
 
@@ -131,7 +136,8 @@ to the gateway's defaults. */}}
 {{- define "mlgate.serveConfig" -}}
 {{- $g := .Values.gateway -}}
 {{- $autoscaling := dict "min_replicas" $g.replicas.min "initial_replicas" $g.replicas.min "max_replicas" $g.replicas.max "target_ongoing_requests" $g.targetOngoingRequests "upscale_delay_s" $g.upscaleDelayS "downscale_delay_s" $g.downscaleDelayS -}}
-{{- $routing := dict .Values.model.name (fromJson (include "mlgate.routing" .)) -}}
+{{- $routing := dict -}}
+{{- with .Values.model.name }}{{ $routing = dict . (fromJson (include "mlgate.routing" $)) }}{{ end -}}
 {{- $gateway := dict "name" "Gateway" "max_ongoing_requests" $g.maxOngoingRequests "max_replicas_per_node" 1 "autoscaling_config" $autoscaling "ray_actor_options" (dict "num_cpus" $g.numCpus) "user_config" (dict "routing" $routing) -}}
 {{- $app := dict "name" "mlgate" "route_prefix" "/" "import_path" "serving.ray_app:build" "args" (fromJson (include "mlgate.appArgs" .)) "deployments" (list $gateway) -}}
 {{- $config := dict "proxy_location" "EveryNode" "http_options" (dict "host" "0.0.0.0" "port" $g.proxyPort "request_timeout_s" 30 "keep_alive_timeout_s" 30) "logging_config" (dict "log_level" "WARNING" "enable_access_log" false) "applications" (list $app) -}}
@@ -213,8 +219,11 @@ volumeMounts:
 {{- with .Values.jobs.batchScore -}}
 {{- if .enabled -}}
 {{- $m := $.Values.model -}}
-{{- $ref := ternary (printf "%s/%v" $m.name $m.version) (printf "%s@%s" $m.name $m.alias) (not (empty $m.version)) -}}
-{{- $_ := set $jobs "batch-score" (dict "schedule" .schedule "args" (list "batch" "score" "--model" (default $ref .model))) -}}
+{{- $ref := "" -}}
+{{- if $m.name }}{{ $ref = ternary (printf "%s/%v" $m.name $m.version) (printf "%s@%s" $m.name $m.alias) (not (empty $m.version)) }}{{ end -}}
+{{- $args := list "batch" "score" -}}
+{{- with default $ref .model }}{{ $args = concat $args (list "--model" .) }}{{ end -}}
+{{- $_ := set $jobs "batch-score" (dict "schedule" .schedule "args" $args) -}}
 {{- end -}}
 {{- end -}}
 {{- toJson $jobs -}}
@@ -250,7 +259,10 @@ volumeMounts:
 {{- fail (printf "gateway.replicas.max (%v) must be at least gateway.replicas.min (%v)" $g.max $g.min) -}}
 {{- end -}}
 {{- $c := .Values.routing.canary -}}
-{{- if and $c.enabled (eq (include "mlgate.variantRef" $c) (include "mlgate.variantRef" .Values.model)) -}}
+{{- if and (not .Values.model.name) (or $c.enabled .Values.routing.shadows) -}}
+{{- fail "routing.canary/routing.shadows apply to model.name, which is empty (the gateway serves the applied feature repository's models): set model.name, or give a repository model its canary and shadows under `serving: routing:` in the repository" -}}
+{{- end -}}
+{{- if and .Values.model.name $c.enabled (eq (include "mlgate.variantRef" $c) (include "mlgate.variantRef" .Values.model)) -}}
 {{- fail (printf "routing.canary must name another alias or version than the model itself (%s)" (include "mlgate.variantRef" $c)) -}}
 {{- end -}}
 {{- end -}}
