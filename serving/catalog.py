@@ -48,6 +48,35 @@ class Catalog:
         return {v.name: v for v in views}
 
 
+@dataclass(frozen=True)
+class ModelChanges:
+    """How the served models change from one catalog to the next."""
+
+    removed: tuple[str, ...] = ()
+    added: tuple[ModelSettings, ...] = ()
+    """New models, and models whose settings changed beyond their routing (they reload)."""
+    rerouted: tuple[ModelSettings, ...] = ()
+    """Models whose routing alone changed: applied to the running variants, no reload."""
+
+
+def changes(old: Catalog, new: Catalog) -> ModelChanges:
+    before = {m.name: m for m in old.models}
+    after = {m.name: m for m in new.models}
+    removed, added, rerouted = [], [], []
+    for name, model in after.items():
+        previous = before.get(name)
+        if previous is None:
+            added.append(model)
+        elif previous != model:
+            if previous.model_copy(update={"routing": model.routing}) == model:
+                rerouted.append(model)
+            else:
+                removed.append(name)
+                added.append(model)
+    removed += [name for name in before if name not in after]
+    return ModelChanges(tuple(removed), tuple(added), tuple(rerouted))
+
+
 def catalog_of(settings: Settings, repo: Repository | None) -> Catalog:
     """The settings' models, then the repository's (an entry whose ``serving`` settings are
     invalid is left out and logged: ``mlgate plan`` reports it before an apply)."""

@@ -21,7 +21,7 @@ from features_online.reader import ViewReader
 from features_online.repository import Repository
 from observability.metrics import GatewayMetrics
 from serving import codec
-from serving.catalog import Catalog, catalog_of
+from serving.catalog import Catalog, catalog_of, changes
 from serving.http.app import build_app
 from serving.http.server import ReplicaServer
 from serving.launcher import GATEWAY
@@ -170,7 +170,8 @@ class Gateway:
 
     async def _adopt(self, repo: Repository | None) -> None:
         """Serve a newly applied repository: its views (read from the next refresh, which runs
-        now), then its models: new ones start loading, removed ones retire, changed ones reload."""
+        now), then its models: new ones start loading, removed ones retire, changed ones reload,
+        and a model whose routing alone changed is rerouted in place (no reload)."""
         old, new = self._catalog, catalog_of(self._settings, repo)
         self._catalog = new
         self._set_views(new)
@@ -184,16 +185,15 @@ class Gateway:
                 await self._scores.refresh()
         except StoreUnavailable:
             pass  # the refresh loop keeps trying
-        before = {m.name: m for m in old.models}
-        after = {m.name: m for m in new.models}
-        for name, model in before.items():
-            if after.get(name) != model:
-                self._rollouts.remove(name)
-                self._models.remove(name)
-        for name, model in after.items():
-            if before.get(name) != model:
-                self._models.add(model)
-                self._rollouts.add(model)
+        change = changes(old, new)
+        for name in change.removed:
+            self._rollouts.remove(name)
+            self._models.remove(name)
+        for model in change.added:
+            self._models.add(model)
+            self._rollouts.add(model)
+        for model in change.rerouted:  # the champion keeps serving; canary and shadows follow
+            await self._rollouts.configure(model.name, model.routing)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live routing: validate every model's new routing first, then apply them."""

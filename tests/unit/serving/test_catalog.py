@@ -12,8 +12,8 @@ import yaml
 
 from features_online import repository
 from features_online.definitions import SCORE_FIELDS, EntityKey
-from serving.catalog import Catalog, catalog_of
-from serving.settings import Settings
+from serving.catalog import Catalog, catalog_of, changes
+from serving.settings import ModelSettings, Settings
 
 MODELS = [
     {"name": "churn", "entities": ["account"], "serving": {"alias": "prod"}},
@@ -118,3 +118,18 @@ def test_older_schema_versions_of_a_view_are_served_after_the_newest(tmp_path, r
     assert newest.feature_names == ("events_7d", "events_1d") and older.feature_names == ("events_7d",)
     assert newest.version != older.version
     assert catalog.views["merchant_stats"] == (repo.views["merchant_stats"],)  # unchanged: no history
+
+
+def test_changes_reload_only_models_whose_settings_changed_beyond_routing():
+    def model(name, **kw):
+        return ModelSettings(name=name, **kw)
+
+    canary = {"canary": {"alias": "challenger", "weight": 5}}
+    old = Catalog(models=(model("kept"), model("gone"), model("rerouted"), model("repinned")))
+    new = Catalog(models=(model("kept"), model("rerouted", routing=canary), model("repinned", version="3"),
+                          model("new")))
+    found = changes(old, new)
+    assert found.removed == ("repinned", "gone")
+    assert [m.name for m in found.added] == ["repinned", "new"] and found.added[0].version == "3"
+    assert [m.name for m in found.rerouted] == ["rerouted"] and found.rerouted[0].routing.canary.weight == 5
+    assert changes(new, new) == type(found)()
