@@ -9,7 +9,6 @@ output (init, and the one-line error for a Redis nobody answers) run as subproce
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from pathlib import Path
 
@@ -19,22 +18,17 @@ import pytest
 import yaml
 
 from serving import cli
-from tests.integration.conftest import RedisServer, free_port, gateway_env, run_cli
+from tests.integration.conftest import free_port, gateway_env, run_cli
 
 pytestmark = pytest.mark.integration
 
 VIEW = "account_activity"  # the scaffold's view
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """This module's own redis-server; each test applies under its own key prefix."""
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (.ci/run installs it)")
-    server = RedisServer(tmp_path_factory.mktemp("repo-cli-redis"))
-    server.start()
-    yield server
-    server.stop()
+@pytest.fixture
+def store(redis_server):
+    """The session's redis-server; each test applies under its own key prefix."""
+    return redis_server
 
 
 @pytest.fixture
