@@ -8,11 +8,13 @@ Read from ``MLGATE_*`` environment variables (nested fields with ``__``, e.g.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 
 from features_online.settings import RedisSettings, Section, StoreSettings
+from serving.auth.settings import AuthSettings
 
 __all__ = ["Settings", "RedisSettings", "Section"]
 
@@ -47,6 +49,10 @@ class HttpSettings(Section):
     that behind a Kubernetes Service)."""
     max_body_bytes: int = Field(1_048_576, gt=0)
     """Requests with a larger body are refused with 413."""
+    tls_certfile: Path | None = None
+    """Serve HTTPS with this PEM certificate (chain) (``reuseport``; with ``tls_keyfile``)."""
+    tls_keyfile: Path | None = None
+    """The certificate's PEM private key (a mounted Kubernetes Secret)."""
     max_in_flight: int = Field(256, gt=0)
     """Most predict requests one replica works on at once; more are refused at once with 503
     ``overloaded`` and ``Retry-After`` instead of queueing (with ``reuseport`` Ray Serve's
@@ -81,6 +87,13 @@ class HttpSettings(Section):
     their bodies hold no in-flight slot, so without this many slow senders of large bodies could
     hold ``max_body_bytes`` each. A budget of bytes, not of requests: senders of a byte or two
     cannot use it up and crowd out real predictions (the body timeout sends those away)."""
+
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpSettings:
+        if bool(self.tls_certfile) != bool(self.tls_keyfile):
+            raise ValueError("http.tls_certfile and http.tls_keyfile go together")
+        return self
 
 
 class LimitSettings(Section):
@@ -319,6 +332,8 @@ class Settings(StoreSettings):
     ray: RaySettings = RaySettings()
     fallback: FallbackSettings = FallbackSettings()
     admin: AdminSettings = AdminSettings()
+    auth: AuthSettings = AuthSettings()
+    """Credentials of the data plane, scopes and quotas (serving/auth/settings.py)."""
     routing_secret: SecretStr | None = Field(None, min_length=16, max_length=64)
     """Key of the hash that places routing keys on the canary's side or the champion's (16-64
     characters, the same on every replica): without it anyone can compute which keys (entity
