@@ -118,6 +118,13 @@ class GatewayMetrics:
         self.feature_store_errors = Counter(
             "mlgate_feature_store_errors", "Failed online-store calls by reason.", ["reason"], registry=r)
 
+        self.quota_rejected = Counter(
+            "mlgate_quota_rejected", "Requests refused with 429 by the limit that was full (key: the "
+            "caller's, model: the model's over all callers).", ["model", "limit"], registry=r)
+        self.quota_store_unavailable = Counter(
+            "mlgate_quota_store_unavailable", "Requests decided without the quota store, which could "
+            "not answer (admitted or refused by auth.quotas.on_store_down).", registry=r)
+
     def child(self, metric, *labels: str):
         """``metric.labels(*labels)``, kept: the hot path asks for the same few children on every
         request, and labels() takes a lock and builds its key each time. Labels are bounded (see

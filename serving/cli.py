@@ -48,6 +48,8 @@ def settings_from(args: argparse.Namespace, base: dict[str, Any] | None = None) 
         overrides["ray"] = {**overrides.get("ray", {}), "address": args.address}
     if getattr(args, "state_dir", None):
         overrides["state_dir"] = args.state_dir
+    if getattr(args, "insecure", False):
+        overrides["auth"] = {**overrides.get("auth", {}), "insecure": True}
     return Settings(**overrides)
 
 
@@ -59,6 +61,9 @@ def serve_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--ingress", choices=("direct", "reuseport", "haproxy", "proxy"))
     sp.add_argument("--replicas", type=int, help="gateway replicas (haproxy, reuseport ingress: one per CPU)")
     sp.add_argument("--address", help="join this Ray cluster instead of starting one")
+    sp.add_argument("--insecure", action="store_true", default=None,
+                    help="serve predictions without credentials on a non-loopback --host "
+                         "(refused otherwise: configure auth.api_keys_file or auth.jwt)")
 
 
 def serve_flags(args: argparse.Namespace) -> list[str]:
@@ -68,6 +73,8 @@ def serve_flags(args: argparse.Namespace) -> list[str]:
         value = getattr(args, name, None)
         if value is not None:
             flags += [f"--{name}", str(value)]
+    if getattr(args, "insecure", None):
+        flags.append("--insecure")
     return flags
 
 
@@ -112,8 +119,16 @@ def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
     return repo_cli.apply(args, settings)
 
 
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    from serving.auth import keys_cli
+
+    return keys_cli.run(args, settings)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """The gateway's commands: ``init``, ``plan``, ``apply``, ``serve``, ``stop``, ``rollout``."""
+    """The gateway's commands: ``init``, ``plan``, ``apply``, ``serve``, ``stop``, ``rollout``,
+    ``keys``."""
+    from serving.auth.keys_cli import add_arguments as keys_arguments
     from serving.rollout_cli import add_arguments as rollout_arguments
 
     sp = sub.add_parser("init", help="scaffold a feature repository (project file, an entity, a source, "
@@ -143,6 +158,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("rollout", help="canary weight, shadows, approval and promotion on a running gateway")
     rollout_arguments(sp)
     sp.set_defaults(func=cmd_rollout)
+
+    sp = sub.add_parser("keys", help="make, list and revoke API keys (stored hashed in a key file)")
+    keys_arguments(sp)
+    sp.set_defaults(func=cmd_keys)
 
 
 # -- the dispatcher -------------------------------------------------------------------------------

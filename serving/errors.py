@@ -77,8 +77,23 @@ class Unauthorized(MlgateError):
     status, code, default_message = 401, "unauthorized", "a valid bearer token is required"
 
 
+class CredentialsExpired(Unauthorized):
+    code, default_message = "credentials_expired", "the bearer token has expired"
+
+
 class Forbidden(MlgateError):
     status, code, default_message = 403, "forbidden", "not allowed for this caller"
+
+
+class QuotaExceeded(MlgateError):
+    """The caller, or the model it calls, is over its request-rate limit."""
+
+    status, code, retryable = 429, "quota_exceeded", True
+
+    def __init__(self, retry_after_s: float, limit: str) -> None:
+        super().__init__(f"over the {limit} request-rate limit; retry after the Retry-After seconds")
+        self.retry_after_s = max(1, int(-(-retry_after_s // 1)))
+        self.limit = limit
 
 
 class RolloutConflict(MlgateError):
@@ -122,6 +137,20 @@ class ModelNotReady(MlgateError):
 
 class DependencyUnavailable(MlgateError):
     status, code, retryable, retry_after_s = 503, "dependency_unavailable", True, 2
+
+
+class QuotaUnavailable(MlgateError):
+    """The quota store could not answer and quotas are configured to fail closed."""
+
+    status, code, retryable, retry_after_s = 503, "quota_unavailable", True, 1
+    default_message = "request quotas cannot be checked right now; retry shortly"
+
+
+class AuthUnavailable(MlgateError):
+    """The identity provider's keys could not be fetched to check a token."""
+
+    status, code, retryable, retry_after_s = 503, "auth_unavailable", True, 2
+    default_message = "the token cannot be checked right now; retry shortly"
 
 
 class FallbackUnavailable(MlgateError):

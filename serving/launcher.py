@@ -22,7 +22,8 @@ import httpx
 import yaml
 
 from observability.metrics import MULTIPROC_ENV
-from serving.errors import CommandFailed
+from serving.auth.authenticator import InsecureExposure, check_exposure
+from serving.errors import CommandFailed, UsageError
 from serving.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,8 @@ def _with_replicas(deployment: dict[str, Any], replicas: int) -> dict[str, Any]:
 
 def url(settings: Settings, path: str = "") -> str:
     host = "127.0.0.1" if settings.http.host in ("0.0.0.0", "::") else settings.http.host
-    return f"http://{host}:{settings.http.port}{path}"
+    scheme = "https" if settings.http.tls_certfile else "http"
+    return f"{scheme}://{host}:{settings.http.port}{path}"
 
 
 def wait_ready(settings: Settings, timeout_s: float, alive=lambda: True) -> None:
@@ -154,7 +156,8 @@ def wait_ready(settings: Settings, timeout_s: float, alive=lambda: True) -> None
         if not alive():
             raise CommandFailed("the gateway process exited before it was ready")
         try:
-            response = httpx.get(url(settings, "/readyz"), timeout=2.0)
+            # this host's own gateway, whatever name its certificate carries; no secret is sent
+            response = httpx.get(url(settings, "/readyz"), timeout=2.0, verify=False)
             if response.status_code == 200:
                 return
             last = response.text
@@ -178,6 +181,10 @@ def serve_forever(settings: Settings, config: dict[str, Any], ready_timeout_s: f
     from ray.serve.config import gRPCOptions
     from ray.serve.schema import ServeDeploySchema
 
+    try:
+        check_exposure(settings.http.host, settings.auth)
+    except InsecureExposure as exc:
+        raise UsageError(str(exc)) from None
     if settings.http.ingress == "haproxy" and not shutil.which("haproxy"):
         raise CommandFailed("http.ingress haproxy needs the haproxy binary on PATH "
                             "(Debian/Ubuntu: apt-get install haproxy)")

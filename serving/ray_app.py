@@ -18,9 +18,12 @@ from ray.serve.handle import DeploymentHandle
 
 from features_online.errors import StoreUnavailable
 from features_online.reader import ViewReader
+from features_online.redis_client import connect_async
 from features_online.repository import Repository
 from observability.metrics import GatewayMetrics
 from serving import codec
+from serving.auth.authenticator import check_exposure
+from serving.auth.quota import Limiter
 from serving.catalog import Catalog, catalog_of, changes
 from serving.http.app import build_app
 from serving.http.server import ReplicaServer
@@ -105,6 +108,7 @@ class Gateway:
                        handles: dict[str, DeploymentHandle] | None = None) -> None:
         self._settings = Settings(**settings)
         logging.getLogger("serving").setLevel(self._settings.log_level)
+        check_exposure(self._settings.http.host, self._settings.auth)  # a chart without credentials
         metrics = GatewayMetrics()
         handles = handles or {}
         registry = self._registry = Registry(self._settings.tracking_uri)
@@ -145,6 +149,7 @@ class Gateway:
         self._pipeline.mirror = ShadowMirror(self._pipeline.replay, metrics, rollout.shadow_queue,
                                              rollout.shadow_concurrency)
         self._pipeline.mirror.start()
+        self._limiter = self._quota_limiter(metrics)
         # Behind a load balancer (HAProxy ingress, several replicas, a rolling update) a replica
         # gets traffic as soon as this returns: answer from loaded models, not from fallbacks.
         try:
@@ -156,9 +161,19 @@ class Gateway:
         http = self._settings.http
         if http.ingress == "reuseport":  # listens once Ray has passed the live routing: _serve_http
             self._server = ReplicaServer(
-                build_app(self._pipeline, on_admin_change=self._registry.record_admin_change), http.host,
+                build_app(self._pipeline, on_admin_change=self._registry.record_admin_change,
+                          limiter=self._limiter), http.host,
                 http.port, http.drain_s, http.keep_alive_s, http.header_timeout_s, http.max_header_bytes,
-                http.max_connections, http.backlog)
+                http.max_connections, http.backlog, http.tls_certfile, http.tls_keyfile)
+
+    def _quota_limiter(self, metrics: GatewayMetrics) -> Limiter | None:
+        """Request quotas, in the quota Redis if one is set, else the feature store's."""
+        quotas = self._settings.auth.quotas
+        if not quotas.enabled:
+            return None
+        redis = quotas.redis or self._settings.redis
+        client = connect_async(quotas.redis) if quotas.redis is not None else self._store.client
+        return Limiter(quotas, client, redis.prefix, metrics, self._models)
 
     def _set_views(self, catalog: Catalog) -> None:
         score_views = catalog.score_views(timedelta(seconds=self._settings.fallback.max_age_s))
@@ -213,7 +228,8 @@ class Gateway:
 
     def __serve_build_asgi_app__(self):
         # Ray's middleware sets X-Request-ID
-        return build_app(self._pipeline, echo_request_id=False, on_admin_change=self._registry.record_admin_change)
+        return build_app(self._pipeline, echo_request_id=False, on_admin_change=self._registry.record_admin_change,
+                         limiter=self._limiter)
 
     async def check_health(self) -> None:
         """Replica liveness for Ray Serve. Readiness (models loaded) is /readyz."""

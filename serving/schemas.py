@@ -86,7 +86,8 @@ class Prediction(BaseModel):
     source: Literal["online", "batch_fallback"] = Field(
         description="online: the model answered now; batch_fallback: the entity's precomputed "
                     "batch score (see fallback_reason).")
-    model_version: str | None = Field(description="Registered model version that produced this row.")
+    model_version: str | None = Field(None, description="Registered model version that produced "
+                                                        "this row (callers with the route or admin scope).")
     fallback_reason: FallbackReason | None = Field(
         None, description="batch_fallback rows: why the online path could not answer this row.")
     score_age_s: float | None = Field(None, description="batch_fallback rows: age of the batch score, "
@@ -99,10 +100,13 @@ class Prediction(BaseModel):
 class PredictResponse(BaseModel):
     predictions: list[Prediction] = Field(description="One prediction per instance, in order.")
     model: str
-    version: str = Field(description="Registered model version that answered.")
-    alias: str | None = Field(description="Alias the version was resolved from, if any.")
-    variant: str = Field(description="Variant that answered: champion or canary (also in the "
-                                     "X-Mlgate-Variant header).")
+    version: str | None = Field(None, description="Registered model version that answered "
+                                                  "(callers with the route or admin scope).")
+    alias: str | None = Field(None, description="Alias the version was resolved from, if any "
+                                                "(callers with the route or admin scope).")
+    variant: str | None = Field(None, description="Variant that answered: champion or canary (also "
+                                                  "in the X-Mlgate-Variant header; callers with the "
+                                                  "route or admin scope).")
     request_id: str
 
 

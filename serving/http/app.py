@@ -6,23 +6,29 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from serving import schemas
+from serving.auth.authenticator import Authenticator
+from serving.auth.principal import Principal
+from serving.auth.quota import Limiter
+from serving.errors import Unauthorized
 from serving.http.admin import AdminChange, AdminGuard, admin_router
 from serving.http.errors import install_error_handlers, json_response
 from serving.http.openapi import PREDICT_PARAMETERS, PREDICT_RESPONSES, errors, install_openapi
 from serving.http.predict_route import GatewayApp, PredictRoute
 from serving.pipeline import Pipeline
+from serving.settings import Settings
 
 def build_app(pipeline: Pipeline, echo_request_id: bool = True,
-              on_admin_change: AdminChange | None = None) -> FastAPI:
+              on_admin_change: AdminChange | None = None, limiter: Limiter | None = None) -> FastAPI:
     """The HTTP API over ``pipeline``. Pass ``echo_request_id=False`` behind a server that already
     returns X-Request-ID (Ray Serve does), so the header is not sent twice; ``on_admin_change``
-    records each admin change on its model version (the registry)."""
+    records each admin change on its model version (the registry); ``limiter`` enforces
+    request quotas (none: no quotas)."""
     settings, models = pipeline.settings, pipeline.models
+    auth = authenticator(settings)
     app = GatewayApp(title="mlgate", version="1", description="Online inference gateway: "
                      "MLflow-registered models, served over HTTP. Every error answers with an "
                      "ErrorResponse body; a method a path does not list answers 405 with Allow.")
-    guard = AdminGuard(settings.admin, settings.http)
-    route = app.predict_route = PredictRoute(pipeline, guard, echo_request_id)
+    route = app.predict_route = PredictRoute(pipeline, auth, limiter, echo_request_id)
     install_error_handlers(app, echo_request_id)
 
     @app.post("/v1/models/{name}/predict", response_model=schemas.PredictResponse,
@@ -39,14 +45,22 @@ def build_app(pipeline: Pipeline, echo_request_id: bool = True,
         return Response(content, status, {k.decode(): v.decode() for k, v in extra},
                         media_type="application/json")
 
-    @app.get("/v1/models", response_model=schemas.ModelList)
-    async def list_models() -> Response:
-        """Every configured model and whether it is serving."""
-        return json_response({"models": [_summary(models.state(n)) for n in models.names()]})
+    async def caller(request: Request) -> Principal:
+        return await auth.identify(dict(request.scope["headers"]))
 
-    @app.get("/v1/models/{name}", response_model=schemas.ModelDetail, responses=errors(404))
-    async def describe_model(name: str) -> Response:
+    @app.get("/v1/models", response_model=schemas.ModelList, responses=errors(401))
+    async def list_models(request: Request) -> Response:
+        """The models this caller may call, and whether each is serving."""
+        principal = await caller(request)
+        names = [n for n in models.names() if principal.may_predict(n)]
+        if not names and principal.anonymous and auth.credentials_exist:
+            raise Unauthorized()
+        return json_response({"models": [_summary(models.state(n)) for n in names]})
+
+    @app.get("/v1/models/{name}", response_model=schemas.ModelDetail, responses=errors(401, 403, 404))
+    async def describe_model(name: str, request: Request) -> Response:
         """Version, alias, signature and a ready-to-send example request."""
+        auth.require_predict(await caller(request), name)
         state = models.state(name)
         detail = _summary(state)
         if state.backend is not None:
@@ -70,14 +84,24 @@ def build_app(pipeline: Pipeline, echo_request_id: bool = True,
         return json_response({"status": "ok" if ready else "not_ready", "models": status},
                              200 if ready else 503)
 
-    @app.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
-    async def metrics() -> Response:
-        """Prometheus metrics: of every replica on this node when they share a port, else of this one."""
+    @app.get("/metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {}}}, **errors(401, 403)})
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics: of every replica on this node when they share a port, else of this
+        one (the ``metrics`` scope)."""
+        auth.require(await caller(request), "metrics")
         return Response(pipeline.metrics.render(), media_type=pipeline.metrics.content_type)
 
-    app.include_router(admin_router(pipeline.rollouts, guard, on_admin_change))
+    app.include_router(admin_router(pipeline.rollouts, AdminGuard(auth), on_admin_change))
     install_openapi(app, settings)
     return app
+
+
+def authenticator(settings: Settings) -> Authenticator:
+    """The gateway's authenticator, from its settings."""
+    token = settings.admin.token.get_secret_value() if settings.admin.token is not None else None
+    return Authenticator(settings.auth, token, settings.http.host, settings.http.ingress,
+                         settings.admin.allowed_hosts)
 
 
 def _summary(state) -> dict:

@@ -53,6 +53,8 @@ def render_error(error: MlgateError, rid: str) -> tuple[int, bytes, dict[str, st
     body = orjson.dumps({"error": {"code": error.code, "message": error.message, "request_id": rid,
                                    "retryable": error.retryable}})
     headers = {"retry-after": str(error.retry_after_s)} if error.retry_after_s is not None else {}
+    if error.status == 401:  # RFC 6750: how to authenticate
+        headers["www-authenticate"] = 'Bearer realm="mlgate"'
     return error.status, body, headers
 
 

@@ -15,15 +15,18 @@ from serving.settings import Settings
 
 ERROR_TEXT = {
     400: "Malformed JSON, wrong types, unknown features, NaN/Infinity",
-    401: "A bearer token is required (admin token configured) and was missing or wrong",
-    403: "No admin token is configured and the caller is not a direct loopback caller of a "
-         "loopback-bound gateway naming a loopback Host, or the Host is not allowed",
+    401: "A credential is required and was missing, invalid or expired (unauthorized, "
+         "credentials_expired; WWW-Authenticate says how)",
+    403: "The caller's scopes do not allow this; for the admin API without any credential "
+         "configured, the caller is not a direct loopback caller of a loopback-bound gateway naming "
+         "a loopback Host; or the Host is not allowed",
     404: "Unknown model",
     408: "Headers or body not received within their timeout; the connection is closed",
     409: "The change does not fit the model's configuration",
     413: "Body too large or too many instances",
     415: "Content-Type is not JSON",
     422: "Required features missing, or stored features missing/stale under an 'error' policy",
+    429: "Over the caller's or the model's request-rate quota (see Retry-After)",
     500: "Unexpected failure: a masked message and the request id (the cause is in the log)",
     503: "Not ready, overloaded, or a dependency is down (see Retry-After)",
     504: "Deadline exceeded",
@@ -36,33 +39,42 @@ RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying."
 
 def errors(*statuses: int, **texts: str) -> dict[int | str, dict[str, Any]]:
     """``responses=`` entries with the ErrorResponse body; ``texts`` (``s404="..."``) replace the
-    generic description of a status where a route means something narrower. Every 503 here is
-    retryable and says when, in Retry-After."""
+    generic description of a status where a route means something narrower. Every 429 and 503
+    here is retryable and says when, in Retry-After."""
     return {status: {"model": schemas.ErrorResponse,
                      "description": texts.get(f"s{status}", ERROR_TEXT[status]),
-                     **({"headers": RETRY_AFTER} if status == 503 else {})} for status in statuses}
+                     **({"headers": RETRY_AFTER} if status in (429, 503) else {})} for status in statuses}
 
 
 PREDICT_ERRORS = errors(
-    400, 401, 403, 404, 408, 413, 415, 422, 500, 503, 504,
-    s401="X-Mlgate-Variant without a valid bearer token (admin token configured)",
-    s403="X-Mlgate-Variant from a non-loopback caller when no admin token is configured",
+    400, 401, 403, 404, 408, 413, 415, 422, 429, 500, 503, 504,
+    s401="Credentials required and missing, invalid or expired; or X-Mlgate-Variant without "
+         "admin credentials where credentials are configured",
+    s403="No predict scope for this model, or X-Mlgate-Variant without the admin scope",
     s404="Unknown model, or unknown forced variant",
-    s503="Model not loaded yet, replica overloaded, or the online feature store is down "
-         "(see Retry-After)")
+    s503="Model not loaded yet, replica overloaded, the online feature store is down, or the "
+         "identity provider's keys or the quota store are out of reach (see Retry-After)")
 PREDICT_RESPONSES = {200: {"headers": {
-    "X-Model-Version": {"description": "Registered model version that answered.", "required": True,
-                        "schema": {"type": "string"}},
-    "X-Mlgate-Variant": {"description": "Variant that answered: champion or canary.", "required": True,
+    "X-Model-Version": {"description": "Registered model version that answered (callers with "
+                        "the route or admin scope).", "required": False, "schema": {"type": "string"}},
+    "X-Mlgate-Variant": {"description": "Variant that answered: champion or canary (callers with "
+                         "the route or admin scope).", "required": False,
                          "schema": {"type": "string"}}}}, **PREDICT_ERRORS}
 PREDICT_PARAMETERS = [{
     "in": "header", "name": "X-Mlgate-Variant", "required": False, "schema": {"type": "string"},
     "description": "Force a variant (champion, canary or a shadow's name) for testing: needs the "
-                   "admin bearer token, or a direct loopback caller when none is configured."}]
-ADMIN_SECURITY_SCHEME = {
-    "type": "http", "scheme": "bearer",
-    "description": "The gateway's admin.token. Without one configured, only direct loopback "
-                   "callers may use the admin API (403 for others)."}
+                   "admin scope, or a direct loopback caller when no credential is configured."}, {
+    "in": "header", "name": "X-Routing-Key", "required": False, "schema": {"type": "string"},
+    "description": "The routing key (sticky canary assignment) instead of the first entity key: "
+                   "callers with the route or admin scope only, ignored for others."}]
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer",
+               "description": "An API key (mlg_...), a JWT from the configured identity provider, "
+                              "or the admin.token. Scopes: predict:<model>, predict:*, route, "
+                              "metrics, admin."},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+               "description": "An API key, for clients that cannot send a bearer token."}}
+SCOPED = ("/v1/models", "/metrics")  # paths whose calls need a credential when auth is on
 _FASTAPI_VALIDATION = ("HTTPValidationError", "ValidationError")
 
 
@@ -88,16 +100,20 @@ def document(app: FastAPI, settings: Settings) -> dict[str, Any]:
     for name in _FASTAPI_VALIDATION:
         models.pop(name, None)
     models.update(_predict_request(settings.limits.max_instances))
-    components["securitySchemes"] = {"adminToken": ADMIN_SECURITY_SCHEME}
-    # With a token, every admin call needs it; without, the loopback check stands in (no header).
-    security = [{"adminToken": []}] if settings.admin.token is not None else [{"adminToken": []}, {}]
+    components["securitySchemes"] = SECURITY_SCHEMES
+    credentials = [{"bearer": []}, {"apiKey": []}]
+    # Without credentials configured, anonymous calls do (the loopback check stands in for admin).
+    open_data = not settings.auth.enabled or bool(settings.auth.anonymous_scopes)
+    open_admin = not settings.auth.enabled and settings.admin.token is None
     for path, operations in doc["paths"].items():
         for operation in operations.values():
             default = operation["responses"].get("422", {})
             if "HTTPValidationError" in str(default.get("content", "")):
                 del operation["responses"]["422"]
             if path.startswith("/v1/admin/"):
-                operation["security"] = security
+                operation["security"] = credentials + ([{}] if open_admin else [])
+            elif path.startswith(SCOPED):
+                operation["security"] = credentials + ([{}] if open_data else [])
     return doc
 
 

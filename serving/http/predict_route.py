@@ -20,7 +20,9 @@ from fastapi import FastAPI
 
 from serving.errors import (InternalError, InvalidRequest, MlgateError, Overloaded, PayloadTooLarge,
                             RequestTimeout, UnsupportedMediaType)
-from serving.http.admin import FORWARDING_HEADERS, AdminGuard
+from serving.auth.authenticator import Authenticator
+from serving.auth.principal import Principal
+from serving.auth.quota import Limiter
 from serving.http.errors import REQUEST_ID_HEADER, is_json_media, new_request_id, render_error
 from serving.pipeline import Pipeline, RouteHints
 
@@ -40,12 +42,14 @@ class ClientGone(Exception):
 
 
 class PredictRoute:
-    def __init__(self, pipeline: Pipeline, guard: AdminGuard, echo_request_id: bool = True) -> None:
+    def __init__(self, pipeline: Pipeline, auth: Authenticator, limiter: Limiter | None = None,
+                 echo_request_id: bool = True) -> None:
         self.pipeline = pipeline
         self.limit = pipeline.settings.http.max_body_bytes
         self.max_in_flight = pipeline.settings.http.max_in_flight
         self.in_flight = 0
-        self.guard = guard
+        self.auth = auth
+        self.limiter = limiter
         self.body_timeout_s = pipeline.settings.http.body_timeout_s
         self.max_buffered = pipeline.settings.http.max_body_buffer_bytes
         self.buffered = 0  # bytes held by bodies still arriving in pieces (read_body)
@@ -85,11 +89,17 @@ class PredictRoute:
                       client_host: str | None) -> tuple[int, bytes, Headers]:
         """Status, JSON body and extra headers of one predict call (errors included).
 
-        The in-flight slot is taken once the body is in: a caller still sending holds none."""
+        Admission before the body is read: the caller's credential (401), its scope for the model
+        (403) and its quota (429). The in-flight slot is taken once the body is in: a caller
+        still sending holds none."""
         started = time.perf_counter()
         rid = new_request_id(headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1"))
         extra: Headers = [(REQUEST_ID_HEADER.encode(), rid.encode())] if self.echo_request_id else []
         try:
+            principal = await self.auth.identify(headers)
+            self.auth.require_predict(principal, name)
+            if self.limiter is not None:
+                await self.limiter.admit(principal, name, client_host)
             raw = await body()
         except MlgateError as exc:
             self.pipeline.reject(name, exc, started)
@@ -100,19 +110,21 @@ class PredictRoute:
             return self._error(refused, rid, extra)
         self.in_flight += 1
         try:
-            return await self._respond(name, headers, raw, client_host, rid, extra)
+            return await self._respond(name, headers, raw, principal, client_host, rid, extra)
         finally:
             self.in_flight -= 1
 
-    async def _respond(self, name: str, headers: Mapping[bytes, bytes], raw: bytes, client_host: str | None,
-                       rid: str, extra: Headers) -> tuple[int, bytes, Headers]:
+    async def _respond(self, name: str, headers: Mapping[bytes, bytes], raw: bytes, principal: Principal,
+                       client_host: str | None, rid: str, extra: Headers) -> tuple[int, bytes, Headers]:
         try:
-            result = await self.pipeline.predict(name, raw, rid, self._hints(name, headers, client_host))
+            result = await self.pipeline.predict(name, raw, rid, self._hints(name, headers, principal, client_host))
         except MlgateError as exc:
             return self._error(exc, rid, extra)
         except Exception:
             log.exception("predict route failed", extra={"request_id": rid, "model": name})
             return self._error(InternalError(), rid, extra)
+        if not principal.trusted:  # which variant answered is what steering traffic needs
+            return 200, orjson.dumps(undisclosed(result)), extra
         extra += [(b"x-model-version", result["version"].encode()), (VARIANT_HEADER.encode(), result["variant"].encode())]
         return 200, orjson.dumps(result), extra
 
@@ -124,12 +136,15 @@ class PredictRoute:
             extra.append(_CLOSE)
         return status, body, extra
 
-    def _hints(self, name: str, headers: Mapping[bytes, bytes], client_host: str | None) -> RouteHints:
+    def _hints(self, name: str, headers: Mapping[bytes, bytes], principal: Principal,
+               client_host: str | None) -> RouteHints:
+        """Routing asked for by the caller: a forced variant (admins only) and a routing key
+        (callers with the ``route`` scope; others are routed by their entity key)."""
         forced = headers.get(VARIANT_HEADER.encode(), b"").decode("latin-1")
         if forced:
-            self.guard.check(headers.get(b"authorization", b"").decode("latin-1"), client_host,
-                             headers.get(b"host", b"").decode("latin-1"),
-                             relayed=any(h.encode() in headers for h in FORWARDING_HEADERS))
+            self.auth.require_admin(principal, headers, client_host)
+        if not principal.trusted:
+            return RouteHints(None, forced or None)
         key = headers.get(self.pipeline.rollouts.key_header(name).lower().encode())
         return RouteHints(key.decode("latin-1") if key is not None else None, forced or None)
 
@@ -177,6 +192,13 @@ class PredictRoute:
                     return b"".join(chunks)
         finally:
             self.buffered -= size
+
+
+def undisclosed(result: dict[str, Any]) -> dict[str, Any]:
+    """A predict answer without what tells variants apart (variant, alias, versions)."""
+    answer = {k: v for k, v in result.items() if k not in ("version", "variant", "alias")}
+    answer["predictions"] = [{k: v for k, v in p.items() if k != "model_version"} for p in result["predictions"]]
+    return answer
 
 
 class GatewayApp(FastAPI):

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -141,8 +142,9 @@ class ReplicaServer:
 
     def __init__(self, app: Any, host: str, port: int, drain_s: float, keep_alive_s: float = 30.0,
                  header_timeout_s: float = 5.0, max_header_bytes: int = 32_768,
-                 max_connections: int | None = 4096, backlog: int = 2048) -> None:
-        """Limits as :class:`serving.settings.HttpSettings` documents them."""
+                 max_connections: int | None = 4096, backlog: int = 2048,
+                 tls_certfile: Path | None = None, tls_keyfile: Path | None = None) -> None:
+        """Limits and HTTPS files as :class:`serving.settings.HttpSettings` documents them."""
         self.host, self.port, self.backlog = host, port, backlog
         # proxy_headers off: the caller's address is the socket's, never an X-Forwarded-For
         # header (it also drops one ASGI layer per request). Admin calls from loopback that carry
@@ -151,7 +153,9 @@ class ReplicaServer:
             app, http=guarded_protocol(header_timeout_s, max_header_bytes), lifespan="off",
             access_log=False, log_config=None, proxy_headers=False, server_header=False,
             timeout_keep_alive=keep_alive_s, timeout_graceful_shutdown=max(drain_s, 0.1),
-            limit_concurrency=max_connections, backlog=backlog)
+            limit_concurrency=max_connections, backlog=backlog,
+            ssl_certfile=str(tls_certfile) if tls_certfile else None,
+            ssl_keyfile=str(tls_keyfile) if tls_keyfile else None)
         self._server = _EmbeddedServer(config)
         self._task: asyncio.Task | None = None
 

@@ -238,7 +238,7 @@ def test_openapi_documents_request_response_and_errors():
                                                           {"entities", "features", "timeout_ms"}]
         prediction = schema["components"]["schemas"]["Prediction"]["properties"]
         assert {"source", "model_version", "fallback_reason", "score_age_s", "features"} <= set(prediction)
-        assert set(op["responses"]) == {"200", "400", "401", "403", "404", "408", "413", "415", "422", "500",
+        assert set(op["responses"]) == {"200", "400", "401", "403", "404", "408", "413", "415", "422", "429", "500",
                                         "503", "504"}
         assert "PredictResponse" in json.dumps(op["responses"]["200"])
         for path in ("/v1/models", "/v1/models/{name}", "/healthz", "/readyz", "/metrics"):
