@@ -12,6 +12,12 @@ One machine, the same registered model and features, one system at a time, each 
              default until 2026-11-26)
   mlgate-haproxy  the same with `--ingress haproxy`: Ray Serve's HAProxy ingress in front of one
              gateway replica per CPU (in the default --systems when a haproxy binary is on PATH)
+  mlgate-auth     the same as mlgate with authentication and quotas on: every request carries an
+             API key (checked against the hashed key file), and passes a per-key and a per-model
+             quota (GCRA in the feature store's Redis, limits too high to refuse anything: the cost
+             of checking them, with the replicas' leases)
+  mlgate-auth-nolease  the same with leases off (`auth.quotas.lease_max: 1`): one quota round
+             trip to Redis per request
   floor      loadtests/floor_app.py: uvicorn + FastAPI (1 worker), one HMGET, one onnxruntime call
   mlflow     `mlflow models serve --env-manager local`: all 21 features in the request
   ray-naive  loadtests/naive_serve.py: mlflow.pyfunc on Ray Serve behind its default HTTP proxy
@@ -177,19 +183,51 @@ def process(cmd: list[str], log: Path, env: dict[str, str], port: int, probe: by
 
 
 @contextmanager
-def mlgate_system(state_dir: Path, port: int, ingress: str | None = None, replicas: int | None = None):
-    """The gateway as `mlgate demo --detach` starts it; ``ingress``/``replicas``: not the defaults."""
+def mlgate_system(state_dir: Path, port: int, ingress: str | None = None, replicas: int | None = None,
+                  env: dict[str, str] | None = None):
+    """The gateway as `mlgate demo --detach` starts it; ``ingress``/``replicas``: not the defaults;
+    ``env``: more MLGATE_ settings for it."""
     from serving import launcher
     from serving.settings import Settings
 
-    chosen = {"ingress": ingress} if ingress else {}
-    settings = Settings(state_dir=state_dir, http={"port": port, **chosen})
-    more = (["--ingress", ingress] if ingress else []) + (["--replicas", str(replicas)] if replicas else [])
-    pid = launcher.start_detached(settings, ["--port", str(port), *more])
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
     try:
-        yield [pid]
+        chosen = {"ingress": ingress} if ingress else {}
+        settings = Settings(state_dir=state_dir, http={"port": port, **chosen})
+        more = (["--ingress", ingress] if ingress else []) + (["--replicas", str(replicas)] if replicas else [])
+        pid = launcher.start_detached(settings, ["--port", str(port), *more])
+        try:
+            yield [pid]
+        finally:
+            launcher.stop(settings)
     finally:
-        launcher.stop(settings)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def bench_key(state: Path) -> tuple[Path, str]:
+    """A key file holding one fresh key, and the header line that sends the key."""
+    from serving.auth.keys import key_hash, new_key, write_keys
+    from serving.auth.settings import ApiKey
+
+    key = new_key()
+    keys = state / "bench-keys.yaml"
+    write_keys(keys, [ApiKey(id="bench", sha256=key_hash(key), scopes=("predict:*", "metrics"))])
+    return keys, f"Authorization: Bearer {key}\r\n"
+
+
+def auth_env(keys: Path, lease: bool = True) -> dict[str, str]:
+    """Settings that turn authentication (``keys``) and quotas on."""
+    never = json.dumps({"rate_per_s": 1e6, "burst": 1_000_000})
+    env = {"MLGATE_AUTH__API_KEYS_FILE": str(keys), "MLGATE_AUTH__QUOTAS__PER_KEY": never,
+           "MLGATE_AUTH__QUOTAS__PER_MODEL": json.dumps({MODEL: json.loads(never)})}
+    if not lease:
+        env["MLGATE_AUTH__QUOTAS__LEASE_MAX"] = "1"
+    return env
 
 
 def stage_totals(port: int) -> dict[str, list[float]]:
@@ -203,10 +241,10 @@ def stage_totals(port: int) -> dict[str, list[float]]:
     return totals
 
 
-def probabilities(port: int, path: str, items: list[dict]) -> list[float]:
+def probabilities(port: int, path: str, items: list[dict], headers: str = "") -> list[float]:
     out = []
     for item in items:
-        status, raw = call(port, http("POST", port, path, json.dumps(item).encode()))
+        status, raw = call(port, http("POST", port, path, json.dumps(item).encode(), headers))
         assert status == 200, raw[:300]
         out.append(round(json.loads(raw)["predictions"][0]["probability"], 5))
     return out
@@ -215,7 +253,8 @@ def probabilities(port: int, path: str, items: list[dict]) -> list[float]:
 # --- main ----------------------------------------------------------------------------------------
 
 def starters(state: Path, settings, redis_url: str, onnx_file: str, inputs, model_uri: str, probe_row):
-    """name -> (path, which bodies, start(port) -> context manager yielding the server's pids)."""
+    """name -> (path, which bodies, start(port) -> context manager yielding the server's pids,
+    header lines each request carries)."""
     floor_env = {**os.environ, "FLOOR_REDIS_URL": redis_url, "FLOOR_ONNX": onnx_file,
                  "FLOOR_INPUTS": ",".join(n for n, _ in inputs)}
     mlflow_env = {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri,
@@ -224,7 +263,13 @@ def starters(state: Path, settings, redis_url: str, onnx_file: str, inputs, mode
                "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
     logs = state / "bench-logs"
     ray_probe = json.dumps(probe_row).encode()  # Ray's proxy answers /-/healthz before the app is up
-    return {
+    keys, key = bench_key(state)
+    auth, auth_nolease = auth_env(keys), auth_env(keys, lease=False)
+    systems = {
+        "mlgate-auth": (PREDICT, "keyed", lambda port: mlgate_system(state, port, env=auth), key),
+        "mlgate-auth-nolease": (PREDICT, "keyed", lambda port: mlgate_system(state, port, env=auth_nolease), key),
+    }
+    return systems | {name: (*system, "") for name, system in {
         "mlgate": (PREDICT, "keyed", lambda port: mlgate_system(state, port)),
         "mlgate-1": (PREDICT, "keyed", lambda port: mlgate_system(state, port, "reuseport", 1)),
         "mlgate-direct": (PREDICT, "keyed", lambda port: mlgate_system(state, port, "direct")),
@@ -239,7 +284,7 @@ def starters(state: Path, settings, redis_url: str, onnx_file: str, inputs, mode
         "ray-naive": ("/", "full", lambda port: process(
             [sys.executable, str(REPO / "loadtests" / "naive_serve.py"), model_uri, settings.tracking_uri,
              str(port)], logs / "ray-naive.log", ray_env, port, http("POST", port, "/", ray_probe))),
-    }
+    }.items()}
 
 
 def settle(quiet_cores: float = 0.25, limit_s: float = 30.0) -> tuple[float, float]:
@@ -299,12 +344,12 @@ def main() -> None:
         systems = starters(state, settings, redis_url, onnx_file, inputs, f"models:/{MODEL}/{version}",
                            items["full"][0])
         for name in args.systems.split(","):
-            path, kind, start = systems[name]
+            path, kind, start, headers = systems[name]
             port = free_port()
             print(f"\n== {name} (port {port})", flush=True)
             try:
                 with start(port) as roots:
-                    notes.append(f"{name}: p(fraud) of the first 4 bodies {probabilities(port, path, items[kind][:4])}")
+                    notes.append(f"{name}: p(fraud) of the first 4 bodies {probabilities(port, path, items[kind][:4], headers)}")
                     notes.append(f"{name}: busy processes (name, nice) "
                                  f"{sorted({(n, ni) for n, ni, cpu in server_procs(roots).values() if cpu > 0.5})}")
                     print("\n".join(notes[-2:]), flush=True)
@@ -312,7 +357,7 @@ def main() -> None:
                     notes.append(f"{name}: host settled after {settled_s:.0f} s of waiting "
                                  f"({residual:.2f} cores busy before the load)")
                     print(notes[-1], flush=True)
-                    raw = [http("POST", port, path, json.dumps(b).encode()) for b in items[kind]]
+                    raw = [http("POST", port, path, json.dumps(b).encode(), headers) for b in items[kind]]
                     watched = roots + ([redis_proc.pid] if kind == "keyed" else [])
                     for c in levels:
                         before = stage_totals(port) if name == "mlgate" else None
@@ -362,6 +407,10 @@ def report(results, levels, notes, began, ended, state: Path) -> None:
         print(f"- {ours} req/s / floor req/s at c={hi}: {ratio(ours, 'floor', hi, 'rps'):.2f}x (target: at least 0.7x)")
         print(f"- {ours} req/s / mlflow models serve req/s at c={hi}: {ratio(ours, 'mlflow', hi, 'rps'):.2f}x "
               "(target: at least 3x)")
+    for secured in ("mlgate-auth", "mlgate-auth-nolease"):
+        if (secured, hi) in results and ("mlgate", hi) in results:
+            print(f"- {secured} req/s / mlgate req/s at c={hi}: {ratio(secured, 'mlgate', hi, 'rps'):.2f}x "
+                  f"(target: at least 0.9x); p50 at c={lo}: {ratio(secured, 'mlgate', lo, 'p50'):.2f}x")
     if ("ceiling", 32) in results:
         r = results[("ceiling", 32)]
         print(f"- generator ceiling (GET /healthz of the floor app, c=32): {r['rps']:,.0f} req/s "

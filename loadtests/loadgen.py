@@ -16,9 +16,10 @@ from pathlib import Path
 import psutil
 
 
-def http(method: str, port: int, path: str, body: bytes = b"") -> bytes:
+def http(method: str, port: int, path: str, body: bytes = b"", headers: str = "") -> bytes:
+    """One request; ``headers``: more header lines, each ending in CRLF."""
     return (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+            f"{headers}Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
 async def exchange(reader, writer, raw: bytes) -> tuple[int, bytes]:

@@ -96,14 +96,14 @@ class Limiter:
             buckets = self._make(caller, model, principal.quota)
         if buckets is None:
             return
-        for _ in range(3):
+        while True:
             if buckets.tokens > 0 and time.monotonic() < buckets.expires:
                 buckets.tokens -= 1
                 return
             if buckets.pending is None:
                 break
             await asyncio.shield(buckets.pending)  # another request of this replica is leasing
-        await self._lease(buckets, model)
+        await self._lease(buckets, model)  # sets pending before it awaits: one lease at a time
 
     def _make(self, caller: str, model: str, own: QuotaRate | None) -> _Buckets | None:
         limits: list[tuple[str, str, QuotaRate]] = []
@@ -136,7 +136,7 @@ class Limiter:
             size = min(buckets.cap, buckets.size * 2)
         else:
             size = max(1, min(buckets.cap, buckets.size - buckets.tokens))
-        buckets.pending = asyncio.get_running_loop().create_future()
+        pending = buckets.pending = asyncio.get_running_loop().create_future()
         try:
             granted, retry_ms, full = await self.script(keys=buckets.keys, args=[str(size), *buckets.args])
         except Exception as exc:  # the store down or slow: its policy decides, not a 500
@@ -146,7 +146,7 @@ class Limiter:
             self._store_down()
             return
         finally:
-            buckets.pending.set_result(None)
+            pending.set_result(None)
             buckets.pending = None
         granted = int(granted)
         if granted < 1:
