@@ -64,6 +64,8 @@ def _options(parser) -> None:
            help=f"share of valid requests sent with {VARIANT_HEADER}: canary")
     option("--admin-token", "ADMIN_TOKEN", default="",
            help="bearer token for the variant-forcing header (the gateway's admin.token)")
+    option("--api-key", "API_KEY", default="",
+           help="API key sent with every request (a gateway with authentication on: predict:<model>)")
     option("--max-requests", "MAX_REQUESTS", type=int, default=2_000_000,
            help="hard cap on requests per Locust process (users stop beyond it)")
     option("--seed", "SEED", type=int, default=7, help="population order and per-user randomness")
@@ -111,6 +113,8 @@ class PredictUser(FastHttpUser):
         self.opts = self.environment.parsed_options
         self.rng = random.Random(self.opts.seed * 1_000_003 + next(_user_numbers))
         self.path = f"/v1/models/{self.opts.model}/predict"
+        key = self.opts.api_key
+        self.json = {**JSON, "authorization": f"Bearer {key}"} if key else JSON
         self.next_at = time.monotonic()
 
     def wait_time(self) -> float:
@@ -134,9 +138,9 @@ class PredictUser(FastHttpUser):
     def _valid(self) -> None:
         rng, opts = self.rng, self.opts
         n = rng.randint(10, 50) if rng.random() < opts.batch_share else 1
-        name, headers = ("predict 1" if n == 1 else "predict batch"), JSON
+        name, headers = ("predict 1" if n == 1 else "predict batch"), self.json
         if rng.random() < opts.canary_share:
-            name, headers = f"{name} [canary]", {**JSON, VARIANT_HEADER: "canary"}
+            name, headers = f"{name} [canary]", {**self.json, VARIANT_HEADER: "canary"}
             if opts.admin_token:
                 headers["authorization"] = f"Bearer {opts.admin_token}"
         body = orjson.dumps(traffic.predict_body(rng, _population, n))
@@ -162,7 +166,7 @@ class PredictUser(FastHttpUser):
     def _invalid(self) -> None:
         body = traffic.predict_body(self.rng, _population, 1)
         status, code, raw = traffic.invalid_request(self.rng, body, orjson.dumps)
-        with self.client.post(self.path, data=raw, headers=JSON, name=traffic.INVALID_PREFIX + code,
+        with self.client.post(self.path, data=raw, headers=self.json, name=traffic.INVALID_PREFIX + code,
                               catch_response=True) as response:
             got = _error_code(response)
             if response.status_code == status and got == code:

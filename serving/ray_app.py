@@ -158,18 +158,25 @@ class Gateway:
             log.warning("champions not loaded after %.0fs: serving anyway (see /readyz)",
                         self._settings.ray.replica_ready_timeout_s)
         self._server: ReplicaServer | None = None
-        http = self._settings.http
+        self._admin_server: ReplicaServer | None = None
+        http, admin = self._settings.http, self._settings.admin
         if http.ingress == "reuseport":  # listens once Ray has passed the live routing: _serve_http
-            self._server = ReplicaServer(
-                build_app(self._pipeline, on_admin_change=self._registry.record_admin_change,
-                          limiter=self._limiter), http.host,
-                http.port, http.drain_s, http.keep_alive_s, http.header_timeout_s, http.max_header_bytes,
-                http.max_connections, http.backlog, http.tls_certfile, http.tls_keyfile)
+            self._server = self._replica_server(http.host, http.port, admin_api=admin.port is None)
+            if admin.port is not None:
+                self._admin_server = self._replica_server(admin.host or http.host, admin.port, admin_api=True)
+
+    def _replica_server(self, host: str, port: int, admin_api: bool) -> ReplicaServer:
+        http = self._settings.http
+        app = build_app(self._pipeline, on_admin_change=self._registry.record_admin_change,
+                        limiter=self._limiter, admin_api=admin_api, host=host)
+        return ReplicaServer(app, host, port, http.drain_s, http.keep_alive_s, http.header_timeout_s,
+                             http.max_header_bytes, http.max_connections, http.backlog,
+                             http.tls_certfile, http.tls_keyfile)
 
     def _quota_limiter(self, metrics: GatewayMetrics) -> Limiter | None:
         """Request quotas, in the quota Redis if one is set, else the feature store's."""
         quotas = self._settings.auth.quotas
-        if not quotas.enabled:
+        if not self._settings.auth.limited:
             return None
         redis = quotas.redis or self._settings.redis
         client = connect_async(quotas.redis) if quotas.redis is not None else self._store.client
@@ -223,8 +230,9 @@ class Gateway:
     async def _serve_http(self) -> None:
         """Start this replica's own HTTP server (``reuseport``) if it has not started: after the
         first ``reconfigure``, so that no request is routed with routing Ray has not passed yet."""
-        if self._server is not None and not self._server.started:
-            await self._server.start()
+        for server in (self._server, self._admin_server):
+            if server is not None and not server.started:
+                await server.start()
 
     def __serve_build_asgi_app__(self):
         # Ray's middleware sets X-Request-ID
@@ -234,13 +242,15 @@ class Gateway:
     async def check_health(self) -> None:
         """Replica liveness for Ray Serve. Readiness (models loaded) is /readyz."""
         await self._serve_http()  # a deployment whose user_config Ray never passes
-        if self._server is not None and not self._server.alive:
-            raise RuntimeError("the replica's HTTP server stopped")
+        for server in (self._server, self._admin_server):
+            if server is not None and not server.alive:
+                raise RuntimeError("the replica's HTTP server stopped")
 
     async def __del__(self) -> None:
-        server = getattr(self, "_server", None)
-        if server is not None:
-            await server.stop()  # first: no new requests reach a replica that is closing down
+        for name in ("_server", "_admin_server"):
+            server = getattr(self, name, None)
+            if server is not None:
+                await server.stop()  # first: no new requests reach a replica that is closing down
         pipeline = getattr(self, "_pipeline", None)
         if pipeline is not None and pipeline.mirror is not None:
             pipeline.mirror.close()

@@ -267,6 +267,13 @@ class AdminSettings(Section):
     """``Host`` names (without port) that admin calls may carry; empty: any (a token is still
     required). Pins the admin API to the names it is meant to be reached by."""
 
+    port: int | None = Field(None, ge=1, le=65535)
+    """Serve the admin API on this port only, not on the public one (``reuseport`` ingress: every
+    replica listens on it too). None: on the public port, beside predictions."""
+    host: str | None = None
+    """Address of the admin port (default: ``http.host``); ``127.0.0.1`` keeps the admin API
+    on the node while predictions are served to the network."""
+
     @field_validator("allowed_hosts")
     @classmethod
     def _lower(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:

@@ -68,7 +68,7 @@ class JwtSettings(Section):
     """Claim holding the caller's scopes: a space-separated string (OAuth ``scope``) or a list
     (``scp``, ``roles``, ``groups``)."""
     scope_map: dict[str, tuple[str, ...]] = {}
-    """Claim values mapped to mlgate scopes (``{"fraud-team": ["predict:fraud-detector"]}``);
+    """Claim values mapped to mlgate scopes (``{"risk-team": ["predict:risk-model"]}``);
     a value not in the map counts as itself when it is an mlgate scope, else it is ignored."""
     leeway_s: float = Field(30.0, ge=0)
     """Clock skew allowed on ``exp`` and ``nbf``."""
@@ -151,6 +151,12 @@ class AuthSettings(Section):
     def enabled(self) -> bool:
         """Whether the data plane asks for credentials."""
         return bool(self.api_keys_file or self.api_keys or self.jwt)
+
+    @property
+    def limited(self) -> bool:
+        """Whether any request may meet a quota: a default or model limit, or keys (whose own
+        limits the key file may set at any time)."""
+        return self.quotas.enabled or bool(self.api_keys_file) or any(k.quota for k in self.api_keys)
 
 
 def _check_scopes(scopes: tuple[str, ...]) -> tuple[str, ...]:

@@ -18,13 +18,15 @@ from serving.pipeline import Pipeline
 from serving.settings import Settings
 
 def build_app(pipeline: Pipeline, echo_request_id: bool = True,
-              on_admin_change: AdminChange | None = None, limiter: Limiter | None = None) -> FastAPI:
+              on_admin_change: AdminChange | None = None, limiter: Limiter | None = None,
+              admin_api: bool = True, host: str | None = None) -> FastAPI:
     """The HTTP API over ``pipeline``. Pass ``echo_request_id=False`` behind a server that already
     returns X-Request-ID (Ray Serve does), so the header is not sent twice; ``on_admin_change``
     records each admin change on its model version (the registry); ``limiter`` enforces
-    request quotas (none: no quotas)."""
+    request quotas (none: no quotas); ``admin_api=False`` leaves the admin API out (it has a
+    port of its own); ``host``: the address this app is served on (default ``http.host``)."""
     settings, models = pipeline.settings, pipeline.models
-    auth = authenticator(settings)
+    auth = authenticator(settings, host)
     app = GatewayApp(title="mlgate", version="1", description="Online inference gateway: "
                      "MLflow-registered models, served over HTTP. Every error answers with an "
                      "ErrorResponse body; a method a path does not list answers 405 with Allow.")
@@ -92,15 +94,16 @@ def build_app(pipeline: Pipeline, echo_request_id: bool = True,
         auth.require(await caller(request), "metrics")
         return Response(pipeline.metrics.render(), media_type=pipeline.metrics.content_type)
 
-    app.include_router(admin_router(pipeline.rollouts, AdminGuard(auth), on_admin_change))
+    if admin_api:
+        app.include_router(admin_router(pipeline.rollouts, AdminGuard(auth), on_admin_change))
     install_openapi(app, settings)
     return app
 
 
-def authenticator(settings: Settings) -> Authenticator:
-    """The gateway's authenticator, from its settings."""
+def authenticator(settings: Settings, host: str | None = None) -> Authenticator:
+    """The gateway's authenticator, from its settings, for an app served on ``host``."""
     token = settings.admin.token.get_secret_value() if settings.admin.token is not None else None
-    return Authenticator(settings.auth, token, settings.http.host, settings.http.ingress,
+    return Authenticator(settings.auth, token, host or settings.http.host, settings.http.ingress,
                          settings.admin.allowed_hosts)
 
 

@@ -1,5 +1,9 @@
 """Batch scoring on Spark and the gateway's fallback chain, over real Spark, MLflow, Redis, Ray
-and HTTP. Batch scores live in a Redis of their own, so the feature store can fail alone."""
+and HTTP. Batch scores live in a Redis of their own, so the feature store can fail alone.
+
+The gateway runs with authentication and quotas on (API keys from a key file, HS256 JWTs with a
+secret from the environment, per-key and per-model limits in Redis): every call here carries the
+operator's key, and the tests at the end check what callers without one, or with less, get."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import time
 from datetime import timedelta
 
 import httpx
+import jwt
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,6 +28,8 @@ from features_online import layout
 from features_online.definitions import CLASSIFIER_OUTPUTS, score_view
 from features_online.settings import FeatureSettings
 from features_online.sync import FeatureSync
+from serving.auth.keys import key_hash, new_key, write_keys
+from serving.auth.settings import ApiKey
 from serving.schemas import PredictResponse
 from serving.settings import Settings
 from tests.integration.conftest import DEMO_CUSTOMERS, RedisServer, apply_examples, gateway_env, run_cli
@@ -30,6 +37,10 @@ from tests.integration.conftest import DEMO_CUSTOMERS, RedisServer, apply_exampl
 pytestmark = pytest.mark.integration
 
 MAX_AGE_S = 6 * 3600
+OPS_KEY, CHECKOUT_KEY = new_key(), new_key()
+OPS = {"authorization": f"Bearer {OPS_KEY}"}
+JWT_SECRET = "jwt-" + new_key()  # HS256: a shared secret, from the environment only
+JWT_AUDIENCE = "mlgate-tests"
 
 
 def register_misbehaving_models(settings: Settings, table: pd.DataFrame) -> None:
@@ -99,6 +110,13 @@ def stack(tmp_path_factory, spark):
                       MLGATE_MODELS=json.dumps(models), MLGATE_LIMITS__DEADLINE_MS="1000",
                       # fraud-absent never loads: the replica must not wait for it to take traffic
                       MLGATE_RAY__REPLICA_READY_TIMEOUT_S="0")
+    keys = state / "keys.yaml"
+    write_keys(keys, [ApiKey(id="ops", sha256=key_hash(OPS_KEY), scopes=("predict:*", "route", "metrics", "admin")),
+                      ApiKey(id="checkout", sha256=key_hash(CHECKOUT_KEY), scopes=("predict:fraud-detector",),
+                             quota={"rate_per_s": 1, "burst": 3})])
+    env.update(MLGATE_AUTH__API_KEYS_FILE=str(keys), MLGATE_AUTH__JWT__KEY=JWT_SECRET,
+               MLGATE_AUTH__JWT__ALGORITHMS='["HS256"]', MLGATE_AUTH__JWT__AUDIENCE=JWT_AUDIENCE,
+               MLGATE_AUTH__QUOTAS__PER_MODEL=json.dumps({"fraud-unsafe": {"rate_per_s": 0.5, "burst": 2}}))
     port = int(env["MLGATE_HTTP__PORT"])
     settings = Settings(state_dir=state, mlflow_tracking_uri=None, redis={"url": redis_server.url},
                         fallback={"redis": {"url": scores_redis.url}, "max_age_s": MAX_AGE_S})
@@ -121,7 +139,7 @@ def stack(tmp_path_factory, spark):
     ready = {"fraud-detector", "fraud-slow", "fraud-broken"}
     for _ in range(300):  # fraud-absent and fraud-unsafe never load: /readyz stays 503 by design
         try:
-            listing = httpx.get(f"{base}/v1/models", timeout=2).json()["models"]
+            listing = httpx.get(f"{base}/v1/models", headers=OPS, timeout=2).json()["models"]
             if {m["name"] for m in listing if m["ready"]} >= ready:
                 break
         except httpx.HTTPError:
@@ -145,14 +163,14 @@ def body(stack, ids, **extra):
 
 
 def predict(stack, model, payload):
-    return httpx.post(f"{stack['base']}/v1/models/{model}/predict", json=payload, timeout=30)
+    return httpx.post(f"{stack['base']}/v1/models/{model}/predict", json=payload, headers=OPS, timeout=30)
 
 
 def sample(stack, name: str, **labels: str) -> float:
     """A sample of the gateway's /metrics (0 when the series does not exist yet)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    for family in text_string_to_metric_families(httpx.get(f"{stack['base']}/metrics").text):
+    for family in text_string_to_metric_families(httpx.get(f"{stack['base']}/metrics", headers=OPS).text):
         for s in family.samples:
             if s.name == name and s.labels == labels:
                 return s.value
@@ -191,7 +209,7 @@ def test_model_not_ready_is_answered_from_batch_scores(stack):
 
 def test_a_pyfunc_model_not_allowed_is_refused_and_the_model_page_says_why(stack):
     """fraud-unsafe has no onnx flavour and no allow_pyfunc: its pickle is never loaded."""
-    r = httpx.get(f"{stack['base']}/v1/models/fraud-unsafe", timeout=5)
+    r = httpx.get(f"{stack['base']}/v1/models/fraud-unsafe", headers=OPS, timeout=5)
     assert r.status_code == 200, r.text
     page = r.json()
     assert page["ready"] is False and page["version"] is None
@@ -300,8 +318,98 @@ def test_feature_store_down_falls_back_and_metrics_say_why(stack):
         assert_fallback(stack, r, [12, 13], "feature_store_unavailable")
     finally:
         stack["redis"].start()  # empty now; later modules re-sync what they need
-    text = httpx.get(f"{stack['base']}/metrics").text
+    text = httpx.get(f"{stack['base']}/metrics", headers=OPS).text
     for reason in ("feature_store_unavailable", "features_missing"):
         assert f'mlgate_fallback_rows_total{{model="fraud-detector",reason="{reason}"}}' in text
     assert np.isfinite(float(text.split('mlgate_fallback_rows_total{model="fraud-absent",reason="model_not_ready"} ')[1]
                              .split()[0]))
+
+
+# -- who may call, and how often -------------------------------------------------------------------
+
+def token(scope: str, expires_in_s: float = 300, secret: str = JWT_SECRET, audience: str = JWT_AUDIENCE) -> str:
+    return jwt.encode({"sub": "svc-risk", "aud": audience, "scope": scope, "exp": int(time.time() + expires_in_s)},
+                      secret, algorithm="HS256")
+
+
+def call(stack, model, headers, ids=(7,)):
+    return httpx.post(f"{stack['base']}/v1/models/{model}/predict", json=body(stack, list(ids)),
+                      headers=headers, timeout=30)
+
+
+def test_predictions_need_a_credential_whose_scopes_name_the_model(stack):
+    """API keys from the key file and JWTs checked with a secret that reached every replica
+    through the environment only; callers outside the route scope learn no version or variant."""
+    r = call(stack, "fraud-detector", {})
+    assert (r.status_code, r.json()["error"]["code"]) == (401, "unauthorized")
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    for wrong in ({"authorization": "Bearer mlg_not-a-key"}, {"authorization": f"Basic {OPS_KEY}"},
+                  {"authorization": f"Bearer {token('predict:*', secret='jwt-' + new_key())}"},
+                  {"authorization": f"Bearer {token('predict:*', audience='someone-else')}"}):
+        r = call(stack, "fraud-detector", wrong)
+        assert (r.status_code, r.json()["error"]["code"]) == (401, "unauthorized"), wrong
+    r = call(stack, "fraud-detector", {"authorization": f"Bearer {token('predict:*', expires_in_s=-120)}"})
+    assert (r.status_code, r.json()["error"]["code"]) == (401, "credentials_expired")
+
+    scoped = call(stack, "fraud-detector", {"x-api-key": CHECKOUT_KEY})
+    assert scoped.status_code == 200, scoped.text
+    answer = scoped.json()
+    assert not {"version", "variant", "alias"} & set(answer) and "model_version" not in answer["predictions"][0]
+    assert "x-mlgate-variant" not in scoped.headers and "x-model-version" not in scoped.headers
+    r = call(stack, "fraud-slow", {"x-api-key": CHECKOUT_KEY})
+    assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden")
+
+    trusted = call(stack, "fraud-detector", OPS)
+    assert trusted.status_code == 200 and trusted.json()["variant"] == "champion"
+    assert trusted.headers["x-model-version"] == trusted.json()["version"]
+    same = ("label", "probability", "source")  # the same answer, with more said
+    assert [{k: p[k] for k in same} for p in trusted.json()["predictions"]] == \
+        [{k: p[k] for k in same} for p in answer["predictions"]]
+    assert all(p["model_version"] for p in trusted.json()["predictions"])
+    by_jwt = call(stack, "fraud-detector", {"authorization": f"Bearer {token('predict:fraud-detector route')}"})
+    assert by_jwt.status_code == 200 and by_jwt.json()["version"] == trusted.json()["version"]
+    r = call(stack, "fraud-slow", {"authorization": f"Bearer {token('predict:fraud-detector')}"})
+    assert r.status_code == 403
+
+    assert httpx.get(f"{stack['base']}/metrics").status_code == 401
+    assert httpx.get(f"{stack['base']}/metrics", headers={"x-api-key": CHECKOUT_KEY}).status_code == 403
+    assert httpx.get(f"{stack['base']}/v1/admin/rollouts", headers={"x-api-key": CHECKOUT_KEY}).status_code == 403
+    assert httpx.get(f"{stack['base']}/v1/admin/rollouts", headers=OPS).status_code == 200
+    listed = httpx.get(f"{stack['base']}/v1/models", headers={"x-api-key": CHECKOUT_KEY}).json()["models"]
+    assert [m["name"] for m in listed] == ["fraud-detector"]
+    assert httpx.get(f"{stack['base']}/healthz").status_code == 200  # probes need no credential
+    # the JWT secret and the keys show in no log and no answer
+    shown = [(stack["settings"].state_dir / "gateway.log").read_text(errors="replace")]
+    shown += [httpx.get(f"{stack['base']}{path}", headers=OPS).text for path in ("/v1/models", "/openapi.json", "/metrics")]
+    assert not any(JWT_SECRET in text or OPS_KEY in text or CHECKOUT_KEY in text for text in shown)
+
+
+def test_quotas_hold_across_the_replicas_and_answer_429_with_retry_after(stack):
+    """A model's limit over all its callers, and a key's own limit, counted in Redis so that the
+    gateway's replicas (one per CPU, on one shared port) share them."""
+    def burst(model, headers, n):
+        started = time.monotonic()
+        answers = [call(stack, model, headers) for _ in range(n)]
+        return answers, time.monotonic() - started
+
+    answers, took = burst("fraud-unsafe", OPS, 8)  # 0.5/s, burst 2; the model never loads
+    limited = [r for r in answers if r.status_code == 429]
+    assert len(answers) - len(limited) <= 2 + 0.5 * took + 1e-9
+    assert limited, [r.status_code for r in answers]
+    for r in limited:
+        assert r.json()["error"]["code"] == "quota_exceeded" and int(r.headers["retry-after"]) >= 1
+    assert all(r.status_code in (200, 429, 503) for r in answers)  # admitted: batch scores, or none
+
+    answers, took = burst("fraud-detector", {"x-api-key": CHECKOUT_KEY}, 10)  # the key's own 1/s, burst 3
+    served = [r for r in answers if r.status_code == 200]
+    assert 1 <= len(served) <= 3 + 1 * took + 1e-9
+    assert {r.status_code for r in answers} <= {200, 429}
+    assert call(stack, "fraud-detector", OPS).status_code == 200  # other keys are not limited by it
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{stack['base']}/metrics", headers=OPS).text
+    rejected = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+    assert rejected[("mlgate_quota_rejected_total", (("limit", "model"), ("model", "fraud-unsafe")))] >= len(limited)
+    assert rejected[("mlgate_quota_rejected_total", (("limit", "key"), ("model", "fraud-detector")))] >= 1

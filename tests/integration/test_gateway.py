@@ -429,7 +429,7 @@ def test_secrets_reach_the_replicas_and_show_nowhere(gateway):
     tracking = gateway["settings"].tracking_uri
     champion = MlflowClient(tracking_uri=tracking, registry_uri=tracking).get_model_version_by_alias(MODEL, "champion")
     audit = json.loads(champion.tags["mlgate.last_admin_change"])
-    assert audit["who"] == "token" and audit["after"]["canary_weight"] == 0
+    assert audit["who"] == "admin-token" and audit["after"]["canary_weight"] == 0
     shown = [httpx.get(f"{base}{path}", timeout=10).text for path in ("/v1/models", f"/v1/models/{MODEL}",
                                                                        "/metrics", "/openapi.json")]
     logs = gateway["settings"].state_dir / "logs"
