@@ -10,7 +10,9 @@
   args name no model, so the gateway serves the applied feature repository's models;
 - a canary step (``--set routing.canary.weight=N``) changes nothing but the Gateway's
   ``user_config``, so KubeRay applies it as an in-place reconfigure;
-- wrong values fail at ``helm template`` time (values.schema.json and the chart's own checks).
+- wrong values fail at ``helm template`` time (values.schema.json and the chart's own checks);
+- Ray's control plane locked by default: Ray token authentication on, Ray's ports open only to
+  the release's Ray pods (NetworkPolicy).
 """
 
 from __future__ import annotations
@@ -264,13 +266,24 @@ def test_ray_pods_get_direct_ingress_on_port_8000(rendered):
 CANARY = str(CHART / "ci" / "canary-values.yaml")
 
 
+def without_generated_token(docs: list[dict]) -> list[dict]:
+    """The chart's Ray token Secret holds a new random token at every render without a cluster
+    (``lookup`` finds no Secret to keep the token of): blank it out for comparisons."""
+    return [{**d, "data": "<random>"} if d["kind"] == "Secret" and component(d) == "ray-auth" else d
+            for d in docs]
+
+
+def component(doc: dict) -> str | None:
+    return doc["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+
+
 @pytest.mark.parametrize("change", [
     "routing.canary.weight=25", "routing.canary.weight=100", "routing.shadows[0].share=50",
     "routing.canary.alias=challenger-2", "routing.analysis.maxP99Ratio=3"])
 def test_routing_change_only_touches_gateway_user_config(helm_bin, helm_home, change):
     before = render(helm_bin, helm_home, "-f", CANARY)
     after = render(helm_bin, helm_home, "-f", CANARY, "--set", change)
-    others = lambda docs: [d for d in docs if d["kind"] != "RayService"]
+    others = lambda docs: [d for d in without_generated_token(docs) if d["kind"] != "RayService"]
     assert others(before) == others(after)
     (rs_before,), (rs_after,) = by_kind(before, "RayService"), by_kind(after, "RayService")
     strip = lambda rs: {**rs, "spec": {k: v for k, v in rs["spec"].items() if k != "serveConfigV2"}}
@@ -313,6 +326,8 @@ def test_weight_lands_in_user_config(helm_bin, helm_home):
     (["jobs.runner=sparkoperator"], "sparkOperator/image"),
     (["gateway.replicas.min=5", "gateway.replicas.max=2"], "at least"),
     (["gateway.settings.models=[]"], "models"),
+    (["ray.auth.existingSecret=Not_A_Name"], "existingSecret"),
+    (["ray.version=2.51.0"], "ray.auth needs Ray 2.52 or newer"),
 ])
 def test_wrong_values_fail(helm_bin, helm_home, values, reason):
     args = [a for v in values for a in ("--set", v)]
@@ -338,3 +353,102 @@ def test_alerts_and_dashboard_use_defined_metrics(helm_bin, helm_home):
     metrics_module = (ROOT / "observability" / "metrics.py").read_text()
     defined = set(re.findall(r'"(mlgate_[a-z_]+)"', metrics_module))
     assert used and used <= defined, f"not defined in observability/metrics.py: {used - defined}"
+
+
+# ---- Ray's control plane is locked by default ---------------------------------------------
+
+def ray_pods(docs: list[dict]) -> list[tuple[dict, dict]]:
+    """(pod template, Ray container) of the head and of the worker group."""
+    (rayservice,) = by_kind(docs, "RayService")
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    templates = [cluster["headGroupSpec"]["template"]] + [w["template"] for w in cluster["workerGroupSpecs"]]
+    return [(t, t["spec"]["containers"][0]) for t in templates]
+
+
+def job_pods(docs: list[dict]) -> list[tuple[dict, dict]]:
+    return [(job["spec"]["jobTemplate"]["spec"]["template"],
+             job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0])
+            for job in by_kind(docs, "CronJob")]
+
+
+def env_of(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container["env"]}
+
+
+def label_selector_matches(selector: dict, labels: dict) -> bool:
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] == "In", expr
+        if labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+def admitted(policy: dict, port: int) -> list[dict]:
+    """The peers the policy lets reach ``port``; ``{}`` stands for any source."""
+    peers = []
+    for rule in policy["spec"]["ingress"]:
+        if "ports" not in rule or any(p["port"] == port for p in rule["ports"]):
+            peers += rule.get("from") or [{}]
+    return peers
+
+
+def test_network_policy_keeps_ray_ports_inside_the_release(helm_bin, helm_home):
+    docs = render(helm_bin, helm_home)
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    selector = policy["spec"]["podSelector"]
+    for pod, _ in ray_pods(docs):
+        assert label_selector_matches(selector, pod["metadata"]["labels"])
+    for pod, _ in job_pods(docs):  # Spark pods keep their own traffic
+        assert not label_selector_matches(selector, pod["metadata"]["labels"])
+    own = {"podSelector": selector}
+    operator = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay"}}}
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    # GCS, Ray client, raylet/object manager/worker ports (Ray picks those: 20000 stands for them).
+    for port in (6379, 10001, 20000):
+        assert admitted(policy, port) == [own], port
+    assert admitted(policy, 8265) == [own, operator]  # the dashboard: KubeRay sends the Serve config
+    assert admitted(policy, 8080) == [own, monitoring]
+    assert {} in admitted(policy, 8000)  # the API: httpFrom empty, any caller
+    assert not any(peer.get("podSelector") == {} and "namespaceSelector" not in peer
+                   for rule in policy["spec"]["ingress"] for peer in rule.get("from", []))
+
+    narrowed = {"namespaceSelector": {"matchLabels": {"mlgate-client": "true"}}}
+    docs = render(helm_bin, helm_home, "--set-json", f"networkPolicy.httpFrom=[{json.dumps(narrowed)}]")
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    assert admitted(policy, 8000) == [own, narrowed, monitoring]
+    assert not by_kind(render(helm_bin, helm_home, "--set", "networkPolicy.enabled=false"),
+                       "NetworkPolicy")
+
+
+def rayservice_auth(docs: list[dict]) -> dict | None:
+    (rayservice,) = by_kind(docs, "RayService")
+    return rayservice["spec"]["rayClusterConfig"].get("authOptions")
+
+
+def test_ray_token_auth_is_on_by_default(helm_bin, helm_home):
+    """KubeRay (1.6+) sets RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from the named Secret in every
+    Ray container and sends the token on its dashboard calls; Ray needs 2.52 or newer for it."""
+    import base64
+
+    docs = render(helm_bin, helm_home)
+    assert rayservice_auth(docs) == {"mode": "token", "secretName": "mlg-mlgate-ray-auth"}
+    (rayservice,) = by_kind(docs, "RayService")
+    version = tuple(map(int, rayservice["spec"]["rayClusterConfig"]["rayVersion"].split(".")))
+    assert version >= (2, 52, 0)
+    (secret,) = [d for d in by_kind(docs, "Secret") if component(d) == "ray-auth"]
+    assert secret["metadata"]["name"] == "mlg-mlgate-ray-auth"
+    assert len(base64.b64decode(secret["data"]["auth_token"])) == 64
+    for _, container in ray_pods(docs):  # KubeRay's to set; two sources would disagree
+        assert not {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"} & set(env_of(container))
+
+    docs = render(helm_bin, helm_home, "--set", "ray.auth.existingSecret=ray-token")
+    assert rayservice_auth(docs) == {"mode": "token", "secretName": "ray-token"}
+    assert not [d for d in by_kind(docs, "Secret") if component(d) == "ray-auth"]
+    docs = render(helm_bin, helm_home, "--set", "ray.auth.createSecret=false")
+    assert rayservice_auth(docs) == {"mode": "token"}  # KubeRay makes one per Ray cluster
+    assert not [d for d in by_kind(docs, "Secret") if component(d) == "ray-auth"]
+    docs = render(helm_bin, helm_home, "--set", "ray.auth.enabled=false")
+    assert rayservice_auth(docs) is None
+    assert not [d for d in by_kind(docs, "Secret") if component(d) == "ray-auth"]

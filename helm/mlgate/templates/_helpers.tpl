@@ -252,8 +252,22 @@ volumeMounts:
   {{- end }}
 {{- end -}}
 
+{{/* The Secret holding the Ray cluster's token (key auth_token); empty: KubeRay makes its own. */}}
+{{- define "mlgate.rayAuthSecret" -}}
+{{- with .Values.ray.auth -}}
+{{- if .existingSecret -}}
+{{- .existingSecret -}}
+{{- else if .createSecret -}}
+{{- include "mlgate.fullname" $ }}-ray-auth
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Checks JSON schema cannot express: they fail `helm install/upgrade/template` with a reason. */}}
 {{- define "mlgate.validate" -}}
+{{- if and .Values.ray.auth.enabled (semverCompare "<2.52.0" .Values.ray.version) -}}
+{{- fail (printf "ray.auth needs Ray 2.52 or newer (ray.version is %s; KubeRay refuses token authentication below it): upgrade the image's Ray, or set ray.auth.enabled=false" .Values.ray.version) -}}
+{{- end -}}
 {{- $g := .Values.gateway.replicas -}}
 {{- if lt (int $g.max) (int $g.min) -}}
 {{- fail (printf "gateway.replicas.max (%v) must be at least gateway.replicas.min (%v)" $g.max $g.min) -}}
