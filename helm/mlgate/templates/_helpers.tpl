@@ -41,7 +41,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- end -}}
 
-{{/* The chart's own Secret exists only when a dev-only inline secret value is set. */}}
+{{/* The chart's own Secret exists only when a dev-only inline secret value is set. These values
+are rendered into that Secret and nowhere else: pods read them through secretKeyRef. */}}
+
 {{- define "mlgate.inlineSecrets" -}}
 {{- $s := dict -}}
 {{- with .Values.redis.password }}{{ $_ := set $s "redis-password" . }}{{ end -}}
@@ -61,6 +63,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{/* Environment shared by the Ray containers and the jobs: secrets, and what MLflow reads. */}}
 {{- define "mlgate.ownSecret" -}}
 {{- if ne (include "mlgate.inlineSecrets" .) "{}" }}{{ include "mlgate.fullname" . }}{{ end -}}
+{{- end -}}
+
+{{/* Files the chart mounts read-only from Secrets. */}}
+{{- define "mlgate.apiKeysFile" -}}
+/etc/mlgate/auth/{{ .Values.auth.apiKeys.existingSecretKey }}
 {{- end -}}
 
 {{- define "mlgate.commonEnv" -}}
@@ -83,7 +90,70 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 {{- end -}}
 
-{{/* The model reference of Settings.models: an alias to follow or a pinned version. */}}
+{{/* Whether the gateway asks callers for credentials (API keys or JWT configured). */}}
+{{- define "mlgate.authOn" -}}
+{{- $a := .Values.auth -}}
+{{- if or $a.apiKeys.existingSecret $a.jwt.jwksUrl $a.jwt.keySecret }}true{{ end -}}
+{{- end -}}
+
+{{/* A quota rate, chart keys -> QuotaRate's (serving/auth/settings.py), as JSON. */}}
+{{- define "mlgate.quotaRate" -}}
+{{- $out := dict "rate_per_s" .ratePerS -}}
+{{- if hasKey . "burst" }}{{ $_ := set $out "burst" .burst }}{{ end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* MLGATE_AUTH__* for the Ray containers: one variable per field (pydantic-settings merges them
+with the application args), so the one secret among them, the JWT's static key, can come from a
+Secret while the rest are plain values. Empty chart values leave the gateway's defaults. */}}
+{{- define "mlgate.authEnv" -}}
+{{- $a := .Values.auth -}}
+{{- if $a.apiKeys.existingSecret }}
+- {name: MLGATE_AUTH__API_KEYS_FILE, value: {{ include "mlgate.apiKeysFile" . | quote }}}
+{{- end }}
+{{- $jwt := $a.jwt -}}
+{{- if or $jwt.jwksUrl $jwt.keySecret }}
+{{- with $jwt.jwksUrl }}
+- {name: MLGATE_AUTH__JWT__JWKS_URL, value: {{ . | quote }}}
+{{- end }}
+{{- with $jwt.keySecret }}
+- name: MLGATE_AUTH__JWT__KEY
+  valueFrom:
+    secretKeyRef: {name: {{ . }}, key: {{ $jwt.keySecretKey }}}
+{{- end }}
+{{- range $field, $env := dict "issuer" "ISSUER" "audience" "AUDIENCE" "subjectClaim" "SUBJECT_CLAIM" "scopesClaim" "SCOPES_CLAIM" }}
+{{- with get $jwt $field }}
+- {name: MLGATE_AUTH__JWT__{{ $env }}, value: {{ . | quote }}}
+{{- end }}
+{{- end }}
+{{- with $jwt.algorithms }}
+- {name: MLGATE_AUTH__JWT__ALGORITHMS, value: {{ toJson . | quote }}}
+{{- end }}
+{{- with $jwt.scopeMap }}
+- {name: MLGATE_AUTH__JWT__SCOPE_MAP, value: {{ toJson . | quote }}}
+{{- end }}
+{{- end }}
+{{- with $a.anonymousScopes }}
+- {name: MLGATE_AUTH__ANONYMOUS_SCOPES, value: {{ toJson . | quote }}}
+{{- end }}
+{{- if $a.insecure }}
+- {name: MLGATE_AUTH__INSECURE, value: "true"}
+{{- end }}
+{{- $q := $a.quotas -}}
+{{- with $q.perKey }}
+- {name: MLGATE_AUTH__QUOTAS__PER_KEY, value: {{ include "mlgate.quotaRate" . | quote }}}
+{{- end }}
+{{- with $q.perModel }}
+{{- $models := dict -}}
+{{- range $model, $rate := . }}{{ $_ := set $models $model (fromJson (include "mlgate.quotaRate" $rate)) }}{{ end }}
+- {name: MLGATE_AUTH__QUOTAS__PER_MODEL, value: {{ toJson $models | quote }}}
+{{- end }}
+{{- if or $q.perKey $q.perModel }}
+- {name: MLGATE_AUTH__QUOTAS__ON_STORE_DOWN, value: {{ $q.onStoreDown | quote }}}
+{{- end }}
+{{- end -}}
+
+
 {{- define "mlgate.variantRef" -}}
 {{- if .version -}}
 {{- toJson (dict "version" (toString .version)) -}}
@@ -172,6 +242,16 @@ volumes:
   - {name: home, emptyDir: {}}
   - name: shm
     emptyDir: {medium: Memory, sizeLimit: {{ .group.shmSize }}}
+  {{- /* Secrets as files, readable by the pod's fsGroup only (0440). */}}
+  {{- with $root.Values.auth.apiKeys }}
+  {{- if .existingSecret }}
+  - name: api-keys
+    secret:
+      secretName: {{ .existingSecret }}
+      defaultMode: 0440
+      items: [{key: {{ .existingSecretKey }}, path: {{ .existingSecretKey }}}]
+  {{- end }}
+  {{- end }}
 {{- end -}}
 
 {{/* The Ray container's image, security context, env and mounts (head and workers alike: the
@@ -197,6 +277,9 @@ env:
   {{- include "mlgate.secretEnvVar" (dict "env" "MLGATE_ADMIN__TOKEN" "secret" . "key" $.Values.admin.existingSecretKey) | nindent 2 }}
   {{- include "mlgate.secretEnvVar" (dict "env" "MLGATE_ROUTING_SECRET" "secret" . "key" "routing-secret") | nindent 2 }}
   {{- end }}
+  # Who may call the gateway (API keys, JWT, scopes, quotas). No secrets here: the key file and
+  # the JWT key are a file and a secretKeyRef from Secrets.
+  {{- include "mlgate.authEnv" . | trim | nindent 2 }}
   {{- with .Values.gateway.env }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
@@ -204,6 +287,9 @@ volumeMounts:
   - {name: tmp, mountPath: /tmp}
   - {name: home, mountPath: /home/mlgate}
   - {name: shm, mountPath: /dev/shm}
+  {{- if .Values.auth.apiKeys.existingSecret }}
+  - {name: api-keys, mountPath: /etc/mlgate/auth, readOnly: true}
+  {{- end }}
 {{- end -}}
 
 {{/* The scheduled jobs: name -> the `mlgate` arguments it runs. */}}
@@ -263,11 +349,46 @@ volumeMounts:
 {{- end -}}
 {{- end -}}
 
-{{/* Checks JSON schema cannot express: they fail `helm install/upgrade/template` with a reason. */}}
-{{- define "mlgate.validate" -}}
+{{/* Secure-by-default checks: credentials for the gateway, and no secret where it would be
+rendered in clear (the RayService's Serve config, env values). */}}
+{{- define "mlgate.validateSecurity" -}}
+{{- $a := .Values.auth -}}
+{{- if not (or (include "mlgate.authOn" .) $a.insecure) -}}
+{{- fail "no credentials configured for the gateway, which listens on 0.0.0.0 and would refuse to start: set auth.apiKeys.existingSecret (a Secret with hashed API keys) and/or auth.jwt.jwksUrl or auth.jwt.keySecret; only for development, auth.insecure=true serves predictions to anyone who reaches port 8000" -}}
+{{- end -}}
+{{- if and $a.jwt.jwksUrl $a.jwt.keySecret -}}
+{{- fail "auth.jwt: set jwksUrl or keySecret, not both (the gateway verifies tokens with one key source)" -}}
+{{- end -}}
+{{- if and (not (or $a.jwt.jwksUrl $a.jwt.keySecret)) (or $a.jwt.issuer $a.jwt.audience $a.jwt.algorithms $a.jwt.subjectClaim $a.jwt.scopesClaim $a.jwt.scopeMap) -}}
+{{- fail "auth.jwt fields are set but neither auth.jwt.jwksUrl nor auth.jwt.keySecret: JWT needs a key source" -}}
+{{- end -}}
 {{- if and .Values.ray.auth.enabled (semverCompare "<2.52.0" .Values.ray.version) -}}
 {{- fail (printf "ray.auth needs Ray 2.52 or newer (ray.version is %s; KubeRay refuses token authentication below it): upgrade the image's Ray, or set ray.auth.enabled=false" .Values.ray.version) -}}
 {{- end -}}
+{{- $m := .Values.monitoring.serviceMonitor -}}
+{{- if and $m.enabled (include "mlgate.authOn" .) (not $m.bearerTokenSecret.name) (not (has "metrics" $a.anonymousScopes)) -}}
+{{- fail "monitoring.serviceMonitor: the gateway's /metrics needs the `metrics` scope once auth is on: set monitoring.serviceMonitor.bearerTokenSecret.name (a Secret holding an API key with that scope) or add metrics to auth.anonymousScopes" -}}
+{{- end -}}
+{{- range $name, $url := dict "redis.url" .Values.redis.url "redis.fallback.url" .Values.redis.fallback.url "mlflow.trackingUri" .Values.mlflow.trackingUri -}}
+{{- if regexMatch "^[A-Za-z][A-Za-z0-9+.-]*://[^/?#@]*:[^/?#@]*@" $url -}}
+{{- fail (printf "%s carries a password, which would be rendered into the RayService in clear: take it out of the URL and give it through a Secret (redis.existingSecret, redis.fallback.existingSecret, mlflow.existingSecret)" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- $s := .Values.gateway.settings -}}
+{{- range $path := list "admin.token" "redis.password" "fallback.redis.password" -}}
+{{- $node := $s -}}
+{{- range $part := splitList "." $path -}}
+{{- if kindIs "map" $node }}{{ $node = get $node $part }}{{ else }}{{ $node = "" }}{{ end -}}
+{{- end -}}
+{{- if $node -}}
+{{- fail (printf "gateway.settings.%s is a secret and gateway.settings is rendered into the RayService in clear: use the chart's Secret values (admin.existingSecret, redis.existingSecret, redis.fallback.existingSecret)" $path) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Checks JSON schema cannot express: they fail `helm install/upgrade/template` with a reason. */}}
+{{- define "mlgate.validate" -}}
+{{- include "mlgate.validateSecurity" . -}}
 {{- $g := .Values.gateway.replicas -}}
 {{- if lt (int $g.max) (int $g.min) -}}
 {{- fail (printf "gateway.replicas.max (%v) must be at least gateway.replicas.min (%v)" $g.max $g.min) -}}
