@@ -347,6 +347,8 @@ def test_weight_lands_in_user_config(helm_bin, helm_home):
     (["auth.quotas.perKey.burst=5"], "missing property 'ratePerS'"),
     (["auth.quotas.onStoreDown=maybe"], "onStoreDown"),
     (["monitoring.serviceMonitor.enabled=true"], "needs the `metrics` scope"),
+    (["redis.tls.caSecret=redis-ca"], "no Redis URL uses rediss://"),
+    (["redis.url=rediss://r:6380/0", "redis.tls.caSecret=a", "redis.tls.caConfigMap=b"], "not both"),
     (["redis.url=redis://:hunter2@redis:6379/0"], "redis.url carries a password"),
     (["redis.fallback.url=rediss://user:hunter2@scores:6380/0"], "redis.fallback.url carries a password"),
     (["mlflow.trackingUri=postgresql://ml:hunter2@db/mlflow"], "mlflow.trackingUri carries a password"),
@@ -584,11 +586,63 @@ def test_ray_token_auth_is_on_by_default(helm_bin, helm_home):
     assert not [d for d in by_kind(docs, "Secret") if component(d) == "ray-auth"]
 
 
+def test_https_certificate_is_mounted_and_probed_over_https(helm_bin, helm_home, monkeypatch):
+    docs = render(helm_bin, helm_home, *KEYS, "--set", "http.tls.existingSecret=gateway-tls",
+                  "--set", "monitoring.serviceMonitor.enabled=true",
+                  "--set", "monitoring.serviceMonitor.bearerTokenSecret.name=prometheus-key")
+    for pod, container in ray_pods(docs):
+        env = env_of(container)
+        cert, key = env["MLGATE_HTTP__TLS_CERTFILE"]["value"], env["MLGATE_HTTP__TLS_KEYFILE"]["value"]
+        assert mounted(pod, container, cert) == ("secret", "gateway-tls", "tls.crt")
+        assert mounted(pod, container, key) == ("secret", "gateway-tls", "tls.key")
+        settings = gateway_settings(docs, container, monkeypatch)
+        assert (str(settings.http.tls_certfile), str(settings.http.tls_keyfile)) == (cert, key)
+    (_, worker) = ray_pods(docs)[1]
+    assert worker["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    (monitor,) = by_kind(docs, "ServiceMonitor")
+    (endpoint,) = [e for e in monitor["spec"]["endpoints"] if e["port"] == "gateway-metrics"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"]["serverName"] == "mlg-mlgate.ml.svc"
+    assert endpoint["authorization"] == {"type": "Bearer",
+                                         "credentials": {"name": "prometheus-key", "key": "api-key"}}
+    for version in K8S_VERSIONS:
+        assert not errors(crd_validator("ServiceMonitor", version), monitor)
+
+    docs = render(helm_bin, helm_home, *KEYS)
+    (_, worker) = ray_pods(docs)[1]
+    assert worker["readinessProbe"]["httpGet"].get("scheme", "HTTP") == "HTTP"
+    assert not any(e["name"].startswith("MLGATE_HTTP__TLS") for e in worker["env"])
+
+
 def test_prometheus_may_scrape_anonymously_when_told(helm_bin, helm_home):
     docs = render(helm_bin, helm_home, *KEYS, "--set", "monitoring.serviceMonitor.enabled=true",
                   "--set", "auth.anonymousScopes={metrics}")
     (monitor,) = by_kind(docs, "ServiceMonitor")
     assert not any("authorization" in e for e in monitor["spec"]["endpoints"])
+
+
+def test_redis_ca_reaches_every_redis_client(helm_bin, helm_home):
+    """mlgate's Redis client (redis-py) takes a CA only from the URL's ssl_ca_certs option: the
+    chart mounts the bundle and names it there, for the gateway and the jobs alike."""
+    from redis.connection import parse_url
+
+    docs = render(helm_bin, helm_home, *KEYS, "--set", "redis.url=rediss://redis.data:6380/0",
+                  "--set", "redis.fallback.url=rediss://scores.data:6380/1?socket_timeout=1",
+                  "--set", "redis.tls.caSecret=redis-ca")
+    (app,) = serve_config(docs)["applications"]
+    urls = [app["args"]["redis"]["url"], app["args"]["fallback"]["redis"]["url"]]
+    ca_files = {parse_url(url)["ssl_ca_certs"] for url in urls}
+    assert ca_files == {"/etc/mlgate/redis-ca/ca.crt"}
+    assert parse_url(urls[1])["socket_timeout"] == 1.0  # the URL's own options stay
+    for pod, container in ray_pods(docs) + job_pods(docs):
+        assert mounted(pod, container, "/etc/mlgate/redis-ca/ca.crt") == ("secret", "redis-ca", "ca.crt")
+    for _, container in job_pods(docs):
+        assert parse_url(env_of(container)["MLGATE_REDIS__URL"]["value"])["ssl_ca_certs"] == "/etc/mlgate/redis-ca/ca.crt"
+
+    docs = render(helm_bin, helm_home, *KEYS, "--set", "redis.url=rediss://redis.data:6380/0",
+                  "--set", "redis.tls.caConfigMap=trust-bundle", "--set", "redis.tls.caKey=bundle.pem")
+    for pod, container in ray_pods(docs) + job_pods(docs):
+        assert mounted(pod, container, "/etc/mlgate/redis-ca/bundle.pem") == ("configMap", "trust-bundle", "bundle.pem")
 
 
 FAKE_SECRETS = {"redis.password": "fake-redis-pw-7f3a", "admin.token": "fake-admin-token-9c1e5d2b",

@@ -43,7 +43,6 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{/* The chart's own Secret exists only when a dev-only inline secret value is set. These values
 are rendered into that Secret and nowhere else: pods read them through secretKeyRef. */}}
-
 {{- define "mlgate.inlineSecrets" -}}
 {{- $s := dict -}}
 {{- with .Values.redis.password }}{{ $_ := set $s "redis-password" . }}{{ end -}}
@@ -65,9 +64,53 @@ are rendered into that Secret and nowhere else: pods read them through secretKey
 {{- if ne (include "mlgate.inlineSecrets" .) "{}" }}{{ include "mlgate.fullname" . }}{{ end -}}
 {{- end -}}
 
-{{/* Files the chart mounts read-only from Secrets. */}}
+{{/* Files the chart mounts read-only from Secrets (or, for the Redis CA, a ConfigMap). */}}
 {{- define "mlgate.apiKeysFile" -}}
 /etc/mlgate/auth/{{ .Values.auth.apiKeys.existingSecretKey }}
+{{- end -}}
+
+{{- define "mlgate.redisCaFile" -}}
+/etc/mlgate/redis-ca/{{ .Values.redis.tls.caKey }}
+{{- end -}}
+
+{{- define "mlgate.redisCa" -}}
+{{- if or .Values.redis.tls.caSecret .Values.redis.tls.caConfigMap }}true{{ end -}}
+{{- end -}}
+
+{{/* A Redis URL as the processes get it: (dict "root" $ "url" URL). A rediss:// URL names the
+mounted CA bundle in redis-py's `ssl_ca_certs` query option (mlgate has no CA setting of its own;
+redis-py reads it from the URL). */}}
+{{- define "mlgate.redisUrl" -}}
+{{- $url := .url -}}
+{{- if and (hasPrefix "rediss://" $url) (include "mlgate.redisCa" .root) -}}
+{{- $url = printf "%s%sssl_ca_certs=%s" $url (ternary "&" "?" (contains "?" $url)) (include "mlgate.redisCaFile" .root) -}}
+{{- end -}}
+{{- $url -}}
+{{- end -}}
+
+{{/* The Redis CA volume and its mount, for the gateway and the job pods (a CA is no secret:
+world-readable, so Spark images that run without the pod's fsGroup can read it too). */}}
+{{- define "mlgate.redisCaVolume" -}}
+{{- $tls := .Values.redis.tls -}}
+{{- if $tls.caSecret }}
+- name: redis-ca
+  secret:
+    secretName: {{ $tls.caSecret }}
+    defaultMode: 0444
+    items: [{key: {{ $tls.caKey }}, path: {{ $tls.caKey }}}]
+{{- else if $tls.caConfigMap }}
+- name: redis-ca
+  configMap:
+    name: {{ $tls.caConfigMap }}
+    defaultMode: 0444
+    items: [{key: {{ $tls.caKey }}, path: {{ $tls.caKey }}}]
+{{- end }}
+{{- end -}}
+
+{{- define "mlgate.redisCaMount" -}}
+{{- if include "mlgate.redisCa" . }}
+- {name: redis-ca, mountPath: /etc/mlgate/redis-ca, readOnly: true}
+{{- end }}
 {{- end -}}
 
 {{- define "mlgate.commonEnv" -}}
@@ -153,7 +196,7 @@ Secret while the rest are plain values. Empty chart values leave the gateway's d
 {{- end }}
 {{- end -}}
 
-
+{{/* The model reference of Settings.models: an alias to follow or a pinned version. */}}
 {{- define "mlgate.variantRef" -}}
 {{- if .version -}}
 {{- toJson (dict "version" (toString .version)) -}}
@@ -192,9 +235,9 @@ to the gateway's defaults. */}}
 `models` only for a model.name: without one, Settings' default (none) leaves the gateway to the
 applied feature repository's models. */}}
 {{- define "mlgate.appArgs" -}}
-{{- $redis := dict "url" .Values.redis.url "cluster" .Values.redis.cluster -}}
+{{- $redis := dict "url" (include "mlgate.redisUrl" (dict "root" . "url" .Values.redis.url)) "cluster" .Values.redis.cluster -}}
 {{- $args := dict "redis" $redis "mlflow_tracking_uri" .Values.mlflow.trackingUri "state_dir" "/home/mlgate/state" "log_level" .Values.gateway.logLevel "registry" (dict "poll_s" .Values.registry.pollS "require_digest" (.Values.registry.requireDigest | default false)) "http" (dict "host" "0.0.0.0" "ingress" "direct" "proxy_port" .Values.gateway.proxyPort "drain_s" .Values.gateway.drainS) -}}
-{{- with .Values.redis.fallback.url }}{{ $_ := set $args "fallback" (dict "redis" (dict "url" .)) }}{{ end -}}
+{{- with .Values.redis.fallback.url }}{{ $_ := set $args "fallback" (dict "redis" (dict "url" (include "mlgate.redisUrl" (dict "root" $ "url" .)))) }}{{ end -}}
 {{- with .Values.model.name -}}
 {{- $model := mergeOverwrite (dict "name" . "placement" "inprocess" "allow_pyfunc" ($.Values.model.allowPyfunc | default false)) (fromJson (include "mlgate.variantRef" $.Values.model)) -}}
 {{- $_ := set $args "models" (list $model) -}}
@@ -252,6 +295,16 @@ volumes:
       items: [{key: {{ .existingSecretKey }}, path: {{ .existingSecretKey }}}]
   {{- end }}
   {{- end }}
+  {{- with $root.Values.http.tls.existingSecret }}
+  - name: tls
+    secret:
+      secretName: {{ . }}
+      defaultMode: 0440
+      items: [{key: tls.crt, path: tls.crt}, {key: tls.key, path: tls.key}]
+  {{- end }}
+  {{- with include "mlgate.redisCaVolume" $root | trim }}
+  {{- . | nindent 2 }}
+  {{- end }}
 {{- end -}}
 
 {{/* The Ray container's image, security context, env and mounts (head and workers alike: the
@@ -277,9 +330,13 @@ env:
   {{- include "mlgate.secretEnvVar" (dict "env" "MLGATE_ADMIN__TOKEN" "secret" . "key" $.Values.admin.existingSecretKey) | nindent 2 }}
   {{- include "mlgate.secretEnvVar" (dict "env" "MLGATE_ROUTING_SECRET" "secret" . "key" "routing-secret") | nindent 2 }}
   {{- end }}
-  # Who may call the gateway (API keys, JWT, scopes, quotas). No secrets here: the key file and
-  # the JWT key are a file and a secretKeyRef from Secrets.
+  # Who may call the gateway (API keys, JWT, scopes, quotas), and HTTPS. No secrets here: the
+  # key file, the JWT key and the TLS key are files or secretKeyRefs from Secrets.
   {{- include "mlgate.authEnv" . | trim | nindent 2 }}
+  {{- if .Values.http.tls.existingSecret }}
+  - {name: MLGATE_HTTP__TLS_CERTFILE, value: /etc/mlgate/tls/tls.crt}
+  - {name: MLGATE_HTTP__TLS_KEYFILE, value: /etc/mlgate/tls/tls.key}
+  {{- end }}
   {{- with .Values.gateway.env }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
@@ -289,6 +346,12 @@ volumeMounts:
   - {name: shm, mountPath: /dev/shm}
   {{- if .Values.auth.apiKeys.existingSecret }}
   - {name: api-keys, mountPath: /etc/mlgate/auth, readOnly: true}
+  {{- end }}
+  {{- if .Values.http.tls.existingSecret }}
+  - {name: tls, mountPath: /etc/mlgate/tls, readOnly: true}
+  {{- end }}
+  {{- with include "mlgate.redisCaMount" . | trim }}
+  {{- . | nindent 2 }}
   {{- end }}
 {{- end -}}
 
@@ -318,10 +381,10 @@ volumeMounts:
 {{/* Environment of the jobs: the settings the gateway gets as application args, as MLGATE_*. */}}
 {{- define "mlgate.jobsEnv" -}}
 - {name: MLGATE_STATE_DIR, value: /data}
-- {name: MLGATE_REDIS__URL, value: {{ .Values.redis.url | quote }}}
+- {name: MLGATE_REDIS__URL, value: {{ include "mlgate.redisUrl" (dict "root" . "url" .Values.redis.url) | quote }}}
 - {name: MLGATE_REDIS__CLUSTER, value: {{ .Values.redis.cluster | quote }}}
 {{- with .Values.redis.fallback.url }}
-- {name: MLGATE_FALLBACK__REDIS__URL, value: {{ . | quote }}}
+- {name: MLGATE_FALLBACK__REDIS__URL, value: {{ include "mlgate.redisUrl" (dict "root" $ "url" .) | quote }}}
 {{- end }}
 - {name: MLFLOW_TRACKING_URI, value: {{ .Values.mlflow.trackingUri | quote }}}
 {{- with include "mlgate.commonEnv" . | trim }}
@@ -329,13 +392,19 @@ volumeMounts:
 {{- end }}
 {{- end -}}
 
-{{- define "mlgate.stateVolume" -}}
+{{- define "mlgate.jobVolumes" -}}
 - name: state
   {{- if .Values.jobs.stateClaim }}
   persistentVolumeClaim: {claimName: {{ .Values.jobs.stateClaim }}}
   {{- else }}
   emptyDir: {}
   {{- end }}
+{{- include "mlgate.redisCaVolume" . }}
+{{- end -}}
+
+{{- define "mlgate.jobMounts" -}}
+- {name: state, mountPath: /data}
+{{- include "mlgate.redisCaMount" . }}
 {{- end -}}
 
 {{/* The Secret holding the Ray cluster's token (key auth_token); empty: KubeRay makes its own. */}}
@@ -368,6 +437,13 @@ rendered in clear (the RayService's Serve config, env values). */}}
 {{- $m := .Values.monitoring.serviceMonitor -}}
 {{- if and $m.enabled (include "mlgate.authOn" .) (not $m.bearerTokenSecret.name) (not (has "metrics" $a.anonymousScopes)) -}}
 {{- fail "monitoring.serviceMonitor: the gateway's /metrics needs the `metrics` scope once auth is on: set monitoring.serviceMonitor.bearerTokenSecret.name (a Secret holding an API key with that scope) or add metrics to auth.anonymousScopes" -}}
+{{- end -}}
+{{- $tls := .Values.redis.tls -}}
+{{- if and $tls.caSecret $tls.caConfigMap -}}
+{{- fail "redis.tls: set caSecret or caConfigMap, not both" -}}
+{{- end -}}
+{{- if and (include "mlgate.redisCa" .) (not (or (hasPrefix "rediss://" .Values.redis.url) (hasPrefix "rediss://" .Values.redis.fallback.url))) -}}
+{{- fail "redis.tls: a CA is set but no Redis URL uses rediss:// (TLS)" -}}
 {{- end -}}
 {{- range $name, $url := dict "redis.url" .Values.redis.url "redis.fallback.url" .Values.redis.fallback.url "mlflow.trackingUri" .Values.mlflow.trackingUri -}}
 {{- if regexMatch "^[A-Za-z][A-Za-z0-9+.-]*://[^/?#@]*:[^/?#@]*@" $url -}}
