@@ -41,7 +41,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- end -}}
 
-{{/* The chart's own Secret exists only when a dev-only inline secret value is set. */}}
+{{/* The chart's own Secret exists only when a dev-only inline secret value is set. These values
+are rendered into that Secret and nowhere else: pods read them through secretKeyRef. */}}
 {{- define "mlgate.inlineSecrets" -}}
 {{- $s := dict -}}
 {{- with .Values.redis.password }}{{ $_ := set $s "redis-password" . }}{{ end -}}
@@ -63,6 +64,55 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- if ne (include "mlgate.inlineSecrets" .) "{}" }}{{ include "mlgate.fullname" . }}{{ end -}}
 {{- end -}}
 
+{{/* Files the chart mounts read-only from Secrets (or, for the Redis CA, a ConfigMap). */}}
+{{- define "mlgate.apiKeysFile" -}}
+/etc/mlgate/auth/{{ .Values.auth.apiKeys.existingSecretKey }}
+{{- end -}}
+
+{{- define "mlgate.redisCaFile" -}}
+/etc/mlgate/redis-ca/{{ .Values.redis.tls.caKey }}
+{{- end -}}
+
+{{- define "mlgate.redisCa" -}}
+{{- if or .Values.redis.tls.caSecret .Values.redis.tls.caConfigMap }}true{{ end -}}
+{{- end -}}
+
+{{/* A Redis URL as the processes get it: (dict "root" $ "url" URL). A rediss:// URL names the
+mounted CA bundle in redis-py's `ssl_ca_certs` query option (mlgate has no CA setting of its own;
+redis-py reads it from the URL). */}}
+{{- define "mlgate.redisUrl" -}}
+{{- $url := .url -}}
+{{- if and (hasPrefix "rediss://" $url) (include "mlgate.redisCa" .root) -}}
+{{- $url = printf "%s%sssl_ca_certs=%s" $url (ternary "&" "?" (contains "?" $url)) (include "mlgate.redisCaFile" .root) -}}
+{{- end -}}
+{{- $url -}}
+{{- end -}}
+
+{{/* The Redis CA volume and its mount, for the gateway and the job pods (a CA is no secret:
+world-readable, so Spark images that run without the pod's fsGroup can read it too). */}}
+{{- define "mlgate.redisCaVolume" -}}
+{{- $tls := .Values.redis.tls -}}
+{{- if $tls.caSecret }}
+- name: redis-ca
+  secret:
+    secretName: {{ $tls.caSecret }}
+    defaultMode: 0444
+    items: [{key: {{ $tls.caKey }}, path: {{ $tls.caKey }}}]
+{{- else if $tls.caConfigMap }}
+- name: redis-ca
+  configMap:
+    name: {{ $tls.caConfigMap }}
+    defaultMode: 0444
+    items: [{key: {{ $tls.caKey }}, path: {{ $tls.caKey }}}]
+{{- end }}
+{{- end -}}
+
+{{- define "mlgate.redisCaMount" -}}
+{{- if include "mlgate.redisCa" . }}
+- {name: redis-ca, mountPath: /etc/mlgate/redis-ca, readOnly: true}
+{{- end }}
+{{- end -}}
+
 {{- define "mlgate.commonEnv" -}}
 {{- $redis := .Values.redis.existingSecret | default (include "mlgate.ownSecret" .) -}}
 {{- $mlflow := .Values.mlflow.existingSecret | default (include "mlgate.ownSecret" .) -}}
@@ -80,6 +130,69 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- with .Values.mlflow.s3EndpointUrl }}
 - name: MLFLOW_S3_ENDPOINT_URL
   value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Whether the gateway asks callers for credentials (API keys or JWT configured). */}}
+{{- define "mlgate.authOn" -}}
+{{- $a := .Values.auth -}}
+{{- if or $a.apiKeys.existingSecret $a.jwt.jwksUrl $a.jwt.keySecret }}true{{ end -}}
+{{- end -}}
+
+{{/* A quota rate, chart keys -> QuotaRate's (serving/auth/settings.py), as JSON. */}}
+{{- define "mlgate.quotaRate" -}}
+{{- $out := dict "rate_per_s" .ratePerS -}}
+{{- if hasKey . "burst" }}{{ $_ := set $out "burst" .burst }}{{ end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* MLGATE_AUTH__* for the Ray containers: one variable per field (pydantic-settings merges them
+with the application args), so the one secret among them, the JWT's static key, can come from a
+Secret while the rest are plain values. Empty chart values leave the gateway's defaults. */}}
+{{- define "mlgate.authEnv" -}}
+{{- $a := .Values.auth -}}
+{{- if $a.apiKeys.existingSecret }}
+- {name: MLGATE_AUTH__API_KEYS_FILE, value: {{ include "mlgate.apiKeysFile" . | quote }}}
+{{- end }}
+{{- $jwt := $a.jwt -}}
+{{- if or $jwt.jwksUrl $jwt.keySecret }}
+{{- with $jwt.jwksUrl }}
+- {name: MLGATE_AUTH__JWT__JWKS_URL, value: {{ . | quote }}}
+{{- end }}
+{{- with $jwt.keySecret }}
+- name: MLGATE_AUTH__JWT__KEY
+  valueFrom:
+    secretKeyRef: {name: {{ . }}, key: {{ $jwt.keySecretKey }}}
+{{- end }}
+{{- range $field, $env := dict "issuer" "ISSUER" "audience" "AUDIENCE" "subjectClaim" "SUBJECT_CLAIM" "scopesClaim" "SCOPES_CLAIM" }}
+{{- with get $jwt $field }}
+- {name: MLGATE_AUTH__JWT__{{ $env }}, value: {{ . | quote }}}
+{{- end }}
+{{- end }}
+{{- with $jwt.algorithms }}
+- {name: MLGATE_AUTH__JWT__ALGORITHMS, value: {{ toJson . | quote }}}
+{{- end }}
+{{- with $jwt.scopeMap }}
+- {name: MLGATE_AUTH__JWT__SCOPE_MAP, value: {{ toJson . | quote }}}
+{{- end }}
+{{- end }}
+{{- with $a.anonymousScopes }}
+- {name: MLGATE_AUTH__ANONYMOUS_SCOPES, value: {{ toJson . | quote }}}
+{{- end }}
+{{- if $a.insecure }}
+- {name: MLGATE_AUTH__INSECURE, value: "true"}
+{{- end }}
+{{- $q := $a.quotas -}}
+{{- with $q.perKey }}
+- {name: MLGATE_AUTH__QUOTAS__PER_KEY, value: {{ include "mlgate.quotaRate" . | quote }}}
+{{- end }}
+{{- with $q.perModel }}
+{{- $models := dict -}}
+{{- range $model, $rate := . }}{{ $_ := set $models $model (fromJson (include "mlgate.quotaRate" $rate)) }}{{ end }}
+- {name: MLGATE_AUTH__QUOTAS__PER_MODEL, value: {{ toJson $models | quote }}}
+{{- end }}
+{{- if or $q.perKey $q.perModel }}
+- {name: MLGATE_AUTH__QUOTAS__ON_STORE_DOWN, value: {{ $q.onStoreDown | quote }}}
 {{- end }}
 {{- end -}}
 
@@ -122,9 +235,9 @@ to the gateway's defaults. */}}
 `models` only for a model.name: without one, Settings' default (none) leaves the gateway to the
 applied feature repository's models. */}}
 {{- define "mlgate.appArgs" -}}
-{{- $redis := dict "url" .Values.redis.url "cluster" .Values.redis.cluster -}}
+{{- $redis := dict "url" (include "mlgate.redisUrl" (dict "root" . "url" .Values.redis.url)) "cluster" .Values.redis.cluster -}}
 {{- $args := dict "redis" $redis "mlflow_tracking_uri" .Values.mlflow.trackingUri "state_dir" "/home/mlgate/state" "log_level" .Values.gateway.logLevel "registry" (dict "poll_s" .Values.registry.pollS "require_digest" (.Values.registry.requireDigest | default false)) "http" (dict "host" "0.0.0.0" "ingress" "direct" "proxy_port" .Values.gateway.proxyPort "drain_s" .Values.gateway.drainS) -}}
-{{- with .Values.redis.fallback.url }}{{ $_ := set $args "fallback" (dict "redis" (dict "url" .)) }}{{ end -}}
+{{- with .Values.redis.fallback.url }}{{ $_ := set $args "fallback" (dict "redis" (dict "url" (include "mlgate.redisUrl" (dict "root" $ "url" .)))) }}{{ end -}}
 {{- with .Values.model.name -}}
 {{- $model := mergeOverwrite (dict "name" . "placement" "inprocess" "allow_pyfunc" ($.Values.model.allowPyfunc | default false)) (fromJson (include "mlgate.variantRef" $.Values.model)) -}}
 {{- $_ := set $args "models" (list $model) -}}
@@ -172,6 +285,26 @@ volumes:
   - {name: home, emptyDir: {}}
   - name: shm
     emptyDir: {medium: Memory, sizeLimit: {{ .group.shmSize }}}
+  {{- /* Secrets as files, readable by the pod's fsGroup only (0440). */}}
+  {{- with $root.Values.auth.apiKeys }}
+  {{- if .existingSecret }}
+  - name: api-keys
+    secret:
+      secretName: {{ .existingSecret }}
+      defaultMode: 0440
+      items: [{key: {{ .existingSecretKey }}, path: {{ .existingSecretKey }}}]
+  {{- end }}
+  {{- end }}
+  {{- with $root.Values.http.tls.existingSecret }}
+  - name: tls
+    secret:
+      secretName: {{ . }}
+      defaultMode: 0440
+      items: [{key: tls.crt, path: tls.crt}, {key: tls.key, path: tls.key}]
+  {{- end }}
+  {{- with include "mlgate.redisCaVolume" $root | trim }}
+  {{- . | nindent 2 }}
+  {{- end }}
 {{- end -}}
 
 {{/* The Ray container's image, security context, env and mounts (head and workers alike: the
@@ -197,6 +330,13 @@ env:
   {{- include "mlgate.secretEnvVar" (dict "env" "MLGATE_ADMIN__TOKEN" "secret" . "key" $.Values.admin.existingSecretKey) | nindent 2 }}
   {{- include "mlgate.secretEnvVar" (dict "env" "MLGATE_ROUTING_SECRET" "secret" . "key" "routing-secret") | nindent 2 }}
   {{- end }}
+  # Who may call the gateway (API keys, JWT, scopes, quotas), and HTTPS. No secrets here: the
+  # key file, the JWT key and the TLS key are files or secretKeyRefs from Secrets.
+  {{- include "mlgate.authEnv" . | trim | nindent 2 }}
+  {{- if .Values.http.tls.existingSecret }}
+  - {name: MLGATE_HTTP__TLS_CERTFILE, value: /etc/mlgate/tls/tls.crt}
+  - {name: MLGATE_HTTP__TLS_KEYFILE, value: /etc/mlgate/tls/tls.key}
+  {{- end }}
   {{- with .Values.gateway.env }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
@@ -204,6 +344,15 @@ volumeMounts:
   - {name: tmp, mountPath: /tmp}
   - {name: home, mountPath: /home/mlgate}
   - {name: shm, mountPath: /dev/shm}
+  {{- if .Values.auth.apiKeys.existingSecret }}
+  - {name: api-keys, mountPath: /etc/mlgate/auth, readOnly: true}
+  {{- end }}
+  {{- if .Values.http.tls.existingSecret }}
+  - {name: tls, mountPath: /etc/mlgate/tls, readOnly: true}
+  {{- end }}
+  {{- with include "mlgate.redisCaMount" . | trim }}
+  {{- . | nindent 2 }}
+  {{- end }}
 {{- end -}}
 
 {{/* The scheduled jobs: name -> the `mlgate` arguments it runs. */}}
@@ -232,10 +381,10 @@ volumeMounts:
 {{/* Environment of the jobs: the settings the gateway gets as application args, as MLGATE_*. */}}
 {{- define "mlgate.jobsEnv" -}}
 - {name: MLGATE_STATE_DIR, value: /data}
-- {name: MLGATE_REDIS__URL, value: {{ .Values.redis.url | quote }}}
+- {name: MLGATE_REDIS__URL, value: {{ include "mlgate.redisUrl" (dict "root" . "url" .Values.redis.url) | quote }}}
 - {name: MLGATE_REDIS__CLUSTER, value: {{ .Values.redis.cluster | quote }}}
 {{- with .Values.redis.fallback.url }}
-- {name: MLGATE_FALLBACK__REDIS__URL, value: {{ . | quote }}}
+- {name: MLGATE_FALLBACK__REDIS__URL, value: {{ include "mlgate.redisUrl" (dict "root" $ "url" .) | quote }}}
 {{- end }}
 - {name: MLFLOW_TRACKING_URI, value: {{ .Values.mlflow.trackingUri | quote }}}
 {{- with include "mlgate.commonEnv" . | trim }}
@@ -243,17 +392,79 @@ volumeMounts:
 {{- end }}
 {{- end -}}
 
-{{- define "mlgate.stateVolume" -}}
+{{- define "mlgate.jobVolumes" -}}
 - name: state
   {{- if .Values.jobs.stateClaim }}
   persistentVolumeClaim: {claimName: {{ .Values.jobs.stateClaim }}}
   {{- else }}
   emptyDir: {}
   {{- end }}
+{{- include "mlgate.redisCaVolume" . }}
+{{- end -}}
+
+{{- define "mlgate.jobMounts" -}}
+- {name: state, mountPath: /data}
+{{- include "mlgate.redisCaMount" . }}
+{{- end -}}
+
+{{/* The Secret holding the Ray cluster's token (key auth_token); empty: KubeRay makes its own. */}}
+{{- define "mlgate.rayAuthSecret" -}}
+{{- with .Values.ray.auth -}}
+{{- if .existingSecret -}}
+{{- .existingSecret -}}
+{{- else if .createSecret -}}
+{{- include "mlgate.fullname" $ }}-ray-auth
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Secure-by-default checks: credentials for the gateway, and no secret where it would be
+rendered in clear (the RayService's Serve config, env values). */}}
+{{- define "mlgate.validateSecurity" -}}
+{{- $a := .Values.auth -}}
+{{- if not (or (include "mlgate.authOn" .) $a.insecure) -}}
+{{- fail "no credentials configured for the gateway, which listens on 0.0.0.0 and would refuse to start: set auth.apiKeys.existingSecret (a Secret with hashed API keys) and/or auth.jwt.jwksUrl or auth.jwt.keySecret; only for development, auth.insecure=true serves predictions to anyone who reaches port 8000" -}}
+{{- end -}}
+{{- if and $a.jwt.jwksUrl $a.jwt.keySecret -}}
+{{- fail "auth.jwt: set jwksUrl or keySecret, not both (the gateway verifies tokens with one key source)" -}}
+{{- end -}}
+{{- if and (not (or $a.jwt.jwksUrl $a.jwt.keySecret)) (or $a.jwt.issuer $a.jwt.audience $a.jwt.algorithms $a.jwt.subjectClaim $a.jwt.scopesClaim $a.jwt.scopeMap) -}}
+{{- fail "auth.jwt fields are set but neither auth.jwt.jwksUrl nor auth.jwt.keySecret: JWT needs a key source" -}}
+{{- end -}}
+{{- if and .Values.ray.auth.enabled (semverCompare "<2.52.0" .Values.ray.version) -}}
+{{- fail (printf "ray.auth needs Ray 2.52 or newer (ray.version is %s; KubeRay refuses token authentication below it): upgrade the image's Ray, or set ray.auth.enabled=false" .Values.ray.version) -}}
+{{- end -}}
+{{- $m := .Values.monitoring.serviceMonitor -}}
+{{- if and $m.enabled (include "mlgate.authOn" .) (not $m.bearerTokenSecret.name) (not (has "metrics" $a.anonymousScopes)) -}}
+{{- fail "monitoring.serviceMonitor: the gateway's /metrics needs the `metrics` scope once auth is on: set monitoring.serviceMonitor.bearerTokenSecret.name (a Secret holding an API key with that scope) or add metrics to auth.anonymousScopes" -}}
+{{- end -}}
+{{- $tls := .Values.redis.tls -}}
+{{- if and $tls.caSecret $tls.caConfigMap -}}
+{{- fail "redis.tls: set caSecret or caConfigMap, not both" -}}
+{{- end -}}
+{{- if and (include "mlgate.redisCa" .) (not (or (hasPrefix "rediss://" .Values.redis.url) (hasPrefix "rediss://" .Values.redis.fallback.url))) -}}
+{{- fail "redis.tls: a CA is set but no Redis URL uses rediss:// (TLS)" -}}
+{{- end -}}
+{{- range $name, $url := dict "redis.url" .Values.redis.url "redis.fallback.url" .Values.redis.fallback.url "mlflow.trackingUri" .Values.mlflow.trackingUri -}}
+{{- if regexMatch "^[A-Za-z][A-Za-z0-9+.-]*://[^/?#@]*:[^/?#@]*@" $url -}}
+{{- fail (printf "%s carries a password, which would be rendered into the RayService in clear: take it out of the URL and give it through a Secret (redis.existingSecret, redis.fallback.existingSecret, mlflow.existingSecret)" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- $s := .Values.gateway.settings -}}
+{{- range $path := list "admin.token" "redis.password" "fallback.redis.password" -}}
+{{- $node := $s -}}
+{{- range $part := splitList "." $path -}}
+{{- if kindIs "map" $node }}{{ $node = get $node $part }}{{ else }}{{ $node = "" }}{{ end -}}
+{{- end -}}
+{{- if $node -}}
+{{- fail (printf "gateway.settings.%s is a secret and gateway.settings is rendered into the RayService in clear: use the chart's Secret values (admin.existingSecret, redis.existingSecret, redis.fallback.existingSecret)" $path) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Checks JSON schema cannot express: they fail `helm install/upgrade/template` with a reason. */}}
 {{- define "mlgate.validate" -}}
+{{- include "mlgate.validateSecurity" . -}}
 {{- $g := .Values.gateway.replicas -}}
 {{- if lt (int $g.max) (int $g.min) -}}
 {{- fail (printf "gateway.replicas.max (%v) must be at least gateway.replicas.min (%v)" $g.max $g.min) -}}
