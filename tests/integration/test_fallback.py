@@ -32,7 +32,8 @@ from serving.auth.keys import key_hash, new_key, write_keys
 from serving.auth.settings import ApiKey
 from serving.schemas import PredictResponse
 from serving.settings import Settings
-from tests.integration.conftest import DEMO_CUSTOMERS, RedisServer, apply_examples, gateway_env, run_cli
+from tests.integration.conftest import (DEMO_CUSTOMERS, RedisServer, apply_examples, free_port, gateway_env,
+                                       run_cli)
 
 pytestmark = pytest.mark.integration
 
@@ -116,7 +117,8 @@ def stack(tmp_path_factory, spark):
                              quota={"rate_per_s": 1, "burst": 3})])
     env.update(MLGATE_AUTH__API_KEYS_FILE=str(keys), MLGATE_AUTH__JWT__KEY=JWT_SECRET,
                MLGATE_AUTH__JWT__ALGORITHMS='["HS256"]', MLGATE_AUTH__JWT__AUDIENCE=JWT_AUDIENCE,
-               MLGATE_AUTH__QUOTAS__PER_MODEL=json.dumps({"fraud-unsafe": {"rate_per_s": 0.5, "burst": 2}}))
+               MLGATE_AUTH__QUOTAS__PER_MODEL=json.dumps({"fraud-unsafe": {"rate_per_s": 0.5, "burst": 2}}),
+               MLGATE_ADMIN__PORT=str(free_port()))  # the admin API off the public port
     port = int(env["MLGATE_HTTP__PORT"])
     settings = Settings(state_dir=state, mlflow_tracking_uri=None, redis={"url": redis_server.url},
                         fallback={"redis": {"url": scores_redis.url}, "max_age_s": MAX_AGE_S})
@@ -148,7 +150,8 @@ def stack(tmp_path_factory, spark):
     else:
         gateway.terminate()
         pytest.fail((state / "gateway.log").read_text()[-4000:])
-    yield {"base": base, "table": table, "scores": pd.read_parquet(champion_scores).set_index("customer_id"),
+    yield {"base": base, "admin": f"http://127.0.0.1:{env['MLGATE_ADMIN__PORT']}", "table": table,
+           "scores": pd.read_parquet(champion_scores).set_index("customer_id"),
            "settings": settings, "redis": redis_server, "scores_redis": scores_redis}
     gateway.terminate()
     gateway.wait(120)
@@ -373,8 +376,10 @@ def test_predictions_need_a_credential_whose_scopes_name_the_model(stack):
 
     assert httpx.get(f"{stack['base']}/metrics").status_code == 401
     assert httpx.get(f"{stack['base']}/metrics", headers={"x-api-key": CHECKOUT_KEY}).status_code == 403
-    assert httpx.get(f"{stack['base']}/v1/admin/rollouts", headers={"x-api-key": CHECKOUT_KEY}).status_code == 403
-    assert httpx.get(f"{stack['base']}/v1/admin/rollouts", headers=OPS).status_code == 200
+    assert httpx.get(f"{stack['admin']}/v1/admin/rollouts", headers={"x-api-key": CHECKOUT_KEY}).status_code == 403
+    assert httpx.get(f"{stack['admin']}/v1/admin/rollouts").status_code == 401
+    assert httpx.get(f"{stack['admin']}/v1/admin/rollouts", headers=OPS).status_code == 200
+    assert httpx.get(f"{stack['base']}/v1/admin/rollouts", headers=OPS).status_code == 404  # its own port only
     listed = httpx.get(f"{stack['base']}/v1/models", headers={"x-api-key": CHECKOUT_KEY}).json()["models"]
     assert [m["name"] for m in listed] == ["fraud-detector"]
     assert httpx.get(f"{stack['base']}/healthz").status_code == 200  # probes need no credential
