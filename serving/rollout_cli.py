@@ -19,7 +19,8 @@ from serving.settings import Settings
 def add_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("action", choices=("status", "set", "approve", "promote"))
     sp.add_argument("--model", default=None, help="model name (default: the only model the gateway serves)")
-    sp.add_argument("--url", default=None, help="gateway base URL (default http://<http.host>:<http.port>)")
+    sp.add_argument("--url", default=None, help="gateway base URL (default: this host's gateway, on "
+                                                "admin.port when set, else http.port)")
     sp.add_argument("--canary-weight", type=float, help="set: percent of routing keys for the canary")
     sp.add_argument("--shadow", action="append", default=[], metavar="NAME=SHARE",
                     help="set: percent of requests mirrored to a shadow (repeatable)")
@@ -31,7 +32,7 @@ def add_arguments(sp: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    admin = Admin(args.url or f"http://{settings.http.host}:{settings.http.port}", settings)
+    admin = Admin(args.url or admin_url(settings), settings)
     try:
         model = args.model or _only_model(admin)
         if args.action == "status":
@@ -81,6 +82,14 @@ def promote(args: argparse.Namespace, settings: Settings, admin: Admin, model: s
     except GatewayError as exc:
         print(f"(could not reset the canary weight on the gateway: {exc})", file=sys.stderr)
     return 0
+
+
+def admin_url(settings: Settings) -> str:
+    """Where this host's gateway serves the admin API."""
+    host = settings.admin.host or settings.http.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    scheme = "https" if settings.http.tls_certfile else "http"
+    return f"{scheme}://{host}:{settings.admin.port or settings.http.port}"
 
 
 class GatewayError(Exception):
