@@ -63,7 +63,7 @@ class JwtVerifier:
         except jwt.PyJWTError:
             raise Unauthorized() from None
         algorithm = header.get("alg")
-        if algorithm not in self.algorithms:
+        if not isinstance(algorithm, str) or algorithm not in self.algorithms:  # ["HS256"]: unhashable
             raise Unauthorized()
         key = await self._key(header, algorithm)
         s = self.settings
