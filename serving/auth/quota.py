@@ -136,7 +136,9 @@ class Limiter:
             size = min(buckets.cap, buckets.size * 2)
         else:
             size = max(1, min(buckets.cap, buckets.size - buckets.tokens))
-        buckets.pending = asyncio.get_running_loop().create_future()
+        # admit() may lease while another lease of this bucket is pending (after waiting out
+        # three): each lease resolves its own future, and clears the slot only if still its own.
+        pending = buckets.pending = asyncio.get_running_loop().create_future()
         try:
             granted, retry_ms, full = await self.script(keys=buckets.keys, args=[str(size), *buckets.args])
         except Exception as exc:  # the store down or slow: its policy decides, not a 500
@@ -146,8 +148,9 @@ class Limiter:
             self._store_down()
             return
         finally:
-            buckets.pending.set_result(None)
-            buckets.pending = None
+            pending.set_result(None)
+            if buckets.pending is pending:
+                buckets.pending = None
         granted = int(granted)
         if granted < 1:
             limit = buckets.limits[int(full) - 1] if int(full) >= 1 else "key"
