@@ -84,14 +84,16 @@ class Limiter:
         self.tag = f"{{{prefix}:quota}}"
         self.metrics = metrics
         self.models = models
-        self._buckets: dict[tuple[str, str], _Buckets | None] = {}
+        # by caller, model and the caller's own limit: a key file re-read with a new limit for a
+        # key makes new buckets (the same Redis keys, read with the new interval and burst)
+        self._buckets: dict[tuple[str, str, QuotaRate | None], _Buckets | None] = {}
         self._down_until = 0.0
 
     async def admit(self, principal: Principal, model: str, client_host: str | None) -> None:
         """Take one request from the caller's and the model's buckets, or raise 429 (or 503 when
         the store is down and quotas fail closed)."""
         caller = principal.id if not principal.anonymous else f"addr:{client_host or '-'}"
-        buckets = self._buckets.get((caller, model), False)
+        buckets = self._buckets.get((caller, model, principal.quota), False)
         if buckets is False:
             buckets = self._make(caller, model, principal.quota)
         if buckets is None:
@@ -124,7 +126,7 @@ class Limiter:
             buckets = _Buckets([k for k, _, _ in limits], args, [kind for _, kind, _ in limits], cap)
         if len(self._buckets) >= MAX_LEASES:
             self._buckets.clear()
-        self._buckets[(caller, model)] = buckets
+        self._buckets[(caller, model, own)] = buckets
         return buckets
 
     async def _lease(self, buckets: _Buckets, model: str) -> None:
