@@ -72,6 +72,8 @@ class _Buckets:
     expires: float = 0.0
     size: int = 1
     pending: asyncio.Future | None = field(default=None)
+    refused_until: float = 0.0  # no room before then (monotonic): what a refused lease said
+    refused_limit: str = "key"
 
 
 class Limiter:
@@ -98,13 +100,16 @@ class Limiter:
             buckets = self._make(caller, model, principal.quota)
         if buckets is None:
             return
-        for _ in range(3):
+        while True:  # one lease per bucket in flight: each lease ends (granted, refused or failed)
             if buckets.tokens > 0 and time.monotonic() < buckets.expires:
                 buckets.tokens -= 1
                 return
             if buckets.pending is None:
                 break
             await asyncio.shield(buckets.pending)  # another request of this replica is leasing
+        wait_s = buckets.refused_until - time.monotonic()
+        if wait_s > 0:  # a full bucket gains room only with time, whatever other replicas do
+            raise self._refused(model, wait_s, buckets.refused_limit)
         await self._lease(buckets, model)
 
     def _make(self, caller: str, model: str, own: QuotaRate | None) -> _Buckets | None:
@@ -138,8 +143,7 @@ class Limiter:
             size = min(buckets.cap, buckets.size * 2)
         else:
             size = max(1, min(buckets.cap, buckets.size - buckets.tokens))
-        # admit() may lease while another lease of this bucket is pending (after waiting out
-        # three): each lease resolves its own future, and clears the slot only if still its own.
+        # Each lease resolves the future it made, and clears the slot only if it is still its own.
         pending = buckets.pending = asyncio.get_running_loop().create_future()
         try:
             granted, retry_ms, full = await self.script(keys=buckets.keys, args=[str(size), *buckets.args])
@@ -156,13 +160,18 @@ class Limiter:
         granted = int(granted)
         if granted < 1:
             limit = buckets.limits[int(full) - 1] if int(full) >= 1 else "key"
-            label = model if self.models is None or model in self.models else UNKNOWN_MODEL
-            self.metrics.child(self.metrics.quota_rejected, label, limit).inc()
             buckets.tokens, buckets.expires, buckets.size = 0, 0.0, 1
-            raise QuotaExceeded(int(retry_ms) / 1000.0, limit)
+            buckets.refused_until = time.monotonic() + int(retry_ms) / 1000.0
+            buckets.refused_limit = limit
+            raise self._refused(model, int(retry_ms) / 1000.0, limit)
         buckets.size = granted
         buckets.tokens = granted - 1
         buckets.expires = time.monotonic() + self.settings.lease_s
+
+    def _refused(self, model: str, retry_after_s: float, limit: str) -> QuotaExceeded:
+        label = model if self.models is None or model in self.models else UNKNOWN_MODEL
+        self.metrics.child(self.metrics.quota_rejected, label, limit).inc()
+        return QuotaExceeded(retry_after_s, limit)
 
     def _store_down(self) -> None:
         self.metrics.quota_store_unavailable.inc()
