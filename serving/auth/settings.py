@@ -97,7 +97,7 @@ class QuotaSettings(Section):
     """Each named model's limit over all its callers together."""
     on_store_down: Literal["open", "closed"] = "open"
     """When the quota store cannot answer: ``open`` lets requests through (counted in
-    ``mlgate_quota_store_errors_total``; authentication still holds) so that a limiter outage
+    ``mlgate_quota_store_unavailable_total``; authentication still holds) so that a limiter outage
     is not a serving outage; ``closed`` refuses them with 503 ``quota_unavailable``."""
     redis: RedisSettings | None = None
     """Where the buckets live; None: the feature store's Redis."""
