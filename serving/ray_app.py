@@ -169,7 +169,7 @@ class Gateway:
     def _quota_limiter(self, metrics: GatewayMetrics) -> Limiter | None:
         """Request quotas, in the quota Redis if one is set, else the feature store's."""
         quotas = self._settings.auth.quotas
-        if not quotas.enabled:
+        if not self._settings.auth.quotas_enabled:  # an API key's own limit counts too
             return None
         redis = quotas.redis or self._settings.redis
         client = connect_async(quotas.redis) if quotas.redis is not None else self._store.client

@@ -152,6 +152,12 @@ class AuthSettings(Section):
         """Whether the data plane asks for credentials."""
         return bool(self.api_keys_file or self.api_keys or self.jwt)
 
+    @property
+    def quotas_enabled(self) -> bool:
+        """Whether any request may be rate-limited: a default or per-model limit, or an API key's
+        own (a key file may gain one at any reload)."""
+        return self.quotas.enabled or self.api_keys_file is not None or any(k.quota for k in self.api_keys)
+
 
 def _check_scopes(scopes: tuple[str, ...]) -> tuple[str, ...]:
     import re

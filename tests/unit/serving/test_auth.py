@@ -706,6 +706,18 @@ def test_a_request_without_credentials_is_refused_before_its_body_arrives():
     assert elapsed < 1.0  # body_timeout_s is 5
 
 
+def test_quotas_are_on_when_any_limit_may_apply_a_keys_own_included(tmp_path):
+    """An API key made with ``mlgate keys create --rate`` is limited even when no default limit
+    is configured (the gateway builds its Limiter when this says so)."""
+    key = new_key()
+    assert not AuthSettings().quotas_enabled
+    assert not AuthSettings(api_keys=[entry("svc", key, "predict:*")]).quotas_enabled
+    assert AuthSettings(api_keys=[entry("svc", key, "predict:*", quota={"rate_per_s": 5})]).quotas_enabled
+    assert AuthSettings(api_keys_file=tmp_path / "keys.yaml").quotas_enabled  # may gain one at a reload
+    assert AuthSettings(quotas={"per_key": {"rate_per_s": 5}}).quotas_enabled
+    assert AuthSettings(quotas={"per_model": {"toy": {"rate_per_s": 5}}}).quotas_enabled
+
+
 # -- exposure: no credentials beyond this machine unless told -------------------------------------
 
 def test_check_exposure_refuses_a_public_gateway_without_credentials():
