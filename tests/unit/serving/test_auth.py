@@ -31,7 +31,7 @@ from serving.auth.authenticator import InsecureExposure, check_exposure
 from serving.auth.keys import KeyStore, key_hash, new_key, read_keys, write_keys
 from serving.auth.settings import ApiKey, AuthSettings, JwtSettings
 from serving.auth.tokens import JwtVerifier
-from serving.errors import AuthUnavailable, CredentialsExpired, Unauthorized
+from serving.errors import AuthUnavailable, Unauthorized
 from serving.http.app import build_app
 from serving.http.server import ReplicaServer
 from serving.models import InProcessModel, ModelTable
