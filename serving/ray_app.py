@@ -174,13 +174,14 @@ class Gateway:
                              http.tls_certfile, http.tls_keyfile)
 
     def _quota_limiter(self, metrics: GatewayMetrics) -> Limiter | None:
-        """Request quotas, in the quota Redis if one is set, else the feature store's."""
+        """Request quotas, in the quota Redis if one is set, else the feature store's (own pool)."""
         quotas = self._settings.auth.quotas
-        if not self._settings.auth.limited:
+        if not self._settings.auth.quotas_enabled:  # an API key's own limit counts too
             return None
         redis = quotas.redis or self._settings.redis
-        client = connect_async(quotas.redis) if quotas.redis is not None else self._store.client
-        return Limiter(quotas, client, redis.prefix, metrics, self._models)
+        # a pool of its own: many callers' leases at once must not starve feature reads, nor
+        # feature reads make the quota store look down
+        return Limiter(quotas, connect_async(redis), redis.prefix, metrics, self._models)
 
     def _set_views(self, catalog: Catalog) -> None:
         score_views = catalog.score_views(timedelta(seconds=self._settings.fallback.max_age_s))

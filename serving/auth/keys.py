@@ -73,7 +73,7 @@ class KeyStore:
 
     def __init__(self, inline: tuple[ApiKey, ...], path: Path | None, reload_s: float = 5.0) -> None:
         self.inline, self.path, self.reload_s = inline, path, reload_s
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
         self._checked = 0.0
         self._by_hash: dict[str, Principal] = {}
         self._load(read_keys(path) if path is not None else [])
@@ -104,12 +104,16 @@ class KeyStore:
         self._load(keys)
         log.info("API keys reloaded from %s: %d keys", self.path, len(self._by_hash))
 
-    def _file_stamp(self) -> tuple[int, int] | None:
+    def _file_stamp(self) -> tuple[int, ...] | None:
+        """What tells a changed file: its modification time and size alone miss a key rotated in
+        place (same size) by a tool that keeps modification times, or within the file system's
+        timestamp granularity; a replaced file (write_keys, a Kubernetes Secret's symlink swap)
+        has a new inode, and any write a new ctime, which no tool can set back."""
         try:
             st = os.stat(self.path)
         except OSError:
             return None
-        return st.st_mtime_ns, st.st_size
+        return st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size
 
     def _load(self, from_file: list[ApiKey]) -> None:
         by_hash = {}

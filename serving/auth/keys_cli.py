@@ -52,6 +52,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if any(k.id == args.id for k in keys):
         raise UsageError(f"a key with id {args.id!r} exists in {path}: revoke it first to replace it")
+    if args.burst is not None and args.rate is None:
+        raise UsageError("--burst needs --rate")
     key = new_key()
     quota = {"rate_per_s": args.rate, "burst": args.burst} if args.rate is not None else None
     try:

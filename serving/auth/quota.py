@@ -72,6 +72,8 @@ class _Buckets:
     expires: float = 0.0
     size: int = 1
     pending: asyncio.Future | None = field(default=None)
+    refused_until: float = 0.0  # no room before then (monotonic): what a refused lease said
+    refused_limit: str = "key"
 
 
 class Limiter:
@@ -84,26 +86,31 @@ class Limiter:
         self.tag = f"{{{prefix}:quota}}"
         self.metrics = metrics
         self.models = models
-        self._buckets: dict[tuple[str, str], _Buckets | None] = {}
+        # by caller, model and the caller's own limit: a key file re-read with a new limit for a
+        # key makes new buckets (the same Redis keys, read with the new interval and burst)
+        self._buckets: dict[tuple[str, str, QuotaRate | None], _Buckets | None] = {}
         self._down_until = 0.0
 
     async def admit(self, principal: Principal, model: str, client_host: str | None) -> None:
         """Take one request from the caller's and the model's buckets, or raise 429 (or 503 when
         the store is down and quotas fail closed)."""
         caller = principal.id if not principal.anonymous else f"addr:{client_host or '-'}"
-        buckets = self._buckets.get((caller, model), False)
+        buckets = self._buckets.get((caller, model, principal.quota), False)
         if buckets is False:
             buckets = self._make(caller, model, principal.quota)
         if buckets is None:
             return
-        while True:
+        while True:  # one lease per bucket in flight: each lease ends (granted, refused or failed)
             if buckets.tokens > 0 and time.monotonic() < buckets.expires:
                 buckets.tokens -= 1
                 return
             if buckets.pending is None:
                 break
             await asyncio.shield(buckets.pending)  # another request of this replica is leasing
-        await self._lease(buckets, model)  # sets pending before it awaits: one lease at a time
+        wait_s = buckets.refused_until - time.monotonic()
+        if wait_s > 0:  # a full bucket gains room only with time, whatever other replicas do
+            raise self._refused(model, wait_s, buckets.refused_limit)
+        await self._lease(buckets, model)
 
     def _make(self, caller: str, model: str, own: QuotaRate | None) -> _Buckets | None:
         limits: list[tuple[str, str, QuotaRate]] = []
@@ -124,7 +131,7 @@ class Limiter:
             buckets = _Buckets([k for k, _, _ in limits], args, [kind for _, kind, _ in limits], cap)
         if len(self._buckets) >= MAX_LEASES:
             self._buckets.clear()
-        self._buckets[(caller, model)] = buckets
+        self._buckets[(caller, model, own)] = buckets
         return buckets
 
     async def _lease(self, buckets: _Buckets, model: str) -> None:
@@ -136,6 +143,7 @@ class Limiter:
             size = min(buckets.cap, buckets.size * 2)
         else:
             size = max(1, min(buckets.cap, buckets.size - buckets.tokens))
+        # Each lease resolves the future it made, and clears the slot only if it is still its own.
         pending = buckets.pending = asyncio.get_running_loop().create_future()
         try:
             granted, retry_ms, full = await self.script(keys=buckets.keys, args=[str(size), *buckets.args])
@@ -147,17 +155,23 @@ class Limiter:
             return
         finally:
             pending.set_result(None)
-            buckets.pending = None
+            if buckets.pending is pending:
+                buckets.pending = None
         granted = int(granted)
         if granted < 1:
             limit = buckets.limits[int(full) - 1] if int(full) >= 1 else "key"
-            label = model if self.models is None or model in self.models else UNKNOWN_MODEL
-            self.metrics.child(self.metrics.quota_rejected, label, limit).inc()
             buckets.tokens, buckets.expires, buckets.size = 0, 0.0, 1
-            raise QuotaExceeded(int(retry_ms) / 1000.0, limit)
+            buckets.refused_until = time.monotonic() + int(retry_ms) / 1000.0
+            buckets.refused_limit = limit
+            raise self._refused(model, int(retry_ms) / 1000.0, limit)
         buckets.size = granted
         buckets.tokens = granted - 1
         buckets.expires = time.monotonic() + self.settings.lease_s
+
+    def _refused(self, model: str, retry_after_s: float, limit: str) -> QuotaExceeded:
+        label = model if self.models is None or model in self.models else UNKNOWN_MODEL
+        self.metrics.child(self.metrics.quota_rejected, label, limit).inc()
+        return QuotaExceeded(retry_after_s, limit)
 
     def _store_down(self) -> None:
         self.metrics.quota_store_unavailable.inc()

@@ -53,7 +53,9 @@ class JwtSettings(Section):
 
     jwks_url: str | None = None
     """The provider's JWKS document (``https://.../.well-known/jwks.json``): keys by ``kid``,
-    fetched at start and again for an unknown ``kid`` (at most every ``jwks_min_refresh_s``)."""
+    fetched on first use, every ``jwks_refresh_s`` after (in the background: a key the provider
+    retired stops verifying tokens), and for an unknown ``kid`` (at most every
+    ``jwks_min_refresh_s``)."""
     key: SecretStr | None = None
     """A static verification key instead: a PEM public key, or the shared secret of HS256."""
     algorithms: tuple[str, ...] = ("RS256", "ES256")
@@ -68,10 +70,13 @@ class JwtSettings(Section):
     """Claim holding the caller's scopes: a space-separated string (OAuth ``scope``) or a list
     (``scp``, ``roles``, ``groups``)."""
     scope_map: dict[str, tuple[str, ...]] = {}
-    """Claim values mapped to mlgate scopes (``{"risk-team": ["predict:risk-model"]}``);
-    a value not in the map counts as itself when it is an mlgate scope, else it is ignored."""
+    """Claim values mapped to mlgate scopes (``{"risk-team": ["predict:risk-model"]}``). With a
+    map, only the values it maps grant scopes (a provider group that happens to be called
+    ``admin`` grants nothing); without one, values that are mlgate scopes count as themselves."""
     leeway_s: float = Field(30.0, ge=0)
     """Clock skew allowed on ``exp`` and ``nbf``."""
+    jwks_refresh_s: float = Field(300.0, gt=0)
+    """How often the JWKS is fetched again while tokens come in."""
     jwks_min_refresh_s: float = Field(30.0, gt=0)
     """Least time between two JWKS fetches: tokens naming unknown keys cannot make the gateway
     hammer the provider."""
@@ -97,7 +102,7 @@ class QuotaSettings(Section):
     """Each named model's limit over all its callers together."""
     on_store_down: Literal["open", "closed"] = "open"
     """When the quota store cannot answer: ``open`` lets requests through (counted in
-    ``mlgate_quota_store_errors_total``; authentication still holds) so that a limiter outage
+    ``mlgate_quota_store_unavailable_total``; authentication still holds) so that a limiter outage
     is not a serving outage; ``closed`` refuses them with 503 ``quota_unavailable``."""
     redis: RedisSettings | None = None
     """Where the buckets live; None: the feature store's Redis."""
@@ -153,10 +158,10 @@ class AuthSettings(Section):
         return bool(self.api_keys_file or self.api_keys or self.jwt)
 
     @property
-    def limited(self) -> bool:
-        """Whether any request may meet a quota: a default or model limit, or keys (whose own
-        limits the key file may set at any time)."""
-        return self.quotas.enabled or bool(self.api_keys_file) or any(k.quota for k in self.api_keys)
+    def quotas_enabled(self) -> bool:
+        """Whether any request may be rate-limited: a default or per-model limit, or an API key's
+        own (a key file may gain one at any reload)."""
+        return self.quotas.enabled or self.api_keys_file is not None or any(k.quota for k in self.api_keys)
 
 
 def _check_scopes(scopes: tuple[str, ...]) -> tuple[str, ...]:

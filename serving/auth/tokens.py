@@ -36,6 +36,7 @@ class JwtVerifier:
         self._fetched_at = float("-inf")
         self._fetch_failed = False
         self._fetching: asyncio.Lock | None = None
+        self._background: asyncio.Task | None = None
         self._cache: dict[str, tuple[Principal, float]] = {}
         if settings.key is not None:
             secret = settings.key.get_secret_value()
@@ -52,6 +53,8 @@ class JwtVerifier:
 
     async def verify(self, token: str) -> Principal:
         cached = self._cache.get(token)
+        if self.settings.jwks_url and time.monotonic() - self._fetched_at >= self.settings.jwks_refresh_s:
+            self._refresh_soon()  # keys the provider retired stop verifying tokens
         if cached is not None:
             principal, expires = cached
             if time.time() < expires + self.settings.leeway_s:
@@ -63,7 +66,7 @@ class JwtVerifier:
         except jwt.PyJWTError:
             raise Unauthorized() from None
         algorithm = header.get("alg")
-        if algorithm not in self.algorithms:
+        if not isinstance(algorithm, str) or algorithm not in self.algorithms:  # ["HS256"]: unhashable
             raise Unauthorized()
         key = await self._key(header, algorithm)
         s = self.settings
@@ -96,7 +99,7 @@ class JwtVerifier:
                 continue
             if value in s.scope_map:
                 scopes.update(s.scope_map[value])
-            elif _SCOPE.match(value):
+            elif not s.scope_map and _SCOPE.match(value):  # with a map, only what it maps counts
                 scopes.add(value)
         return Principal(f"jwt:{subject[:128]}", "jwt", frozenset(scopes))
 
@@ -118,6 +121,11 @@ class JwtVerifier:
             raise Unauthorized()
         return found.key
 
+    def _refresh_soon(self) -> None:
+        """Re-fetch the JWKS in the background (requests go on with the keys held)."""
+        if self._background is None or self._background.done():
+            self._background = asyncio.get_running_loop().create_task(self._refresh(force=True))
+
     async def _refresh(self, force: bool = False) -> None:
         """Fetch the JWKS, unless it was fetched less than ``jwks_min_refresh_s`` ago."""
         if self._fetching is None:
@@ -138,5 +146,8 @@ class JwtVerifier:
                 log.warning("could not fetch the JWKS from %s: %s", self.settings.jwks_url, type(exc).__name__)
                 return
             self._fetch_failed = False
-            self._jwks = {k.key_id: k for k in keys.keys if k.key_id}
+            fresh = {k.key_id: k for k in keys.keys if k.key_id}
+            if set(fresh) != set(self._jwks):
+                self._cache.clear()  # tokens of a retired key are checked again (and refused)
+            self._jwks = fresh
             log.info("JWKS: %d keys from %s", len(self._jwks), self.settings.jwks_url)
