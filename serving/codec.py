@@ -296,7 +296,8 @@ def _column(values: list[Any], name: str, dtype: str, required: bool) -> np.ndar
         if fractional.any():
             raise InvalidFeatureType(f"instances[{int(np.argmax(fractional))}].{name}: expected an integer")
         limits = np.iinfo(NUMPY_DTYPES[dtype])
-        outside = (column < limits.min) | (column > limits.max)
+        # float(2**63 - 1) rounds up to 2**63: compare against the first value past the range
+        outside = (column < limits.min) | (column >= float(limits.max) + 1)
         if outside.any():
             raise NonFiniteValue(f"instances[{int(np.argmax(outside))}].{name}: out of range for a {dtype} input")
         if np.isnan(column).any():  # an allowed null: integers cannot hold it
