@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 
 import httpx
@@ -19,7 +18,7 @@ from observability.metrics import GatewayMetrics
 from serving import cli, routing
 from serving.auth.authenticator import InsecureExposure, check_exposure
 from serving.auth.keys import key_hash, new_key
-from serving.auth.settings import ApiKey, AuthSettings
+from serving.auth.settings import AuthSettings
 from serving.http.app import build_app
 from serving.http.server import ReplicaServer
 from serving.models import InProcessModel, ModelTable
@@ -28,22 +27,10 @@ from serving.rollout import Rollouts
 from serving.settings import Settings
 from tests.unit.conftest import ToyRuntime, make_spec
 from tests.unit.serving.test_replica_server import free_port
-from tests.unit.serving.test_auth import AUDIENCE, ISSUER, SECRET, claims, forged, hs256
+from tests.unit.serving.test_auth import (AUDIENCE, ISSUER, SECRET, claims, clean_env,  # noqa: F401 (autouse)
+                                          entry, forged, hs256)
 
 ROW = {"amount": 250.0, "count": 3, "is_online": True, "score": 0.5}
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    """Each test sees only its own settings, whatever MLGATE_* the shell exported."""
-    for name in list(os.environ):
-        if name.startswith("MLGATE_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("MLGATE_STATE_DIR", str(tmp_path / "state"))
-
-
-def entry(key_id: str, key: str, *scopes: str, **extra) -> ApiKey:
-    return ApiKey(id=key_id, sha256=key_hash(key), scopes=scopes, **extra)
 
 
 # -- the HTTP app: who may do what ----------------------------------------------------------------
