@@ -118,6 +118,10 @@ class GatewayMetrics:
         self.feature_store_errors = Counter(
             "mlgate_feature_store_errors", "Failed online-store calls by reason.", ["reason"], registry=r)
 
+        self.protocol_requests = Counter(
+            "mlgate_protocol_requests", "Predict requests by the protocol they came in (mlgate, v2 REST, "
+            "v2-grpc, mlflow, databricks, v1) and outcome (ok or error code).", ["protocol", "outcome"],
+            registry=r)
         self.quota_rejected = Counter(
             "mlgate_quota_rejected", "Requests refused with 429 by the limit that was full (key: the "
             "caller's, model: the model's over all callers).", ["model", "limit"], registry=r)

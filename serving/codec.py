@@ -39,6 +39,14 @@ _NUMBER = (int, float)
 _MAX_NAMES_SHOWN = 5
 
 
+def is_json_media(content_type: bytes | None) -> bool:
+    """Whether a Content-Type names JSON (``application/json`` or ``*+json``); no header counts."""
+    if content_type is None:
+        return True
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or media.endswith(b"+json")
+
+
 def parse_json(body: bytes) -> Any:
     """Parse a request body; NaN/Infinity literals and too deep nesting get their own errors,
     not 'malformed'.

@@ -68,9 +68,22 @@ class ModelNotFound(MlgateError):
     def __init__(self, name: str) -> None:
         super().__init__(f"no model named {name!r} is served here")
 
+    @classmethod
+    def no_default(cls) -> "ModelNotFound":
+        """No model was named, and the gateway serves several without a default."""
+        error = cls("")
+        error.message = "several models are served: name one in the path, or set protocols.default_model"
+        return error
+
 
 class VariantNotFound(MlgateError):
     status, code = 404, "variant_not_found"
+
+
+class VersionNotServed(MlgateError):
+    """A protocol path named a model version this caller cannot be answered by."""
+
+    status, code = 404, "version_not_found"
 
 
 class Unauthorized(MlgateError):

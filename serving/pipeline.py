@@ -29,7 +29,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from features_online.definitions import REGRESSOR_OUTPUTS, Entity, FeatureView, score_view, scored_entity
+from features_online.definitions import (REGRESSOR_OUTPUTS, Entity, EntityKey, FeatureView, score_view,
+                                         scored_entity)
 from features_online.errors import StoreUnavailable
 from features_online.layout import RowKeys
 from features_online.reader import ViewRead, ViewReader
@@ -52,7 +53,7 @@ from serving.catalog import Catalog, catalog_of
 from serving.models import ModelBackend, ModelTable
 from serving.rollout import Rollouts
 from serving.routing import CANARY, CHAMPION
-from serving.runtime.base import ModelSpec
+from serving.runtime.base import FeatureSpec, ModelSpec
 from serving.settings import Settings
 from serving.shadow import Mirror, ShadowMirror
 
@@ -123,14 +124,26 @@ class Pipeline:
                 self.scores.add_view(view)
         return view
 
+    def inputs_of(self, name: str) -> tuple[tuple[EntityKey, ...], tuple[FeatureSpec, ...] | None]:
+        """What a caller may send ``name``: its entities' key columns, and its request-time inputs
+        (None while no version is loaded: then the keys are those the repository declares)."""
+        backend = self.models.state(name).backend  # ModelNotFound
+        if backend is None:
+            return tuple(k for e in self.catalog.entities.get(name, ()) for k in e.keys), None
+        binding = self.binding(backend.spec)
+        return binding.key_columns, binding.request_spec.inputs
+
     async def predict(self, name: str, body: bytes, request_id: str,
-                      hints: RouteHints = NO_HINTS) -> dict[str, Any]:
+                      hints: RouteHints = NO_HINTS, payload: Any = None) -> dict[str, Any]:
+        """The answer to one request: ``body`` (mlgate's own JSON), or a ``payload`` a protocol
+        codec has already decoded into the same shape."""
         started = time.perf_counter()
         label, version, rows = (name if name in self.models else UNKNOWN_MODEL), "", 0
         variant: str | None = None  # until routed, a failure is no variant's
         try:
             version = self.models.state(name).version or ""  # ModelNotFound: 404 before anything else
-            payload = codec.parse_json(body)
+            if payload is None:
+                payload = codec.parse_json(body)
             deadline = started + codec.timeout_s(payload, self._default_timeout_s)
             if hints.variant and hints.variant not in self.models.variants(name):
                 raise VariantNotFound(f"model {name!r} has no variant {hints.variant!r}")

@@ -321,6 +321,28 @@ class RaySettings(Section):
     deployments talk gRPC (its effect on latency: loadtests/RESULTS.md)."""
 
 
+class GrpcSettings(Section):
+    """The Open Inference Protocol v2 gRPC service of each gateway replica (reuseport ingress)."""
+
+    enabled: bool = False
+    port: int = Field(8001, ge=1, le=65535)
+    host: str | None = None
+    """Address to bind (default: ``http.host``); a non-loopback one needs credentials, as HTTP."""
+    max_message_bytes: int = Field(4 * 1_048_576, gt=0)
+    """Largest request or response message."""
+
+
+class ProtocolSettings(Section):
+    """The protocols besides mlgate's own: OIP v2, MLflow/Databricks invocations, KServe v1."""
+
+    default_model: str | None = None
+    """The model ``/invocations``, ``/ping`` and ``/health`` answer for (MLflow's scoring server
+    serves one model); default: the only model served, if there is one."""
+    max_tensor_elements: int = Field(1_000_000, gt=0)
+    """Most elements of all input tensors of one OIP request."""
+    grpc: GrpcSettings = GrpcSettings()
+
+
 class Settings(StoreSettings):
     """All of mlgate's configuration: the feature store's sections (``state_dir``, ``redis``,
     ``features``, ``spark``, ``log_level``) and the gateway's."""
@@ -347,6 +369,7 @@ class Settings(StoreSettings):
     ids) the canary answers and steer traffic there. Changing it reshuffles who sees the canary."""
     registry: RegistrySettings = RegistrySettings()
     rollout: RolloutSettings = RolloutSettings()
+    protocols: ProtocolSettings = ProtocolSettings()
 
     @field_validator("models")
     @classmethod

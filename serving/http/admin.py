@@ -15,7 +15,8 @@ from starlette.responses import Response
 from serving import schemas
 from serving.auth.authenticator import Authenticator
 from serving.errors import InvalidRequest, UnsupportedMediaType
-from serving.http.errors import is_json_media, json_response
+from serving.codec import is_json_media
+from serving.http.errors import json_response
 from serving.http.openapi import errors
 from serving.rollout import Rollouts
 

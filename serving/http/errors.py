@@ -58,14 +58,6 @@ def render_error(error: MlgateError, rid: str) -> tuple[int, bytes, dict[str, st
     return error.status, body, headers
 
 
-def is_json_media(content_type: bytes | None) -> bool:
-    """Whether a Content-Type names JSON (``application/json`` or ``*+json``); no header counts."""
-    if content_type is None:
-        return True
-    media = content_type.split(b";", 1)[0].strip().lower()
-    return media == b"application/json" or media.endswith(b"+json")
-
-
 def allowed_methods(routes: Iterable[tuple[re.Pattern, set[str]]], scope: dict,
                     given: str | None) -> str:
     """The ``Allow`` header of a 405: every method of the requested path. Starlette's own header

@@ -13,18 +13,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, NamedTuple
 
 import orjson
 from fastapi import FastAPI
 
-from serving.errors import (InternalError, InvalidRequest, MlgateError, Overloaded, PayloadTooLarge,
+from serving.errors import (InternalError, InvalidRequest, MlgateError, ModelNotFound, Overloaded, PayloadTooLarge,
                             RequestTimeout, UnsupportedMediaType)
 from serving.auth.authenticator import Authenticator
 from serving.auth.principal import Principal
 from serving.auth.quota import Limiter
-from serving.http.errors import REQUEST_ID_HEADER, is_json_media, new_request_id, render_error
+from serving.codec import is_json_media
+from serving.http.errors import REQUEST_ID_HEADER, new_request_id, render_error
 from serving.pipeline import Pipeline, RouteHints
+from serving.protocols.base import ModelInputs, ProtocolCodec, pinned_variant
+from serving.protocols.invocations import KServeV1, MlflowInvocations
+from serving.protocols.oip import OipRest
 
 # Set by an authorised caller to force a variant (testing); always set on responses.
 VARIANT_HEADER = "x-mlgate-variant"
@@ -41,10 +45,21 @@ class ClientGone(Exception):
     """The caller disconnected before its body arrived: nobody is left to answer."""
 
 
+class Call(NamedTuple):
+    """A predict call the fast path answers: the model (None: the default model), the protocol
+    codec (None: mlgate's own) and a version the path names."""
+
+    name: str | None
+    codec: ProtocolCodec | None = None
+    version: str | None = None
+
+
 class PredictRoute:
     def __init__(self, pipeline: Pipeline, auth: Authenticator, limiter: Limiter | None = None,
                  echo_request_id: bool = True) -> None:
         self.pipeline = pipeline
+        self.oip = OipRest(pipeline.settings.protocols.max_tensor_elements)
+        self.mlflow, self.databricks, self.kserve = MlflowInvocations(), MlflowInvocations("databricks"), KServeV1()
         self.limit = pipeline.settings.http.max_body_bytes
         self.max_in_flight = pipeline.settings.http.max_in_flight
         self.in_flight = 0
@@ -55,38 +70,66 @@ class PredictRoute:
         self.buffered = 0  # bytes held by bodies still arriving in pieces (read_body)
         self.echo_request_id = echo_request_id
 
-    @staticmethod
-    def model_of(scope: Mapping[str, Any]) -> str | None:
-        """The model name when ``scope`` is a predict call, else None."""
+    def match(self, scope: Mapping[str, Any]) -> Call | None:
+        """The call when ``scope`` is a predict call of any protocol, else None."""
         if scope["type"] != "http" or scope["method"] != "POST":
             return None
         path: str = scope["path"]
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root):]
-        if not (path.startswith(PREFIX) and path.endswith(SUFFIX)):
+        if path.startswith(PREFIX):
+            rest = path[len(PREFIX):]
+            for suffix, codec in ((SUFFIX, None), ("/invocations", self.mlflow), (":predict", self.kserve)):
+                if rest.endswith(suffix):
+                    name = rest[:-len(suffix)]
+                    return Call(name, codec) if name and "/" not in name and ":" not in name else None
             return None
-        name = path[len(PREFIX):-len(SUFFIX)]
-        return name if name and "/" not in name else None
+        if path.startswith("/v2/models/") and path.endswith("/infer"):
+            parts = path[len("/v2/models/"):-len("/infer")].split("/")
+            if len(parts) == 1 and parts[0]:
+                return Call(parts[0], self.oip)
+            if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
+                return Call(parts[0], self.oip, parts[2])
+            return None
+        if path == "/invocations":
+            return Call(None, self.mlflow)
+        if path.startswith("/serving-endpoints/") and path.endswith("/invocations"):
+            name = path[len("/serving-endpoints/"):-len("/invocations")]
+            return Call(name, self.databricks) if name and "/" not in name else None
+        return None
 
-    async def __call__(self, name: str, scope: Mapping[str, Any], receive: Callable[[], Awaitable[dict]],
+    def default_model(self) -> str:
+        """The model ``/invocations`` answers for: ``protocols.default_model``, else the only one."""
+        name = self.pipeline.settings.protocols.default_model
+        if name is not None:
+            return name
+        names = self.pipeline.models.names()
+        if len(names) == 1:
+            return names[0]
+        raise ModelNotFound.no_default()
+
+    async def __call__(self, call: Call, scope: Mapping[str, Any], receive: Callable[[], Awaitable[dict]],
                        send: Callable[[dict], Awaitable[None]]) -> None:
         headers = dict(scope["headers"])
 
         async def body() -> bytes:
-            return await self.read_body(headers, receive)
+            return await self.read_body(headers, receive, call.codec)
 
         client = scope.get("client")
         try:
-            status, content, extra = await self.respond(name, headers, body, client[0] if client else None)
+            status, content, extra = await self.respond(call.name, headers, body, client[0] if client else None,
+                                                        call.codec, call.version)
         except ClientGone:
             return
+        typed = extra if call.codec is not None else [_JSON, *extra]  # a codec names its content type
         await send({"type": "http.response.start", "status": status,
-                    "headers": [_JSON, (b"content-length", str(len(content)).encode()), *extra]})
+                    "headers": [*typed, (b"content-length", str(len(content)).encode())]})
         await send({"type": "http.response.body", "body": content})
 
-    async def respond(self, name: str, headers: Mapping[bytes, bytes], body: Callable[[], Awaitable[bytes]],
-                      client_host: str | None) -> tuple[int, bytes, Headers]:
+    async def respond(self, name: str | None, headers: Mapping[bytes, bytes], body: Callable[[], Awaitable[bytes]],
+                      client_host: str | None, codec: ProtocolCodec | None = None,
+                      version: str | None = None) -> tuple[int, bytes, Headers]:
         """Status, JSON body and extra headers of one predict call (errors included).
 
         Admission before the body is read: the caller's credential (401), its scope for the model
@@ -96,21 +139,27 @@ class PredictRoute:
         rid = new_request_id(headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1"))
         extra: Headers = [(REQUEST_ID_HEADER.encode(), rid.encode())] if self.echo_request_id else []
         try:
+            if name is None:
+                name = self.default_model()
             principal = await self.auth.identify(headers)
             self.auth.require_predict(principal, name)
             if self.limiter is not None:
                 await self.limiter.admit(principal, name, client_host)
             raw = await body()
         except MlgateError as exc:
-            self.pipeline.reject(name, exc, started)
-            return self._error(exc, rid, extra)
+            self.pipeline.reject(name or "", exc, started)
+            self._count(codec, exc.code)
+            return self._error(exc, rid, extra, codec)
         if self.in_flight >= self.max_in_flight:
             refused = Overloaded()
             self.pipeline.reject(name, refused, started)
-            return self._error(refused, rid, extra)
+            return self._error(refused, rid, extra, codec)
         self.in_flight += 1
         try:
-            return await self._respond(name, headers, raw, principal, client_host, rid, extra)
+            if codec is None:
+                return await self._respond(name, headers, raw, principal, client_host, rid, extra)
+            return await self._respond_in(codec, name, version, headers, raw, principal, client_host, rid,
+                                          extra, started)
         finally:
             self.in_flight -= 1
 
@@ -119,18 +168,60 @@ class PredictRoute:
         try:
             result = await self.pipeline.predict(name, raw, rid, self._hints(name, headers, principal, client_host))
         except MlgateError as exc:
+            self._count(None, exc.code)
             return self._error(exc, rid, extra)
         except Exception:
             log.exception("predict route failed", extra={"request_id": rid, "model": name})
+            self._count(None, InternalError.code)
             return self._error(InternalError(), rid, extra)
+        self._count(None, "ok")
         if not principal.trusted:  # which variant answered is what steering traffic needs
             return 200, orjson.dumps(undisclosed(result)), extra
         extra += [(b"x-model-version", result["version"].encode()), (VARIANT_HEADER.encode(), result["variant"].encode())]
         return 200, orjson.dumps(result), extra
 
+    async def _respond_in(self, codec: ProtocolCodec, name: str, version: str | None, headers: Mapping[bytes, bytes],
+                          raw: bytes, principal: Principal, client_host: str | None, rid: str, extra: Headers,
+                          started: float) -> tuple[int, bytes, Headers]:
+        """One call of another protocol: its codec decodes the body into the pipeline's payload
+        and encodes the answer; routing, features, fallbacks and metrics are the pipeline's."""
+        outcome = "ok"
+        try:
+            try:
+                keys, request = self.pipeline.inputs_of(name)
+                decoded = codec.decode(raw, headers, ModelInputs(keys, request), self.pipeline.settings.limits.max_instances)
+                hints = self._hints(name, headers, principal, client_host)
+                if version is not None:
+                    hints = RouteHints(hints.key, pinned_variant(self.pipeline.models, name, version, principal.trusted))
+            except MlgateError as exc:
+                self.pipeline.reject(name, exc, started)
+                raise
+            result = await self.pipeline.predict(name, b"", rid, hints, payload=decoded.payload)
+            content, typed = codec.encode(result, decoded, principal.trusted)
+        except MlgateError as exc:
+            outcome = exc.code
+            return self._error(exc, rid, extra, codec)
+        except Exception:
+            log.exception("%s call failed", codec.name, extra={"request_id": rid, "model": name})
+            outcome = InternalError.code
+            return self._error(InternalError(), rid, extra, codec)
+        finally:
+            self._count(codec, outcome)
+        if principal.trusted:
+            extra += [(b"x-model-version", result["version"].encode()), (VARIANT_HEADER.encode(), result["variant"].encode())]
+        return 200, content, [*typed, *extra]
+
+    def _count(self, codec: ProtocolCodec | None, outcome: str) -> None:
+        metrics = self.pipeline.metrics
+        metrics.child(metrics.protocol_requests, codec.name if codec is not None else "mlgate", outcome).inc()
+
     @staticmethod
-    def _error(exc: MlgateError, rid: str, extra: Headers) -> tuple[int, bytes, Headers]:
+    def _error(exc: MlgateError, rid: str, extra: Headers, codec: ProtocolCodec | None = None
+               ) -> tuple[int, bytes, Headers]:
         status, body, headers = render_error(exc, rid)
+        if codec is not None:  # the protocol's error shape, with the same status, code and headers
+            body = codec.error(exc, rid)
+            extra = [(b"content-type", b"application/json"), *extra]
         extra = extra + [(k.encode(), v.encode()) for k, v in headers.items()]
         if isinstance(exc, RequestTimeout):  # the rest of the body may still come: drop the connection
             extra.append(_CLOSE)
@@ -148,9 +239,11 @@ class PredictRoute:
         key = headers.get(self.pipeline.rollouts.key_header(name).lower().encode())
         return RouteHints(key.decode("latin-1") if key is not None else None, forced or None)
 
-    async def read_body(self, headers: Mapping[bytes, bytes], receive: Callable[[], Awaitable[dict]]) -> bytes:
-        """The body, refusing non-JSON media types and bodies over the limit (declared or sent)."""
-        if not is_json_media(headers.get(b"content-type")):
+    async def read_body(self, headers: Mapping[bytes, bytes], receive: Callable[[], Awaitable[dict]],
+                        codec: ProtocolCodec | None = None) -> bytes:
+        """The body, refusing media types the protocol does not read (mlgate's own: JSON) and
+        bodies over the limit (declared or sent)."""
+        if not (codec.accepts(headers) if codec is not None else is_json_media(headers.get(b"content-type"))):
             raise UnsupportedMediaType()
         declared = headers.get(b"content-length")
         if declared is not None:
@@ -208,10 +301,10 @@ class GatewayApp(FastAPI):
 
     async def __call__(self, scope, receive, send) -> None:
         route = self.predict_route
-        name = route.model_of(scope) if route is not None else None
-        if name is None:
+        call = route.match(scope) if route is not None else None
+        if call is None:
             await super().__call__(scope, receive, send)
             return
         if "app" not in scope:
             scope["app"] = self
-        await route(name, scope, receive, send)
+        await route(call, scope, receive, send)
