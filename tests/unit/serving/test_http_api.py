@@ -287,7 +287,10 @@ def test_the_fast_path_takes_exactly_the_predict_route(method, path, root, expec
     from serving.http.predict_route import PredictRoute
 
     scope = {"type": "http", "method": method, "path": path, "root_path": root}
-    assert PredictRoute.model_of(scope) == expected
+    route = PredictRoute.__new__(PredictRoute)  # match() needs no pipeline
+    route.oip = route.mlflow = route.databricks = route.kserve = object()
+    call = route.match(scope)
+    assert (call.name if call is not None and call.codec is None else None) == expected
 
 
 def test_the_fastapi_predict_route_answers_like_the_fast_path():
