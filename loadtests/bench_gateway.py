@@ -18,6 +18,10 @@ One machine, the same registered model and features, one system at a time, each 
              of checking them, with the replicas' leases)
   mlgate-auth-nolease  the same with leases off (`auth.quotas.lease_max: 1`): one quota round
              trip to Redis per request
+  mlgate-v2  the same as mlgate, called over the Open Inference Protocol v2 REST
+             (`POST /v2/models/{m}/infer`, JSON tensors): a `customer_id` INT64 tensor (the
+             entity key: the stored features are read as for mlgate) and one tensor per
+             request-time input
   floor      loadtests/floor_app.py: uvicorn + FastAPI (1 worker), one HMGET, one onnxruntime call
   mlflow     `mlflow models serve --env-manager local`: all 21 features in the request
   ray-naive  loadtests/naive_serve.py: mlflow.pyfunc on Ray Serve behind its default HTTP proxy
@@ -241,12 +245,25 @@ def stage_totals(port: int) -> dict[str, list[float]]:
     return totals
 
 
+def oip_body(keyed: dict) -> dict:
+    """An entity-keyed predict body as an OIP v2 infer request: one tensor per column."""
+    (entity,), features = keyed["entities"], keyed["features"]
+    columns = {**entity, **features}
+    return {"inputs": [{"name": name, "datatype": "INT64" if type(v) is int else "FP64", "shape": [1], "data": [v]}
+                       for name, v in columns.items()]}
+
+
 def probabilities(port: int, path: str, items: list[dict], headers: str = "") -> list[float]:
     out = []
     for item in items:
         status, raw = call(port, http("POST", port, path, json.dumps(item).encode(), headers))
         assert status == 200, raw[:300]
-        out.append(round(json.loads(raw)["predictions"][0]["probability"], 5))
+        answer = json.loads(raw)
+        if "outputs" in answer:  # OIP v2
+            value = next(o["data"][0] for o in answer["outputs"] if o["name"] == "probability")
+        else:
+            value = answer["predictions"][0]["probability"]
+        out.append(round(value, 5))
     return out
 
 
@@ -271,6 +288,7 @@ def starters(state: Path, settings, redis_url: str, onnx_file: str, inputs, mode
     }
     return systems | {name: (*system, "") for name, system in {
         "mlgate": (PREDICT, "keyed", lambda port: mlgate_system(state, port)),
+        "mlgate-v2": (f"/v2/models/{MODEL}/infer", "oip", lambda port: mlgate_system(state, port)),
         "mlgate-1": (PREDICT, "keyed", lambda port: mlgate_system(state, port, "reuseport", 1)),
         "mlgate-direct": (PREDICT, "keyed", lambda port: mlgate_system(state, port, "direct")),
         "mlgate-haproxy": (PREDICT, "keyed", lambda port: mlgate_system(state, port, "haproxy")),
@@ -340,6 +358,7 @@ def main() -> None:
         prepare(settings, dict(os.environ), args.customers, state / "bench-logs" / "prepare.log")
         version, onnx_file, inputs = model_files(settings)
         items = dict(zip(("keyed", "full"), bodies(redis_url, inputs, args.customers, args.requests, seed=42)))
+        items["oip"] = [oip_body(b) for b in items["keyed"]]
         print(f"model {MODEL} v{version}: {len(inputs)} inputs; {args.requests} request bodies", flush=True)
         systems = starters(state, settings, redis_url, onnx_file, inputs, f"models:/{MODEL}/{version}",
                            items["full"][0])
@@ -358,7 +377,7 @@ def main() -> None:
                                  f"({residual:.2f} cores busy before the load)")
                     print(notes[-1], flush=True)
                     raw = [http("POST", port, path, json.dumps(b).encode(), headers) for b in items[kind]]
-                    watched = roots + ([redis_proc.pid] if kind == "keyed" else [])
+                    watched = roots + ([redis_proc.pid] if kind != "full" else [])
                     for c in levels:
                         before = stage_totals(port) if name == "mlgate" else None
                         r = results[(name, c)] = asyncio.run(load(port, raw, c, args.warmup, args.duration, watched))
@@ -407,6 +426,9 @@ def report(results, levels, notes, began, ended, state: Path) -> None:
         print(f"- {ours} req/s / floor req/s at c={hi}: {ratio(ours, 'floor', hi, 'rps'):.2f}x (target: at least 0.7x)")
         print(f"- {ours} req/s / mlflow models serve req/s at c={hi}: {ratio(ours, 'mlflow', hi, 'rps'):.2f}x "
               "(target: at least 3x)")
+    if ("mlgate-v2", lo) in results and ("mlgate", lo) in results:
+        print(f"- mlgate-v2 (OIP REST) p50 / mlgate p50 at c={lo}: {ratio('mlgate-v2', 'mlgate', lo, 'p50'):.2f}x "
+              f"(target: at most 1.2x); req/s at c={hi}: {ratio('mlgate-v2', 'mlgate', hi, 'rps'):.2f}x")
     for secured in ("mlgate-auth", "mlgate-auth-nolease"):
         if (secured, hi) in results and ("mlgate", hi) in results:
             print(f"- {secured} req/s / mlgate req/s at c={hi}: {ratio(secured, 'mlgate', hi, 'rps'):.2f}x "

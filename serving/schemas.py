@@ -121,6 +121,25 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class ProtocolErrorResponse(BaseModel):
+    """An error of the Open Inference Protocol v2 and KServe v1 routes: their protocols' shape
+    (``error``, a message) with mlgate's stable ``code`` beside it."""
+
+    error: str
+    code: str
+    request_id: str
+
+
+class MlflowErrorResponse(BaseModel):
+    """An error of the MLflow and Databricks invocation routes: MLflow's shape (``error_code``,
+    ``message``) with mlgate's stable ``code`` beside it."""
+
+    error_code: str
+    message: str
+    code: str
+    request_id: str
+
+
 class FeatureSchema(BaseModel):
     name: str
     type: Literal["double", "float", "long", "integer", "boolean"]

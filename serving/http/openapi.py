@@ -37,11 +37,11 @@ RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying."
                                "schema": {"type": "integer", "minimum": 0}}}
 
 
-def errors(*statuses: int, **texts: str) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` entries with the ErrorResponse body; ``texts`` (``s404="..."``) replace the
-    generic description of a status where a route means something narrower. Every 429 and 503
-    here is retryable and says when, in Retry-After."""
-    return {status: {"model": schemas.ErrorResponse,
+def errors(*statuses: int, model: type = schemas.ErrorResponse, **texts: str) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` entries with the ErrorResponse body (``model``: another protocol's error
+    body); ``texts`` (``s404="..."``) replace the generic description of a status where a route
+    means something narrower. Every 429 and 503 here is retryable and says when, in Retry-After."""
+    return {status: {"model": model,
                      "description": texts.get(f"s{status}", ERROR_TEXT[status]),
                      **({"headers": RETRY_AFTER} if status in (429, 503) else {})} for status in statuses}
 

@@ -16,6 +16,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import PlainTextResponse, Response
 
+from serving import schemas
 from serving.auth.authenticator import Authenticator
 from serving.errors import MlgateError
 from serving.http.errors import render_error, request_id
@@ -30,7 +31,12 @@ _BODY = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 _CSV_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}}}}
-_PREDICT_ERRORS = errors(400, 401, 403, 404, 408, 413, 415, 422, 429, 503, 504)
+_STATUSES = (400, 401, 403, 404, 408, 413, 415, 422, 429, 500, 503, 504)
+_OIP_ERRORS = errors(*_STATUSES, model=schemas.ProtocolErrorResponse)
+_MLFLOW_ERRORS = errors(*_STATUSES, model=schemas.MlflowErrorResponse)
+_OIP_META_ERRORS = errors(401, 403, 404, 503, model=schemas.ProtocolErrorResponse)
+_OIP_READY = {**errors(401, 403, 404, model=schemas.ProtocolErrorResponse),
+              503: {"description": "Not loaded: the body says ready false"}}
 
 
 def mlgate_version() -> str:
@@ -72,7 +78,7 @@ def protocol_router(route: PredictRoute, auth: Authenticator) -> APIRouter:
     async def live() -> Response:
         return json({"live": True})
 
-    @router.get("/v2/health/ready", tags=["v2"], responses={503: {}})
+    @router.get("/v2/health/ready", tags=["v2"], responses={503: {"description": "Not every model is loaded"}})
     async def ready() -> Response:
         """Ready when every configured model's champion is loaded (as /readyz)."""
         is_ready, _ = pipeline.models.readiness()
@@ -93,51 +99,51 @@ def protocol_router(route: PredictRoute, auth: Authenticator) -> APIRouter:
             return json({"name": name, "ready": is_ready}, 200 if is_ready else 503)
         return await oip(request, work)
 
-    @router.get("/v2/models/{name}", tags=["v2"], responses=errors(401, 403, 404, 503))
+    @router.get("/v2/models/{name}", tags=["v2"], responses=_OIP_META_ERRORS)
     async def model_metadata(name: str, request: Request) -> Response:
         """Inputs (the entity keys and request-time inputs) and outputs, with datatype and shape."""
         return await metadata(request, name, None)
 
-    @router.get("/v2/models/{name}/versions/{version}", tags=["v2"], responses=errors(401, 403, 404, 503))
+    @router.get("/v2/models/{name}/versions/{version}", tags=["v2"], responses=_OIP_META_ERRORS)
     async def version_metadata(name: str, version: str, request: Request) -> Response:
         return await metadata(request, name, version)
 
-    @router.get("/v2/models/{name}/ready", tags=["v2"], responses=errors(401, 403, 404, 503))
+    @router.get("/v2/models/{name}/ready", tags=["v2"], responses=_OIP_READY)
     async def is_model_ready(name: str, request: Request) -> Response:
         return await model_ready(request, name, None)
 
-    @router.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"], responses=errors(401, 403, 404, 503))
+    @router.get("/v2/models/{name}/versions/{version}/ready", tags=["v2"], responses=_OIP_READY)
     async def is_version_ready(name: str, version: str, request: Request) -> Response:
         return await model_ready(request, name, version)
 
-    @router.post("/v2/models/{name}/infer", tags=["v2"], responses=_PREDICT_ERRORS, openapi_extra=_BODY)
+    @router.post("/v2/models/{name}/infer", tags=["v2"], responses=_OIP_ERRORS, openapi_extra=_BODY)
     async def infer(name: str, request: Request) -> Response:
         """OIP v2 inference: one tensor per input column (or one 2-D tensor), JSON or binary."""
         return await answer(request, route.oip, name)
 
-    @router.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"], responses=_PREDICT_ERRORS,
+    @router.post("/v2/models/{name}/versions/{version}/infer", tags=["v2"], responses=_OIP_ERRORS,
                  openapi_extra=_BODY)
     async def infer_version(name: str, version: str, request: Request) -> Response:
         return await answer(request, route.oip, name, version)
 
-    @router.post("/v1/models/{name}/invocations", tags=["mlflow"], responses=_PREDICT_ERRORS,
+    @router.post("/v1/models/{name}/invocations", tags=["mlflow"], responses=_MLFLOW_ERRORS,
                  openapi_extra=_CSV_BODY)
     async def invocations(name: str, request: Request) -> Response:
         """MLflow's scoring protocol: dataframe_split, dataframe_records, instances, inputs or CSV."""
         return await answer(request, route.mlflow, name)
 
-    @router.post("/invocations", tags=["mlflow"], responses=_PREDICT_ERRORS, openapi_extra=_CSV_BODY)
+    @router.post("/invocations", tags=["mlflow"], responses=_MLFLOW_ERRORS, openapi_extra=_CSV_BODY)
     async def default_invocations(request: Request) -> Response:
         """MLflow's scoring protocol for the default model (protocols.default_model)."""
         return await answer(request, route.mlflow, None)
 
-    @router.post("/serving-endpoints/{name}/invocations", tags=["databricks"], responses=_PREDICT_ERRORS,
+    @router.post("/serving-endpoints/{name}/invocations", tags=["databricks"], responses=_MLFLOW_ERRORS,
                  openapi_extra=_CSV_BODY)
     async def serving_endpoint(name: str, request: Request) -> Response:
         """Databricks Model Serving's path, with MLflow's payloads."""
         return await answer(request, route.databricks, name)
 
-    @router.post("/v1/models/{name}:predict", tags=["kserve-v1"], responses=_PREDICT_ERRORS,
+    @router.post("/v1/models/{name}:predict", tags=["kserve-v1"], responses=_OIP_ERRORS,
                  openapi_extra=_BODY)
     async def kserve_predict(name: str, request: Request) -> Response:
         """KServe's v1 protocol: {"instances": [...]} in, {"predictions": [...]} out."""

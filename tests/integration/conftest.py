@@ -289,3 +289,37 @@ def gateway_env(state: Path, redis_url: str, **extra: str) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": "",
         **extra,
     }
+
+
+@pytest.fixture(scope="session")
+def demo_redis(tmp_path_factory):
+    """The demo gateway's own Redis, over TLS and password-protected: the secret and the CA must
+    reach every process (the CLI's Spark jobs, the gateway's replicas)."""
+    from tests.integration.demo_gateway import REDIS_PASSWORD
+
+    server = RedisServer(tmp_path_factory.mktemp("redis-auth"), password=REDIS_PASSWORD, tls=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+_DEMO: list = []  # the running demo gateway, for the hook below
+
+
+@pytest.fixture(scope="session")
+def demo_gateway(tmp_path_factory, demo_redis, spark):
+    """The shared demo gateway (tests/integration/demo_gateway.py)."""
+    from tests.integration.demo_gateway import DemoGateway
+
+    gateway = DemoGateway(tmp_path_factory.mktemp("demo-state"), demo_redis, spark)
+    _DEMO.append(gateway)
+    yield gateway
+    gateway.stop()
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the demo gateway after the last test that uses it (tests run file by file, and its
+    users are consecutive), not at the session's end: the modules after it start Ray of their own."""
+    if _DEMO and "demo_gateway" in item.fixturenames and (
+            nextitem is None or "demo_gateway" not in nextitem.fixturenames):
+        _DEMO.pop().stop()

@@ -23,73 +23,23 @@ from examples.fraud.train import FEATURE_NAMES, REQUEST_NAMES
 from serving import codec
 from serving.runtime.loader import load_model
 from serving.settings import ModelSettings, Settings
-from tests.integration.conftest import DEMO_COURIERS, DEMO_CUSTOMERS, RedisServer, apply_examples, gateway_env, run_cli
+from tests.integration.conftest import DEMO_COURIERS, DEMO_CUSTOMERS, apply_examples, run_cli
+from tests.integration.demo_gateway import ADMIN_TOKEN, MODEL, PYFUNC, REDIS_PASSWORD
 
 pytestmark = pytest.mark.integration
 
-MODEL = "fraud-detector"
-PYFUNC = "fraud-pyfunc"
 DELIVERY = "delivery-eta"
-REDIS_PASSWORD = "redis-secret-4a1f"
-ADMIN_TOKEN = "admin-secret-0b7e-2c9d"
-
-
-def register_sklearn_model(settings: Settings, table: pd.DataFrame) -> None:
-    """A non-ONNX model (sklearn flavour) registered as fraud-pyfunc@champion."""
-    import mlflow
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
-    from sklearn.linear_model import LogisticRegression
-
-    x = table[FEATURE_NAMES]
-    model = LogisticRegression(max_iter=500).fit(x, table["label"])
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
-    experiment = client.create_experiment("gateway-tests", artifact_location=settings.artifact_root)
-    with mlflow.start_run(experiment_id=experiment):
-        mlflow.sklearn.log_model(model, name="model", signature=infer_signature(x, model.predict(x)),
-                                 input_example=x.head(3), registered_model_name=PYFUNC)
-    client.set_registered_model_alias(PYFUNC, "champion", "1")
 
 
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    """This module's own Redis, over TLS and password-protected: the secret and the CA must reach
-    every process (the CLI's Spark jobs, the gateway's replicas)."""
-    server = RedisServer(tmp_path_factory.mktemp("redis-auth"), password=REDIS_PASSWORD, tls=True)
-    server.start()
-    yield server
-    server.stop()
+def gateway(demo_gateway):
+    """The session's demo gateway (tests/integration/demo_gateway.py), shared with the protocol tests."""
+    return demo_gateway
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory, redis_server, spark):
-    """`mlgate data`, then `mlgate demo --detach` (features built and synced to a private Redis,
-    champion trained, gateway up) on free ports; `mlgate stop` after."""
-    state = tmp_path_factory.mktemp("demo-state")
-    redis_url = redis_server.url
-    env = gateway_env(state, redis_url, MLGATE_LIMITS__DEADLINE_MS="1000",
-                      MLGATE_REDIS__PASSWORD=REDIS_PASSWORD, MLGATE_ADMIN__TOKEN=ADMIN_TOKEN,
-                      MLGATE_FEATURES__ON_MISSING="default",  # the fallback policy has its own tests
-                      MLGATE_MODELS=json.dumps([{"name": MODEL}, {"name": PYFUNC, "placement": "deployment",
-                                                                     "allow_pyfunc": True}]))
-    port = int(env["MLGATE_HTTP__PORT"])
-    small = ["--customers", str(DEMO_CUSTOMERS), "--couriers", str(DEMO_COURIERS)]
-    done = run_cli(["data", *small], env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    settings = Settings(state_dir=state, mlflow_tracking_uri=None,
-                        redis={"url": redis_url, "password": REDIS_PASSWORD})
-    table = training_data(settings, spark)
-    register_sklearn_model(settings, table)
-    demo = run_cli(["demo", "--detach", *small], env)
-    if demo.returncode != 0:
-        log = state / "logs" / "gateway.log"
-        pytest.fail(f"demo failed:\n{demo.stdout[-2000:]}\n{demo.stderr[-2000:]}\n"
-                    f"{log.read_text()[-4000:] if log.exists() else ''}")
-    base = f"http://127.0.0.1:{port}"
-    yield {"base": base, "settings": settings, "table": table, "demo_stdout": demo.stdout, "env": env}
-    run_cli(["stop"], env, timeout=120)
+def redis_server(demo_redis):
+    return demo_redis
 
 
 def post(base: str, body, model: str = MODEL, **kw) -> httpx.Response:
@@ -436,10 +386,3 @@ def test_secrets_reach_the_replicas_and_show_nowhere(gateway):
     shown += [f.read_text(errors="replace") for f in logs.rglob("*") if f.is_file()]
     for text in shown:
         assert REDIS_PASSWORD not in text and ADMIN_TOKEN not in text
-
-
-def test_stop_ends_the_gateway(gateway):
-    done = run_cli(["stop"], gateway["env"], timeout=120)
-    assert done.returncode == 0 and "stopped" in done.stdout
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{gateway['base']}/healthz", timeout=2)
