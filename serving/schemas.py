@@ -6,7 +6,7 @@ pydantic cannot know ahead of time); these models state the same contract for cl
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
@@ -119,6 +119,37 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+StrictScalar = str | float | bool
+OipDatatype = Literal["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+                     "FP16", "FP32", "FP64", "BYTES"]
+
+
+class InferTensor(BaseModel):
+    """An OIP v2 input tensor: ``data`` as JSON (flat or nested as ``shape``), or
+    ``parameters.binary_data_size`` bytes of the binary section after the JSON."""
+
+    name: str = Field(min_length=1, max_length=256)
+    datatype: OipDatatype
+    shape: list[Annotated[int, Field(ge=0)]] = Field(max_length=8)
+    data: list[Any] | None = None
+    parameters: dict[str, StrictScalar] | None = None
+
+
+class InferOutputRequest(BaseModel):
+    name: str
+    parameters: dict[str, StrictScalar] | None = None
+
+
+class InferRequest(BaseModel):
+    """An OIP v2 infer request (``POST /v2/models/{m}/infer``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = Field(None, max_length=256)
+    parameters: dict[str, StrictScalar] | None = None
+    inputs: list[InferTensor] = Field(min_length=1)
+    outputs: list[InferOutputRequest] | None = Field(None, max_length=64)
 
 
 class ProtocolErrorResponse(BaseModel):

@@ -74,7 +74,8 @@ SECURITY_SCHEMES = {
                               "metrics, admin."},
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
                "description": "An API key, for clients that cannot send a bearer token."}}
-SCOPED = ("/v1/models", "/metrics")  # paths whose calls need a credential when auth is on
+# paths whose calls need a credential when auth is on
+SCOPED = ("/v1/models", "/metrics", "/v2/models", "/invocations", "/serving-endpoints")
 _FASTAPI_VALIDATION = ("HTTPValidationError", "ValidationError")
 
 
@@ -100,6 +101,8 @@ def document(app: FastAPI, settings: Settings) -> dict[str, Any]:
     for name in _FASTAPI_VALIDATION:
         models.pop(name, None)
     models.update(_predict_request(settings.limits.max_instances))
+    infer = schemas.InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    models.update({**infer.pop("$defs"), "InferRequest": infer})
     components["securitySchemes"] = SECURITY_SCHEMES
     credentials = [{"bearer": []}, {"apiKey": []}]
     # Without credentials configured, anonymous calls do (the loopback check stands in for admin).

@@ -27,8 +27,9 @@ from serving.protocols.metadata import Describer
 
 OIP_EXTENSIONS = ["binary_tensor_data"]
 _BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"type": "object"}},
+    "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+_V1_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}}
 _CSV_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}}}}
 _STATUSES = (400, 401, 403, 404, 408, 413, 415, 422, 429, 500, 503, 504)
@@ -144,7 +145,7 @@ def protocol_router(route: PredictRoute, auth: Authenticator) -> APIRouter:
         return await answer(request, route.databricks, name)
 
     @router.post("/v1/models/{name}:predict", tags=["kserve-v1"], responses=_OIP_ERRORS,
-                 openapi_extra=_BODY)
+                 openapi_extra=_V1_BODY)
     async def kserve_predict(name: str, request: Request) -> Response:
         """KServe's v1 protocol: {"instances": [...]} in, {"predictions": [...]} out."""
         return await answer(request, route.kserve, name)

@@ -14,13 +14,13 @@ import sys
 
 import pytest
 
-# The same gateway as test_gateway.py (real CLI, real Ray Serve, admin token, two models), started
-# once more for this module: schemathesis changes rollout state, which that module must not see.
-from tests.integration.test_gateway import ADMIN_TOKEN, MODEL, PYFUNC, gateway, redis_server  # noqa: F401
+from tests.integration.conftest import RedisServer
+from tests.integration.demo_gateway import ADMIN_TOKEN, MODEL, PYFUNC, REDIS_PASSWORD, DemoGateway
 
 pytestmark = pytest.mark.integration
 
 EXAMPLES_PER_OPERATION = 100
+OPERATIONS = 25  # mlgate's 9, and the other protocols' 16
 
 # What each check accepts beyond schemathesis' defaults, and why:
 # - a too-long list is refused with 413 (too_many_instances), which is a refusal like 400;
@@ -42,12 +42,35 @@ values = {models}
 include-path = "/v1/models/{{name}}/predict"
 checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 422, 429, "5xx"]
 checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", 504]
-"""
+{protocols}"""
+# The other protocols' predict paths: the same, and their bodies are as loosely typed as the
+# protocols (a tensor's data, MLflow's frames), so a body the document allows is often refused.
+PROTOCOL_PATHS = ("/v2/models/{{name}}/infer", "/v2/models/{{name}}/versions/{{version}}/infer",
+                  "/v1/models/{{name}}/invocations", "/invocations", "/serving-endpoints/{{name}}/invocations",
+                  "/v1/models/{{name}}:predict")
+PROTOCOLS = "".join(f"""
+[[operations]]
+include-path = "{path}"
+checks.positive_data_acceptance.expected-statuses = ["2xx", 400, 401, 403, 404, 413, 415, 422, 429, "5xx"]
+checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", 504]
+""" for path in PROTOCOL_PATHS)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, spark):
+    """The same gateway as test_gateway.py's (real CLI, real Ray Serve, admin token, two models),
+    started once more for this module: schemathesis changes rollout state, which the shared one's
+    users must not see."""
+    redis = RedisServer(tmp_path_factory.mktemp("redis-contract"), password=REDIS_PASSWORD, tls=True)
+    redis.start()
+    started = DemoGateway(tmp_path_factory.mktemp("contract-state"), redis, spark)
+    yield started
+    started.stop()
 
 
 def test_schemathesis_with_every_check_passes_against_the_live_gateway(gateway, tmp_path):
     config = tmp_path / "schemathesis.toml"
-    config.write_text(CONFIG.format(models=f'["{MODEL}", "{PYFUNC}"]'))
+    config.write_text(CONFIG.format(models=f'["{MODEL}", "{PYFUNC}"]', protocols=PROTOCOLS.format()))
     run = subprocess.run(
         [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
          f"{gateway['base']}/openapi.json", "--checks", "all", "--workers", "1",
@@ -57,6 +80,6 @@ def test_schemathesis_with_every_check_passes_against_the_live_gateway(gateway, 
     out = run.stdout + run.stderr
     print(*out.splitlines()[-12:], sep="\n")  # the summary, with the run's own duration (pytest -s)
     assert run.returncode == 0, out[-8000:]
-    assert re.search(r"Tested:\s+9\b", out), out[-3000:]  # every operation of the document
+    assert re.search(rf"Tested:\s+{OPERATIONS}\b", out), out[-3000:]  # every operation of the document
     generated, passed = map(int, re.search(r"(\d+) generated, (\d+) passed", out).groups())
     assert generated == passed > 9 * 10, out[-3000:]
