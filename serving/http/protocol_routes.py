@@ -9,7 +9,6 @@ when FastAPI is called directly. Errors answer in each protocol's own shape.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version as package_version
 from typing import Awaitable, Callable
 
 import orjson
@@ -22,7 +21,7 @@ from serving.http.errors import render_error, request_id
 from serving.http.openapi import errors
 from serving.http.predict_route import PredictRoute
 from serving.protocols.base import ProtocolCodec
-from serving.protocols.metadata import Describer
+from serving.protocols.metadata import Describer, mlgate_version
 
 OIP_EXTENSIONS = ["binary_tensor_data"]
 _BODY = {"requestBody": {"required": True, "content": {
@@ -31,13 +30,6 @@ _BODY = {"requestBody": {"required": True, "content": {
 _CSV_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object"}}, "text/csv": {"schema": {"type": "string"}}}}}
 _PREDICT_ERRORS = errors(400, 401, 403, 404, 408, 413, 415, 422, 429, 503, 504)
-
-
-def mlgate_version() -> str:
-    try:
-        return package_version("mlgate")
-    except PackageNotFoundError:
-        return "0"
 
 
 def protocol_router(route: PredictRoute, auth: Authenticator) -> APIRouter:
