@@ -17,9 +17,8 @@ before any handler runs: ``protocols.grpc.max_message_bytes`` is what bounds it.
 
 from __future__ import annotations
 
-import logging
 import time
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping, NoReturn
 
 import grpc
 import orjson
@@ -30,8 +29,6 @@ from serving.http.predict_route import PredictRoute
 from serving.protocols.grpc_codec import OipGrpc
 from serving.protocols.metadata import Describer, mlgate_version
 from serving.rpc.proto import SERVICE, OipProto
-
-log = logging.getLogger(__name__)
 
 # HTTP statuses of mlgate's errors as gRPC status codes (anything else: INTERNAL).
 STATUS_CODES = {
@@ -172,7 +169,7 @@ class InferenceService:
         return remaining
 
     async def _abort(self, context: grpc.aio.ServicerContext, exc: MlgateError,
-                     headers: Mapping[bytes, bytes]) -> None:
+                     headers: Mapping[bytes, bytes]) -> NoReturn:
         rid = new_request_id(headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1"))
         trailing = ((CODE_METADATA, exc.code), (REQUEST_ID_HEADER, rid))
         if exc.retry_after_s is not None:

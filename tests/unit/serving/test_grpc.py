@@ -414,3 +414,72 @@ def test_a_sooner_grpc_deadline_is_the_pipelines_timeout_unless_the_request_name
     assert codec.bind(message, 0.25).decode(b"", {}, inputs, 10).payload["timeout_ms"] == 40
     decoded = codec.decode(message.SerializeToString(), {}, inputs, 10)  # the unbound codec parses
     assert decoded.payload["instances"] == [{"amount": 1.0}] and decoded.context.raw is False
+
+
+# -- the server -----------------------------------------------------------------------------------
+
+def self_signed(folder) -> tuple[Any, Any, bytes]:
+    """A certificate for 127.0.0.1 and its key, as files, and the certificate's PEM."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    (folder / "cert.pem").write_bytes(pem)
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    return folder / "cert.pem", folder / "key.pem", pem
+
+
+def test_replicas_share_the_port_over_tls_and_reflection_lists_the_service(tmp_path):
+    reflection = pytest.importorskip("grpc_reflection.v1alpha.reflection_pb2")
+    from grpc_reflection.v1alpha.reflection_pb2_grpc import ServerReflectionStub
+
+    certfile, keyfile, pem = self_signed(tmp_path)
+    settings = Settings(models=[{"name": "toy"}])
+    metrics = GatewayMetrics()
+
+    def call(port: int) -> tuple[list[int], list[str]]:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}", ssl=True, root_certificates=str(certfile))
+        try:
+            labels = client.infer("toy", inputs_of(ROWS)).as_numpy("label").tolist()
+        finally:
+            client.close()
+        with grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(pem)) as channel:
+            ask = reflection.ServerReflectionRequest(list_services="")
+            answer = next(iter(ServerReflectionStub(channel).ServerReflectionInfo(iter([ask]), timeout=10)))
+        return labels, sorted(s.name for s in answer.list_services_response.service)
+
+    async def main():
+        table = ModelTable(settings, metrics, lambda m: InProcessModel(ToyRuntime(), metrics), retry_initial_s=0.01)
+        table.start()
+        await asyncio.wait_for(table.wait_ready(), 5)
+        pipeline = Pipeline(settings, table, metrics)
+        port = free_port()
+        servers = [GrpcServer(InferenceService(PredictRoute(pipeline, authenticator(settings)), protocol()),
+                              "127.0.0.1", port, 1 << 20, 0.1, certfile, keyfile) for _ in range(2)]
+        try:
+            for server in servers:  # a second replica binds the same port (grpc.so_reuseport)
+                await server.start()
+            assert [s.bound_port for s in servers] == [port, port]
+            return await asyncio.to_thread(call, port)
+        finally:
+            for server in servers:
+                await server.stop()
+            table.close()
+
+    labels, services = asyncio.run(main())
+    assert labels == [1, 0]
+    assert services == ["grpc.reflection.v1alpha.ServerReflection", "inference.GRPCInferenceService"]
