@@ -182,7 +182,8 @@ def serve_forever(settings: Settings, config: dict[str, Any], ready_timeout_s: f
     from ray.serve.schema import ServeDeploySchema
 
     try:
-        check_exposure(settings.http.host, settings.auth)
+        for host in settings.bind_hosts():
+            check_exposure(host, settings.auth)
     except InsecureExposure as exc:
         raise UsageError(str(exc)) from None
     if settings.http.ingress == "haproxy" and not shutil.which("haproxy"):

@@ -25,7 +25,8 @@ from serving import codec
 from serving.auth.authenticator import check_exposure
 from serving.auth.quota import Limiter
 from serving.catalog import Catalog, catalog_of, changes
-from serving.http.app import build_app
+from serving.http.app import authenticator, build_app
+from serving.http.predict_route import PredictRoute
 from serving.http.server import ReplicaServer
 from serving.launcher import GATEWAY
 from serving.models import InProcessModel, ModelBackend, ModelTable
@@ -33,6 +34,9 @@ from serving.pipeline import Pipeline
 from serving.registry import Registry
 from serving.repo_watch import RepositoryWatcher
 from serving.rollout import Rollouts
+from serving.rpc.proto import protocol
+from serving.rpc.server import GrpcServer
+from serving.rpc.service import InferenceService
 from serving.runtime.base import ModelSpec, predict_async
 from serving.runtime.loader import load_model
 from serving.settings import BatchingSettings, ModelSettings, RoutingSettings, Settings
@@ -108,7 +112,8 @@ class Gateway:
                        handles: dict[str, DeploymentHandle] | None = None) -> None:
         self._settings = Settings(**settings)
         logging.getLogger("serving").setLevel(self._settings.log_level)
-        check_exposure(self._settings.http.host, self._settings.auth)  # a chart without credentials
+        for host in self._settings.bind_hosts():  # a chart without credentials
+            check_exposure(host, self._settings.auth)
         metrics = GatewayMetrics()
         handles = handles or {}
         registry = self._registry = Registry(self._settings.tracking_uri)
@@ -159,11 +164,14 @@ class Gateway:
                         self._settings.ray.replica_ready_timeout_s)
         self._server: ReplicaServer | None = None
         self._admin_server: ReplicaServer | None = None
+        self._grpc_server: GrpcServer | None = None
         http, admin = self._settings.http, self._settings.admin
         if http.ingress == "reuseport":  # listens once Ray has passed the live routing: _serve_http
             self._server = self._replica_server(http.host, http.port, admin_api=admin.port is None)
             if admin.port is not None:
                 self._admin_server = self._replica_server(admin.host or http.host, admin.port, admin_api=True)
+            if self._settings.protocols.grpc.enabled:  # settings refuse it with another ingress
+                self._grpc_server = self._rpc_server()
 
     def _replica_server(self, host: str, port: int, admin_api: bool) -> ReplicaServer:
         http = self._settings.http
@@ -172,6 +180,15 @@ class Gateway:
         return ReplicaServer(app, host, port, http.drain_s, http.keep_alive_s, http.header_timeout_s,
                              http.max_header_bytes, http.max_connections, http.backlog,
                              http.tls_certfile, http.tls_keyfile)
+
+    def _rpc_server(self) -> GrpcServer:
+        """The OIP v2 gRPC server: a predict route of its own (an authenticator for its own bind
+        address, an in-flight limit of its own) over the same pipeline and quota limiter."""
+        settings, host = self._settings, self._settings.grpc_host
+        route = PredictRoute(self._pipeline, authenticator(settings, host), self._limiter)
+        return GrpcServer(InferenceService(route, protocol()), host, settings.protocols.grpc.port,
+                          settings.protocols.grpc.max_message_bytes, settings.http.drain_s,
+                          settings.http.tls_certfile, settings.http.tls_keyfile)
 
     def _quota_limiter(self, metrics: GatewayMetrics) -> Limiter | None:
         """Request quotas, in the quota Redis if one is set, else the feature store's (own pool)."""
@@ -231,7 +248,7 @@ class Gateway:
     async def _serve_http(self) -> None:
         """Start this replica's own HTTP server (``reuseport``) if it has not started: after the
         first ``reconfigure``, so that no request is routed with routing Ray has not passed yet."""
-        for server in (self._server, self._admin_server):
+        for server in (self._server, self._admin_server, self._grpc_server):
             if server is not None and not server.started:
                 await server.start()
 
@@ -243,12 +260,12 @@ class Gateway:
     async def check_health(self) -> None:
         """Replica liveness for Ray Serve. Readiness (models loaded) is /readyz."""
         await self._serve_http()  # a deployment whose user_config Ray never passes
-        for server in (self._server, self._admin_server):
+        for server in (self._server, self._admin_server, self._grpc_server):
             if server is not None and not server.alive:
-                raise RuntimeError("the replica's HTTP server stopped")
+                raise RuntimeError("the replica's HTTP or gRPC server stopped")
 
     async def __del__(self) -> None:
-        for name in ("_server", "_admin_server"):
+        for name in ("_server", "_admin_server", "_grpc_server"):
             server = getattr(self, name, None)
             if server is not None:
                 await server.stop()  # first: no new requests reach a replica that is closing down

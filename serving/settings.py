@@ -322,10 +322,17 @@ class RaySettings(Section):
 
 
 class GrpcSettings(Section):
-    """The Open Inference Protocol v2 gRPC service of each gateway replica (reuseport ingress)."""
+    """The Open Inference Protocol v2 gRPC service of each gateway replica (serving/rpc).
+
+    Needs ``http.ingress: reuseport``: every replica then binds ``port`` too, with
+    ``SO_REUSEPORT``, as it does HTTP's; the other ingress modes route HTTP through Ray Serve,
+    which has no path to a replica's own gRPC server, so enabling it there is refused rather
+    than silently serving nothing. Served with HTTPS's certificate when ``http.tls_certfile`` is
+    set."""
 
     enabled: bool = False
     port: int = Field(8001, ge=1, le=65535)
+    """The gRPC port of every replica (not HTTP's, the admin's or Ray's proxy's)."""
     host: str | None = None
     """Address to bind (default: ``http.host``); a non-loopback one needs credentials, as HTTP."""
     max_message_bytes: int = Field(4 * 1_048_576, gt=0)
@@ -378,6 +385,29 @@ class Settings(StoreSettings):
         if len(names) != len(set(names)):
             raise ValueError("model names must be unique")
         return models
+
+    @model_validator(mode="after")
+    def _grpc_beside_http(self) -> Settings:
+        grpc = self.protocols.grpc
+        if not grpc.enabled:
+            return self
+        if self.http.ingress != "reuseport":
+            raise ValueError("protocols.grpc needs http.ingress reuseport (each replica serves gRPC itself)")
+        taken = {"http.port": self.http.port, "http.proxy_port": self.http.proxy_port, "admin.port": self.admin.port}
+        clash = next((name for name, port in taken.items() if port == grpc.port), None)
+        if clash is not None:  # SO_REUSEPORT would let both bind it and split connections between them
+            raise ValueError(f"protocols.grpc.port {grpc.port} is {clash} too")
+        return self
+
+    @property
+    def grpc_host(self) -> str:
+        """Where the gRPC service listens: ``protocols.grpc.host``, else ``http.host``."""
+        return self.protocols.grpc.host or self.http.host
+
+    def bind_hosts(self) -> tuple[str, ...]:
+        """The addresses predictions are served on (HTTP's, and gRPC's when enabled): each is
+        checked for exposure without credentials."""
+        return (self.http.host, self.grpc_host) if self.protocols.grpc.enabled else (self.http.host,)
 
     @property
     def tracking_uri(self) -> str:

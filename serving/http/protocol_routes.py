@@ -9,7 +9,6 @@ when FastAPI is called directly. Errors answer in each protocol's own shape.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version as package_version
 from typing import Awaitable, Callable
 
 import orjson
@@ -23,7 +22,7 @@ from serving.http.errors import render_error, request_id
 from serving.http.openapi import errors
 from serving.http.predict_route import PredictRoute
 from serving.protocols.base import ProtocolCodec
-from serving.protocols.metadata import Describer
+from serving.protocols.metadata import Describer, mlgate_version
 
 OIP_EXTENSIONS = ["binary_tensor_data"]
 _BODY = {"requestBody": {"required": True, "content": {
@@ -38,13 +37,6 @@ _MLFLOW_ERRORS = errors(*_STATUSES, model=schemas.MlflowErrorResponse)
 _OIP_META_ERRORS = errors(401, 403, 404, 503, model=schemas.ProtocolErrorResponse)
 _OIP_READY = {**errors(401, 403, 404, model=schemas.ProtocolErrorResponse),
               503: {"description": "Not loaded: the body says ready false"}}
-
-
-def mlgate_version() -> str:
-    try:
-        return package_version("mlgate")
-    except PackageNotFoundError:
-        return "0"
 
 
 def protocol_router(route: PredictRoute, auth: Authenticator) -> APIRouter:

@@ -8,6 +8,7 @@ of zeros, once per version, rather than guessed from the ONNX graph.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version as package_version
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,14 @@ from serving.routing import CHAMPION
 from serving.runtime.base import NUMPY_DTYPES
 
 PLATFORMS = {"onnx": "onnx_onnxv1", "pyfunc": "mlflow_pyfunc"}
+
+
+def mlgate_version() -> str:
+    """The server version OIP's server metadata names (REST and gRPC)."""
+    try:
+        return package_version("mlgate")
+    except PackageNotFoundError:
+        return "0"
 
 
 class Describer:

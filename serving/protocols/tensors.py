@@ -65,10 +65,15 @@ def check_header(name: Any, datatype: Any, shape: Any, max_elements: int) -> tup
 
 def from_json_data(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
     """The flat array of a tensor sent as JSON ``data`` (flat or nested as the shape)."""
-    flat = flatten(name, data, len(shape))
+    return from_elements(name, datatype, shape, flatten(name, data, len(shape)))
+
+
+def from_elements(name: str, datatype: str, shape: tuple[int, ...], flat: list) -> np.ndarray:
+    """The flat array of a tensor's elements given as a flat list of Python values (JSON data,
+    gRPC's typed contents), checked against the shape and the datatype."""
     count = math.prod(shape)
     if len(flat) != count:
-        raise InvalidRequest(f"{name}: shape {list(shape)} needs {count} elements, 'data' has {len(flat)}")
+        raise InvalidRequest(f"{name}: shape {list(shape)} needs {count} elements, {len(flat)} sent")
     return _typed(name, datatype, flat)
 
 
@@ -107,9 +112,12 @@ def _walk(name: str, data: list, depth: int) -> list:
 
 def _typed(name: str, datatype: str, flat: list) -> np.ndarray:
     if datatype == "BYTES":
+        out = np.empty(len(flat), dtype=object)
+        if all(type(v) is bytes for v in flat):  # gRPC's bytes_contents
+            out[:] = flat
+            return out
         if not all(type(v) is str for v in flat):
             raise InvalidRequest(f"{name}: BYTES elements must be strings")
-        out = np.empty(len(flat), dtype=object)
         out[:] = [v.encode("utf-8", "surrogatepass") for v in flat]
         return out
     kinds = set(map(type, flat))

@@ -1,5 +1,9 @@
+import pytest
 from ray.serve.schema import ServeDeploySchema
 
+from serving import launcher
+from serving.auth.authenticator import check_exposure
+from serving.errors import UsageError
 from serving.launcher import (
     app_args,
     metrics_dir,
@@ -116,3 +120,13 @@ def test_secrets_reach_the_replicas_but_never_the_serve_config(monkeypatch):
     replica = Settings(**bound)  # what the Gateway replica builds
     assert replica.admin.token.get_secret_value() == token
     assert replica.redis.password.get_secret_value() == password
+
+
+def test_serve_refuses_a_public_grpc_port_without_credentials_before_starting_ray(tmp_path):
+    settings = Settings(state_dir=tmp_path, protocols={"grpc": {"enabled": True, "host": "0.0.0.0"}})
+    with pytest.raises(UsageError, match="0.0.0.0"):
+        launcher.serve_forever(settings, launcher.read_config())
+    public = Settings(state_dir=tmp_path, auth={"insecure": True}, protocols={"grpc": {"enabled": True,
+                                                                                     "host": "0.0.0.0"}})
+    for host in public.bind_hosts():  # told insecure: both addresses pass
+        check_exposure(host, public.auth)
