@@ -358,6 +358,15 @@ def test_weight_lands_in_user_config(helm_bin, helm_home):
     (["gateway.settings.auth.insecure=true"], "invalid propertyName 'auth'"),
     (["ray.auth.existingSecret=Not_A_Name"], "existingSecret"),
     (["ray.version=2.51.0"], "ray.auth needs Ray 2.52 or newer"),
+    # the gRPC port must be free on the worker pods
+    (["protocols.grpc.enabled=true", "protocols.grpc.port=8000"], "is the HTTP port"),
+    (["protocols.grpc.enabled=true", "protocols.grpc.port=8100"], "is gateway.proxyPort"),
+    (["protocols.grpc.enabled=true", "protocols.grpc.port=8080"], "Ray's metrics port"),
+    (["protocols.grpc.enabled=true", "protocols.grpc.port=15000"], "Ray's worker port range"),
+    (["protocols.grpc.port=0"], "minimum"),
+    (["protocols.grpc.maxMessageBytes=0"], "minimum"),
+    (["protocols.grpc.tls=true"], "additional properties"),
+    (["protocols.defaultModel=not a name"], "pattern"),
 ])
 def test_wrong_values_fail(helm_bin, helm_home, values, reason):
     args = [*KEYS, *[a for v in values for a in ("--set", v)]]
@@ -667,3 +676,82 @@ def test_dev_only_secrets_land_only_in_a_secret(helm_bin, helm_home, values):
         text = yaml.safe_dump(doc)  # the Serve config is a string in it: covered as well
         leaked = [v for v in FAKE_SECRETS.values() if v in text]
         assert not leaked, f"{doc['kind']}/{doc['metadata']['name']} renders {leaked}"
+
+
+# ---- protocols: OIP v2 gRPC beside HTTP ------------------------------------------------------
+
+GRPC = ("--set", "protocols.grpc.enabled=true")
+
+
+def gateway_service(docs: list[dict]) -> dict:
+    (service,) = [s for s in by_kind(docs, "Service") if component(s) == "gateway"]
+    return service
+
+
+def test_grpc_is_off_unless_enabled(rendered, values_file, monkeypatch):
+    """In every example: without protocols.grpc.enabled no grpc port on any container or Service,
+    no gRPC port in the NetworkPolicy and gRPC off in the replicas' Settings; with it, all four."""
+    values = yaml.safe_load(values_file.read_text())
+    enabled = bool(((values.get("protocols") or {}).get("grpc") or {}).get("enabled"))
+    for pod, container in ray_pods(rendered):
+        on_worker = component(pod) == "gateway"
+        assert ("grpc" in {p["name"] for p in container["ports"]}) == (enabled and on_worker)
+        assert gateway_settings(rendered, container, monkeypatch).protocols.grpc.enabled == enabled
+    for service in by_kind(rendered, "Service"):
+        grpc = [p for p in service["spec"]["ports"] if p["name"] == "grpc" or "appProtocol" in p]
+        assert len(grpc) == (1 if enabled and component(service) == "gateway" else 0)
+    for policy in by_kind(rendered, "NetworkPolicy"):  # the release's own Ray pods reach any port
+        assert (admitted(policy, 8001) != [{"podSelector": policy["spec"]["podSelector"]}]) == enabled
+    (app,) = serve_config(rendered)["applications"]
+    assert ("grpc" in app["args"].get("protocols", {})) == enabled
+
+
+def test_grpc_port_on_worker_service_and_network_policy(helm_bin, helm_home, monkeypatch):
+    docs = render(helm_bin, helm_home, *KEYS, *GRPC, "--set", "protocols.defaultModel=my-model")
+    (head, head_container), (worker, container) = ray_pods(docs)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["grpc"] == 8001 and ports["http"] == 8000
+    assert "grpc" not in {p["name"] for p in head_container["ports"]}  # no replica on the head
+    service = gateway_service(docs)
+    (grpc,) = [p for p in service["spec"]["ports"] if p["name"] == "grpc"]
+    assert grpc == {"name": "grpc", "port": 8001, "targetPort": "grpc", "protocol": "TCP",
+                    "appProtocol": "grpc"}
+    assert worker["metadata"]["labels"].items() >= service["spec"]["selector"].items()
+    for version in K8S_VERSIONS:
+        for doc in by_kind(docs, "Service") + by_kind(docs, "NetworkPolicy"):
+            assert not errors(k8s_validator(version, doc["apiVersion"], doc["kind"]), doc)
+        (rayservice,) = by_kind(docs, "RayService")
+        assert not errors(crd_validator("RayService", version), rayservice)
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    own = {"podSelector": policy["spec"]["podSelector"]}
+    assert admitted(policy, 8001) == [own, {}]  # callers as on 8000: httpFrom empty, anyone
+
+    # Each replica's Settings: gRPC on its pod's port, on every address like HTTP.
+    for _, c in ray_pods(docs):
+        protocols = gateway_settings(docs, c, monkeypatch).protocols
+        assert (protocols.grpc.enabled, protocols.grpc.port, protocols.grpc.host) == (True, 8001, "0.0.0.0")
+        assert protocols.grpc.max_message_bytes == 4 * 1_048_576
+        assert protocols.default_model == "my-model"
+
+    narrowed = {"namespaceSelector": {"matchLabels": {"mlgate-client": "true"}}}
+    docs = render(helm_bin, helm_home, *KEYS, *GRPC, "--set", "protocols.grpc.port=9001",
+                  "--set", "protocols.grpc.maxMessageBytes=16777216",
+                  "--set-json", f"networkPolicy.httpFrom=[{json.dumps(narrowed)}]")
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    assert admitted(policy, 9001) == [own, narrowed]
+    (_, container) = ray_pods(docs)[1]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["grpc"] == 9001
+    (grpc,) = [p for p in gateway_service(docs)["spec"]["ports"] if p["name"] == "grpc"]
+    assert (grpc["port"], grpc["targetPort"]) == (9001, "grpc")
+    grpc_settings = gateway_settings(docs, container, monkeypatch).protocols.grpc
+    assert (grpc_settings.port, grpc_settings.max_message_bytes) == (9001, 16 * 1_048_576)
+
+
+def test_default_model_alone_leaves_grpc_off(helm_bin, helm_home, monkeypatch):
+    docs = render(helm_bin, helm_home, *KEYS, "--set", "protocols.defaultModel=my-model")
+    (app,) = serve_config(docs)["applications"]
+    assert app["args"]["protocols"] == {"default_model": "my-model"}
+    (_, container) = ray_pods(docs)[1]
+    protocols = gateway_settings(docs, container, monkeypatch).protocols
+    assert protocols.default_model == "my-model" and not protocols.grpc.enabled
+    assert "grpc" not in {p["name"] for p in container["ports"]}

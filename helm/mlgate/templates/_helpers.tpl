@@ -242,7 +242,20 @@ applied feature repository's models. */}}
 {{- $model := mergeOverwrite (dict "name" . "placement" "inprocess" "allow_pyfunc" ($.Values.model.allowPyfunc | default false)) (fromJson (include "mlgate.variantRef" $.Values.model)) -}}
 {{- $_ := set $args "models" (list $model) -}}
 {{- end -}}
+{{- with include "mlgate.protocols" . | fromJson }}{{ $_ := set $args "protocols" . }}{{ end -}}
 {{- toJson (mergeOverwrite $args (deepCopy .Values.gateway.settings)) -}}
+{{- end -}}
+
+{{/* protocols.* -> Settings' ProtocolSettings, as JSON; {} when neither is set (the gateway's
+defaults: no gRPC, /invocations for the only model). gRPC binds 0.0.0.0 like HTTP. */}}
+{{- define "mlgate.protocols" -}}
+{{- $p := .Values.protocols -}}
+{{- $out := dict -}}
+{{- with $p.defaultModel }}{{ $_ := set $out "default_model" . }}{{ end -}}
+{{- if $p.grpc.enabled -}}
+{{- $_ := set $out "grpc" (dict "enabled" true "port" $p.grpc.port "host" "0.0.0.0" "max_message_bytes" $p.grpc.maxMessageBytes) -}}
+{{- end -}}
+{{- toJson $out -}}
 {{- end -}}
 
 {{/* The Ray Serve config (serveConfigV2): the same shape as serving/config/serve.yaml. */}}
@@ -468,6 +481,17 @@ rendered in clear (the RayService's Serve config, env values). */}}
 {{- $g := .Values.gateway.replicas -}}
 {{- if lt (int $g.max) (int $g.min) -}}
 {{- fail (printf "gateway.replicas.max (%v) must be at least gateway.replicas.min (%v)" $g.max $g.min) -}}
+{{- end -}}
+{{- with .Values.protocols.grpc -}}
+{{- if .enabled -}}
+{{- $taken := dict "8000" "the HTTP port" (toString $.Values.gateway.proxyPort) "gateway.proxyPort" "8080" "Ray's metrics port" "52365" "Ray's dashboard agent" -}}
+{{- with get $taken (toString .port) -}}
+{{- fail (printf "protocols.grpc.port %v is %s on the worker pods: pick another port (default 8001)" $.Values.protocols.grpc.port .) -}}
+{{- end -}}
+{{- if and (ge (int .port) 10002) (le (int .port) 19999) -}}
+{{- fail (printf "protocols.grpc.port %v is in Ray's worker port range (10002-19999), where Ray's processes may already listen: pick another port (default 8001)" .port) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- $c := .Values.routing.canary -}}
 {{- if and (not .Values.model.name) (or $c.enabled .Values.routing.shadows) -}}
