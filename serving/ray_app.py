@@ -170,8 +170,8 @@ class Gateway:
             self._server = self._replica_server(http.host, http.port, admin_api=admin.port is None)
             if admin.port is not None:
                 self._admin_server = self._replica_server(admin.host or http.host, admin.port, admin_api=True)
-            if self._settings.protocols.grpc.enabled:  # settings refuse it with another ingress
-                self._grpc_server = self._rpc_server()
+        if self._settings.protocols.grpc.enabled:  # with any ingress: every replica binds the port
+            self._grpc_server = self._rpc_server()  # itself (SO_REUSEPORT when several share a node)
 
     def _replica_server(self, host: str, port: int, admin_api: bool) -> ReplicaServer:
         http = self._settings.http

@@ -324,11 +324,10 @@ class RaySettings(Section):
 class GrpcSettings(Section):
     """The Open Inference Protocol v2 gRPC service of each gateway replica (serving/rpc).
 
-    Needs ``http.ingress: reuseport``: every replica then binds ``port`` too, with
-    ``SO_REUSEPORT``, as it does HTTP's; the other ingress modes route HTTP through Ray Serve,
-    which has no path to a replica's own gRPC server, so enabling it there is refused rather
-    than silently serving nothing. Served with HTTPS's certificate when ``http.tls_certfile`` is
-    set."""
+    Every replica binds ``port`` itself, whatever ``http.ingress`` is, with ``SO_REUSEPORT`` so
+    that the replicas of one node share it (the kernel spreads connections over them, as for the
+    ``reuseport`` HTTP ingress; the chart runs one replica per pod). Served with HTTPS's
+    certificate when ``http.tls_certfile`` is set."""
 
     enabled: bool = False
     port: int = Field(8001, ge=1, le=65535)
@@ -391,8 +390,6 @@ class Settings(StoreSettings):
         grpc = self.protocols.grpc
         if not grpc.enabled:
             return self
-        if self.http.ingress != "reuseport":
-            raise ValueError("protocols.grpc needs http.ingress reuseport (each replica serves gRPC itself)")
         taken = {"http.port": self.http.port, "http.proxy_port": self.http.proxy_port, "admin.port": self.admin.port}
         clash = next((name for name, port in taken.items() if port == grpc.port), None)
         if clash is not None:  # SO_REUSEPORT would let both bind it and split connections between them

@@ -46,15 +46,14 @@ def test_settings_survive_the_trip_to_a_replica(tmp_path):
     assert Settings(**s.model_dump(mode="json")) == s
 
 
-def test_grpc_needs_the_reuseport_ingress_and_a_port_of_its_own():
+def test_grpc_is_served_with_any_ingress_on_a_port_of_its_own():
     assert Settings().bind_hosts() == ("127.0.0.1",)  # off by default
     s = Settings(protocols={"grpc": {"enabled": True}})
     assert (s.protocols.grpc.port, s.grpc_host, s.bind_hosts()) == (8001, "127.0.0.1", ("127.0.0.1", "127.0.0.1"))
     s = Settings(http={"host": "10.0.0.5"}, protocols={"grpc": {"enabled": True, "host": "0.0.0.0"}})
     assert s.bind_hosts() == ("10.0.0.5", "0.0.0.0")
-    with pytest.raises(ValidationError, match="reuseport"):
-        Settings(http={"ingress": "proxy"}, protocols={"grpc": {"enabled": True}})
-    Settings(http={"ingress": "proxy"}, protocols={"grpc": {"enabled": False}})  # off: any ingress
+    for ingress in ("direct", "haproxy", "proxy"):  # each replica binds it itself, whatever fronts HTTP
+        assert Settings(http={"ingress": ingress}, protocols={"grpc": {"enabled": True}}).protocols.grpc.enabled
     for clash in ({"http": {"port": 8001}}, {"admin": {"port": 8001}}, {"http": {"proxy_port": 8001}}):
         with pytest.raises(ValidationError, match="8001"):
             Settings(protocols={"grpc": {"enabled": True}}, **clash)
