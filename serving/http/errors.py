@@ -58,24 +58,27 @@ def render_error(error: MlgateError, rid: str) -> tuple[int, bytes, dict[str, st
     return error.status, body, headers
 
 
-def allowed_methods(routes: Iterable[tuple[re.Pattern, set[str]]], scope: dict,
+def allowed_methods(routes: Iterable[tuple[re.Pattern, set[str], int]], scope: dict,
                     given: str | None) -> str:
     """The ``Allow`` header of a 405: every method of the requested path. Starlette's own header
     (``given``) names only the methods of the first route on the path, and this API declares one
-    route per method; ``routes`` (:func:`documented_routes`) add the others."""
+    route per method; ``routes`` (:func:`documented_routes`) add the others. Where several
+    documented paths match (``/v1/models/{name}`` and ``/v1/models/{name}:predict``), the most
+    specific one's methods are the path's."""
     path, root = scope["path"], scope.get("root_path", "")
     if root and path.startswith(root):
         path = path[len(root):]
-    methods = {m.strip() for m in (given or "").split(",") if m.strip()}
-    for pattern, verbs in routes:
-        if pattern.match(path):
-            methods |= verbs
-    return ", ".join(sorted(methods))
+    matched = [(literal, verbs) for pattern, verbs, literal in routes if pattern.match(path)]
+    if not matched:
+        return ", ".join(sorted({m.strip() for m in (given or "").split(",") if m.strip()}))
+    best = max(literal for literal, _ in matched)
+    return ", ".join(sorted(set().union(*(verbs for literal, verbs in matched if literal == best))))
 
 
-def documented_routes(app: FastAPI) -> list[tuple[re.Pattern, set[str]]]:
-    """Each path of the OpenAPI document as a pattern, with its methods."""
-    return [(compile_path(path)[0], {method.upper() for method in operations})
+def documented_routes(app: FastAPI) -> list[tuple[re.Pattern, set[str], int]]:
+    """Each path of the OpenAPI document as a pattern, with its methods and how many of its
+    characters are literal (not parameters): the more, the more specific."""
+    return [(compile_path(path)[0], {method.upper() for method in operations}, len(re.sub(r"\{[^}]*\}", "", path)))
             for path, operations in app.openapi()["paths"].items()]
 
 
@@ -91,7 +94,7 @@ def error_response(error: MlgateError, rid: str, echo_request_id: bool = True,
 def install_error_handlers(app: FastAPI, echo_request_id: bool = True) -> None:
     """``echo_request_id=False`` when a middleware in front (Ray Serve's) already sets the header."""
 
-    routes: list[tuple[re.Pattern, set[str]]] = []
+    routes: list[tuple[re.Pattern, set[str], int]] = []
 
     def respond(error: MlgateError, request: Request, headers: dict[str, str] | None = None) -> Response:
         return error_response(error, request_id(request), echo_request_id, headers)

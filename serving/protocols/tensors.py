@@ -53,7 +53,7 @@ def check_header(name: Any, datatype: Any, shape: Any, max_elements: int) -> tup
     """A tensor's name, datatype and shape, checked."""
     if type(name) is not str or not 0 < len(name) <= 256:
         raise InvalidRequest("every tensor needs a 'name' of 1 to 256 characters")
-    if datatype not in DTYPES:
+    if type(datatype) is not str or datatype not in DTYPES:
         raise InvalidRequest(f"{name}: unknown datatype; expected one of {', '.join(DTYPES)}")
     if (not isinstance(shape, (list, tuple)) or len(shape) > MAX_DIMS
             or not all(type(d) is int and d >= 0 for d in shape)):

@@ -92,6 +92,9 @@ def test_oip_binary_inputs_with_the_header_length_give_the_json_answer():
     ({**oip_body(ROWS), "outputs": [{"name": "nope"}]}, 400, "invalid_request"),
     ({**oip_body(ROWS), "parameters": {"timeout": "soon"}}, 400, "invalid_request"),
     ({**oip_body(ROWS), "extra": 1}, 400, "invalid_request"),
+    # found by schemathesis: an object where the datatype belongs was a 500 (unhashable)
+    ({"inputs": [{"name": "0", "datatype": {}, "shape": [], "data": None}]}, 400, "invalid_request"),
+    ({"inputs": [{"name": "amount", "datatype": "FP64", "shape": [1], "data": None}]}, 400, "invalid_request"),
     (oip_body([ROW] * 6), 413, "too_many_instances"),
 ])
 def test_oip_bad_requests_get_the_protocols_error_shape_with_mlgates_code(body, status, code):
@@ -202,3 +205,14 @@ def test_raw_bytes_tensors_round_trip_and_refuse_bad_lengths():
     with pytest.raises(Exception):
         tensors.from_raw("t", "FP32", (2,), np.array([1.0, np.nan], "<f4").tobytes())
     assert tensors.from_json_data("t", "INT32", (2, 2), [[1, 2], [3, 4]]).tolist() == [1, 2, 3, 4]
+
+
+def test_a_405_on_a_protocol_path_allows_only_that_paths_methods():
+    """``/v1/models/{name}:predict`` also matches ``/v1/models/{name}``'s pattern: the more
+    specific path's methods are the ones a 405 lists (found by schemathesis)."""
+    async def scenario(client, metrics):
+        r = await client.request("OPTIONS", "/v1/models/toy:predict")
+        assert (r.status_code, r.headers["allow"]) == (405, "POST")
+        r = await client.request("DELETE", "/v1/models/toy")
+        assert (r.status_code, r.headers["allow"]) == (405, "GET")
+    run(scenario)
