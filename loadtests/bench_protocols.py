@@ -39,10 +39,9 @@ GRPC_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
 def grpc_frame(keyed: dict) -> bytes:
     """The entity-keyed body as a length-prefixed ModelInferRequest (gRPC's wire framing)."""
-    from serving.rpc import proto
+    from serving.rpc.proto import protocol
 
-    messages = proto.messages()
-    request = messages.ModelInferRequest(model_name=MODEL)
+    request = protocol().ModelInferRequest(model_name=MODEL)
     for tensor in oip_body(keyed)["inputs"]:
         item = request.inputs.add(name=tensor["name"], datatype=tensor["datatype"], shape=tensor["shape"])
         if tensor["datatype"] == "INT64":
