@@ -92,7 +92,7 @@ class OipGrpc:
                 data = tensors.from_raw(name, datatype, shape, raw[i])
             else:
                 data = tensors.from_elements(name, datatype, shape, _contents(name, datatype, item.contents))
-            budget -= data.size
+            budget -= len(data)
             inputs.append(Tensor(name, datatype, shape, data, parameters))
         if len(message.outputs) > MAX_OUTPUTS:
             raise InvalidRequest(f"at most {MAX_OUTPUTS} outputs may be asked for")
@@ -111,7 +111,8 @@ class OipGrpc:
             if raw:
                 response.raw_output_contents.append(tensors.to_raw(out.data, out.datatype))
             else:
-                getattr(tensor.contents, CONTENTS[out.datatype]).extend(out.data.reshape(-1).tolist())
+                values = tensors.as_bytes(out.data) if out.datatype == "BYTES" else tensors.flat_list(out.data)
+                getattr(tensor.contents, CONTENTS[out.datatype]).extend(values)
         return response.SerializeToString(), []
 
     def error(self, exc: MlgateError, rid: str) -> bytes:
@@ -149,10 +150,11 @@ def _contents(name: str, datatype: str, contents: Any) -> list:
     field = CONTENTS.get(datatype)
     if field is None:
         raise InvalidRequest(f"{name}: {datatype} has no typed contents; send it as raw_input_contents")
-    stray = next((f for f in CONTENTS_FIELDS if f != field and len(getattr(contents, f))), None)
+    given = contents.ListFields()  # only the fields that hold elements
+    stray = next((f.name for f, _ in given if f.name != field), None)
     if stray is not None:
         raise InvalidRequest(f"{name}: a {datatype} tensor's elements go in {field}, not {stray}")
-    return list(getattr(contents, field))
+    return list(given[0][1]) if given else []
 
 
 def _parameters(parameters: Mapping[str, Any], where: str) -> dict[str, Any]:

@@ -45,7 +45,8 @@ class OutputTensor:
     name: str
     datatype: str
     shape: tuple[int, ...]
-    data: np.ndarray
+    data: np.ndarray | list
+    """The elements, flat (see :class:`~serving.protocols.tensors.Tensor`)."""
     binary: bool = False
 
 
@@ -110,20 +111,31 @@ def outputs_of(result: Mapping[str, Any], request: InferRequest, binary_default:
             values = [p.get(name) for p in predictions]
         else:
             raise InvalidRequest(f"unknown output {name[:64]!r}; outputs: {', '.join([*columns, *EXTRA_OUTPUTS])}")
-        array = _array(values, name)
+        datatype, shape, data = _array(values, name)
         binary = parameters.get("binary_data", default_binary)
-        out.append(OutputTensor(name, tensors.datatype_of(array), array.shape, array, bool(binary)))
+        out.append(OutputTensor(name, datatype, shape, data, bool(binary)))
     return out
 
 
-def _array(values: list, name: str) -> np.ndarray:
+_SCALAR_DATATYPES = {bool: "BOOL", int: "INT64", float: "FP64", str: "BYTES"}
+
+
+def _array(values: list, name: str) -> tuple[str, tuple[int, ...], np.ndarray | list]:
+    """An output column's datatype, shape and elements: scalars stay a list (no array for the
+    one-row answers most calls get), rows of lists ([n, k] outputs) become an array."""
     if any(v is None for v in values):  # a row without this output (mixed sources): not a tensor
         raise InvalidRequest(f"output {name!r} is missing for some rows; ask for it alone with the "
                              "other protocols, or leave it out")
+    kinds = set(map(type, values))
+    if len(kinds) == 1 and next(iter(kinds)) in _SCALAR_DATATYPES:
+        return _SCALAR_DATATYPES[next(iter(kinds))], (len(values),), values
+    if kinds <= {int, float}:
+        return "FP64", (len(values),), [float(v) for v in values]
     array = np.asarray(values)
-    if array.dtype.kind in "US":
-        array = np.array([str(v).encode() for v in values], dtype=object)
-    return array
+    if array.dtype.kind in "USO":
+        array = np.array([str(v).encode() for v in np.asarray(values, dtype=object).reshape(-1)],
+                         dtype=object).reshape(array.shape)
+    return tensors.datatype_of(array), array.shape, array.reshape(-1)
 
 
 def parse_request(body: Any, binary: memoryview | None, max_elements: int) -> InferRequest:
@@ -144,14 +156,23 @@ def parse_request(body: Any, binary: memoryview | None, max_elements: int) -> In
     inputs = []
     for item in raw_inputs:
         tensor, offset = _input(item, binary, offset, budget)
-        budget -= tensor.data.size
+        budget -= len(tensor.data)
         inputs.append(tensor)
     if binary is not None and offset != len(binary):
         raise InvalidRequest(f"{len(binary) - offset} bytes of binary data follow the inputs that use it")
     return InferRequest(rid, inputs, parameters, _requested_outputs(body.get("outputs")))
 
 
+_PLAIN = frozenset({"name", "datatype", "shape", "data"})
+
+
 def _input(item: Any, binary: memoryview | None, offset: int, budget: int) -> tuple[Tensor, int]:
+    if type(item) is dict and item.keys() == _PLAIN:  # most calls: one value per input column
+        shape, data, name = item["shape"], item["data"], item["name"]
+        if (type(shape) is list and len(shape) == 1 and shape[0] == 1 and type(shape[0]) is int
+                and type(data) is list and len(data) == 1 and type(name) is str and 0 < len(name) <= 256
+                and tensors.is_scalar_of(item["datatype"], data[0])):
+            return Tensor(name, item["datatype"], (1,), data), offset
     if not isinstance(item, dict):
         raise InvalidRequest("each input must be an object with name, datatype, shape and data")
     name, datatype, shape = tensors.check_header(item.get("name"), item.get("datatype"), item.get("shape"), budget)

@@ -36,8 +36,10 @@ class Tensor:
     name: str
     datatype: str
     shape: tuple[int, ...]
-    data: np.ndarray
-    """The elements, flat, in row-major order."""
+    data: np.ndarray | list
+    """The elements, flat, in row-major order: a list of checked Python values when they came as
+    JSON or typed contents (no array is built for the one-row calls most requests are), a numpy
+    array when they came as raw bytes."""
     parameters: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -46,7 +48,8 @@ class Tensor:
 
     def columns(self) -> np.ndarray:
         """The elements as ``rows`` x ``width``: a 1-D tensor, or [n, 1], is one column."""
-        return self.data.reshape(self.rows, -1) if self.data.size else self.data.reshape(self.rows, 0)
+        data = np.asarray(self.data, dtype=DTYPES[self.datatype])
+        return data.reshape(self.rows, -1) if data.size else data.reshape(self.rows, 0)
 
 
 def check_header(name: Any, datatype: Any, shape: Any, max_elements: int) -> tuple[str, str, tuple[int, ...]]:
@@ -63,18 +66,18 @@ def check_header(name: Any, datatype: Any, shape: Any, max_elements: int) -> tup
     return name, datatype, tuple(shape)
 
 
-def from_json_data(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
-    """The flat array of a tensor sent as JSON ``data`` (flat or nested as the shape)."""
+def from_json_data(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> list:
+    """The flat, checked elements of a tensor sent as JSON ``data`` (flat or nested as the shape)."""
     return from_elements(name, datatype, shape, flatten(name, data, len(shape)))
 
 
-def from_elements(name: str, datatype: str, shape: tuple[int, ...], flat: list) -> np.ndarray:
-    """The flat array of a tensor's elements given as a flat list of Python values (JSON data,
-    gRPC's typed contents), checked against the shape and the datatype."""
+def from_elements(name: str, datatype: str, shape: tuple[int, ...], flat: list) -> list:
+    """A tensor's elements given as a flat list of Python values (JSON data, gRPC's typed
+    contents), checked against the shape and the datatype."""
     count = math.prod(shape)
     if len(flat) != count:
         raise InvalidRequest(f"{name}: shape {list(shape)} needs {count} elements, {len(flat)} sent")
-    return _typed(name, datatype, flat)
+    return _checked(name, datatype, flat)
 
 
 def flatten(name: str, data: Any, depth: int) -> list:
@@ -110,36 +113,54 @@ def _walk(name: str, data: list, depth: int) -> list:
     return flat
 
 
-def _typed(name: str, datatype: str, flat: list) -> np.ndarray:
+_FLOAT_MAX = {"FP16": float(np.finfo(np.float16).max), "FP32": float(np.finfo(np.float32).max),
+              "FP64": float(np.finfo(np.float64).max)}
+
+
+# The Python types and bounds of one element of each datatype that JSON or typed contents carry.
+_SCALARS: dict[str, tuple[tuple[type, ...], float, float]] = {
+    **{f"FP{bits}": ((float, int), -_FLOAT_MAX[f"FP{bits}"], _FLOAT_MAX[f"FP{bits}"]) for bits in (16, 32, 64)},
+    **{name: ((int,), int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+       for name, dtype in DTYPES.items() if dtype.kind in "iu"},
+}
+
+
+def is_scalar_of(datatype: Any, value: Any) -> bool:
+    """Whether ``value`` is one plainly valid element of ``datatype`` (the one-value fast path;
+    False sends the value through the full checks, which say what is wrong)."""
+    if datatype == "BOOL":
+        return type(value) is bool
     if datatype == "BYTES":
-        out = np.empty(len(flat), dtype=object)
-        if all(type(v) is bytes for v in flat):  # gRPC's bytes_contents
-            out[:] = flat
-            return out
-        if not all(type(v) is str for v in flat):
-            raise InvalidRequest(f"{name}: BYTES elements must be strings")
-        out[:] = [v.encode("utf-8", "surrogatepass") for v in flat]
-        return out
+        return type(value) is str
+    found = _SCALARS.get(datatype) if type(datatype) is str else None
+    return found is not None and type(value) in found[0] and found[1] <= value <= found[2]
+
+
+def _checked(name: str, datatype: str, flat: list) -> list:
+    """``flat`` if every element is a value of ``datatype`` (plain Python checks: most calls carry
+    one row, where building an array costs more than the check)."""
     kinds = set(map(type, flat))
+    if datatype == "BYTES":
+        if not kinds <= {str, bytes}:
+            raise InvalidRequest(f"{name}: BYTES elements must be strings")
+        return flat
     if datatype == "BOOL":
         if not kinds <= {bool}:
             raise InvalidRequest(f"{name}: BOOL elements must be true or false")
-        return np.array(flat, dtype=np.bool_)
-    allowed = {int, float} if datatype.startswith("FP") else {int}
-    if not kinds <= allowed:
-        what = "numbers" if datatype.startswith("FP") else "integers"
-        raise InvalidRequest(f"{name}: {datatype} elements must be {what}")
-    dtype = DTYPES[datatype]
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        if flat and (min(flat) < info.min or max(flat) > info.max):
-            raise InvalidRequest(f"{name}: a value is out of range for {datatype}")
-        return np.array(flat, dtype=dtype)
-    with np.errstate(over="ignore"):
-        out = np.array(flat, dtype=dtype)
-    if not np.isfinite(out).all():
-        raise NonFiniteValue(f"{name}: a value is out of range for {datatype}")
-    return out
+        return flat
+    if datatype.startswith("FP"):
+        if not kinds <= {int, float}:
+            raise InvalidRequest(f"{name}: {datatype} elements must be numbers")
+        limit = _FLOAT_MAX[datatype]
+        if not all(-limit <= v <= limit for v in flat):  # NaN compares false too
+            raise NonFiniteValue(f"{name}: a value is out of range for {datatype}")
+        return flat
+    if not kinds <= {int}:
+        raise InvalidRequest(f"{name}: {datatype} elements must be integers")
+    info = np.iinfo(DTYPES[datatype])
+    if flat and (min(flat) < info.min or max(flat) > info.max):
+        raise InvalidRequest(f"{name}: a value is out of range for {datatype}")
+    return flat
 
 
 def from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes | memoryview) -> np.ndarray:
@@ -189,33 +210,43 @@ def datatype_of(array: np.ndarray) -> str:
     return "BYTES"
 
 
-def to_raw(array: np.ndarray, datatype: str) -> bytes:
-    """``array``'s elements as the raw bytes of ``datatype`` (the inverse of :func:`from_raw`)."""
+def to_raw(data: np.ndarray | list, datatype: str) -> bytes:
+    """The elements as the raw bytes of ``datatype`` (the inverse of :func:`from_raw`)."""
     if datatype != "BYTES":
-        return np.ascontiguousarray(array, dtype=DTYPES[datatype]).tobytes()
+        return np.ascontiguousarray(data, dtype=DTYPES[datatype]).tobytes()
     parts = []
-    for value in array.reshape(-1).tolist():
-        item = value if isinstance(value, bytes) else str(value).encode()
+    for item in as_bytes(data):
         parts += [_LENGTH.pack(len(item)), item]
     return b"".join(parts)
 
 
-def to_json_data(array: np.ndarray, datatype: str) -> list:
-    """``array``'s elements as a flat JSON list (BYTES as text)."""
-    flat = array.reshape(-1)
+def as_bytes(data: np.ndarray | list) -> list[bytes]:
+    """BYTES elements as bytes (text encoded as UTF-8)."""
+    flat = data.reshape(-1).tolist() if isinstance(data, np.ndarray) else data
+    return [v if isinstance(v, bytes) else str(v).encode() for v in flat]
+
+
+def flat_list(data: np.ndarray | list) -> list:
+    """The elements as a flat list of Python values."""
+    return data.reshape(-1).tolist() if isinstance(data, np.ndarray) else data
+
+
+def to_json_data(data: np.ndarray | list, datatype: str) -> list:
+    """The elements as a flat JSON list (BYTES as text)."""
+    flat = flat_list(data)
     if datatype == "BYTES":
-        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat.tolist()]
-    return flat.tolist()
+        return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
+    return flat
 
 
-def column_values(data: np.ndarray, datatype: str) -> list:
+def column_values(data: np.ndarray | list, datatype: str) -> list:
     """One input column as Python values for the pipeline (BYTES as text: entity ids, strings)."""
+    flat = flat_list(data)
     if datatype == "BYTES":
         try:
-            return [v.decode("utf-8") for v in data.tolist()]
+            return [v.decode("utf-8") if isinstance(v, bytes) else v for v in flat]
         except UnicodeDecodeError:
             raise InvalidRequest("BYTES input elements must be UTF-8 text") from None
-    if datatype.startswith("FP") and datatype != "FP64":
+    if datatype in ("FP16", "FP32") and isinstance(data, np.ndarray):
         return data.astype(np.float64).tolist()
-    return data.tolist()
-
+    return flat

@@ -154,8 +154,8 @@ class InferenceService:
             self.codec.bind(message, self._deadline_s(context)), message.model_version or None)
         forwarded = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in extra
                           if k.decode("latin-1") in FORWARDED_HEADERS)
-        if status == 200:
-            await context.send_initial_metadata(forwarded)
+        if status == 200:  # as trailers: initial metadata of their own would cost the call a round of its own
+            context.set_trailing_metadata(forwarded)
             return content
         error = orjson.loads(content)
         await context.abort(status_code(status), error["error"], ((CODE_METADATA, error["code"]), *forwarded))

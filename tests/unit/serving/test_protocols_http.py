@@ -204,7 +204,7 @@ def test_raw_bytes_tensors_round_trip_and_refuse_bad_lengths():
         assert getattr(info.value, "status", None) == 400
     with pytest.raises(Exception):
         tensors.from_raw("t", "FP32", (2,), np.array([1.0, np.nan], "<f4").tobytes())
-    assert tensors.from_json_data("t", "INT32", (2, 2), [[1, 2], [3, 4]]).tolist() == [1, 2, 3, 4]
+    assert tensors.from_json_data("t", "INT32", (2, 2), [[1, 2], [3, 4]]) == [1, 2, 3, 4]
 
 
 def test_a_405_on_a_protocol_path_allows_only_that_paths_methods():
