@@ -243,6 +243,21 @@ def spark():
 
 
 @pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory):
+    """A Spark standalone cluster for the session (tests/integration/spark_cluster.py): a master
+    and a 2-core worker, separate JVMs on free ports of 127.0.0.1, stopped at the session's end."""
+    from tests.integration.spark_cluster import SparkCluster
+
+    base = free_port_block(4)  # master, master UI, worker, worker UI
+    cluster = SparkCluster(tmp_path_factory.mktemp("spark-cluster"), (base, base + 1, base + 2, base + 3))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
 def train_table(settings, spark, examples_repo):
     """Labelled transactions with point-in-time features (the repository's training set), as
     `mlgate train` builds them: ``label``, the model's inputs (``FEATURE_NAMES``), ids and time."""
