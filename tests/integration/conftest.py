@@ -242,10 +242,11 @@ def spark():
     session.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def spark_cluster(tmp_path_factory):
-    """A Spark standalone cluster for the session (tests/integration/spark_cluster.py): a master
-    and a 2-core worker, separate JVMs on free ports of 127.0.0.1, stopped at the session's end."""
+    """A Spark standalone cluster (tests/integration/spark_cluster.py): a master and a 2-core
+    worker, separate JVMs on free ports of 127.0.0.1, stopped after the module that uses it (two
+    idle JVMs would otherwise sit beside the rest of the suite on two cores)."""
     from tests.integration.spark_cluster import SparkCluster
 
     base = free_port_block(4)  # master, master UI, worker, worker UI
