@@ -2,8 +2,8 @@
 against a gateway the real CLI started (issue 13, item 5).
 
 Bounded: 100 examples per operation, one worker, on 127.0.0.1 only; the run takes about 15 s
-after the gateway is up. The PATCH of the admin API runs too: this module's gateway has no canary
-or shadow configured, so a change is a conflict (409), an unknown shadow (404), or a no-op.
+after the gateway is up. The PATCH of the admin API runs too: the shared demo gateway has no canary
+or shadow serving, so a change is a conflict (409), an unknown shadow (404), or a no-op.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ import sys
 
 import pytest
 
-from tests.integration.conftest import RedisServer
-from tests.integration.demo_gateway import ADMIN_TOKEN, MODEL, PYFUNC, REDIS_PASSWORD, DemoGateway
+from tests.integration.demo_gateway import ADMIN_TOKEN, MODEL, PYFUNC
 
 pytestmark = pytest.mark.integration
 
@@ -57,15 +56,12 @@ checks.not_a_server_error.expected-statuses = ["2xx", "3xx", "4xx", 504]
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory, spark):
-    """The same gateway as test_gateway.py's (real CLI, real Ray Serve, admin token, two models),
-    started once more for this module: schemathesis changes rollout state, which the shared one's
-    users must not see."""
-    redis = RedisServer(tmp_path_factory.mktemp("redis-contract"), password=REDIS_PASSWORD, tls=True)
-    redis.start()
-    started = DemoGateway(tmp_path_factory.mktemp("contract-state"), redis, spark)
-    yield started
-    started.stop()
+def gateway(demo_gateway):
+    """The session's demo gateway (tests/integration/demo_gateway.py), shared with test_gateway and
+    test_gateway_protocols to keep CI inside its budget: its models have no canary or shadow
+    serving, so schemathesis' rollout PATCHes are conflicts (409), unknown shadows (404) or no-ops
+    and leave nothing the modules after this one could see."""
+    return demo_gateway
 
 
 def test_schemathesis_with_every_check_passes_against_the_live_gateway(gateway, tmp_path):
