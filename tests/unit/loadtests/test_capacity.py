@@ -1,10 +1,9 @@
-"""The capacity model: linear where it should be, factors applied once, inputs checked, and the
-bytes/entity default still what a real redis-server stores."""
+"""The capacity model: linear where it should be, factors applied once, inputs checked (the
+bytes/entity default against a real redis-server: tests/integration/test_entity_memory.py)."""
 
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import replace
 
 import pytest
@@ -117,13 +116,3 @@ def test_cli_prints_the_plan_and_json(capsys):
     assert data["plan"]["gateway_cores"] == 44 and data["plan"]["redis_shards"] == 5
     with pytest.raises(SystemExit):
         capacity.main(["--rps", "0", "--entities", "1", "--views", "1"])
-
-
-@pytest.mark.integration
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
-def test_measured_bytes_per_entity_is_near_the_default():
-    from loadtests import entity_memory
-
-    got = entity_memory.measure(entities=20_000, features=12)
-    assert 105 + 16 < got < 1_000  # at least the record and its field, far below a key per entity
-    assert M.bytes_per_entity / 2 < got < M.bytes_per_entity * 2
