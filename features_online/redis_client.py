@@ -84,13 +84,13 @@ def connect(settings: RedisSettings, *, socket_timeout_s: float | None = None, r
 def connect_async(settings: RedisSettings):
     """An asyncio client with a bounded pool (``redis.asyncio.Redis`` or ``RedisCluster``).
 
-    On a cluster, a command that lost its node (killed, partitioned, failing over) is not sent
-    again: redis-py would resend it up to 10 times with backoff, spending the whole request
-    deadline on a shard that cannot answer and leaving the batch-score fallback only its
-    reserve (loadtests/RESULTS.md, "Redis Cluster failover"). The failure still asks for a slot
-    map refresh, which the next command runs (at most once a second), so reads recover when the
-    replica has taken over without anybody acting; MOVED and ASK are followed within the one
-    attempt."""
+    On a cluster, a command that lost its node (killed, partitioned, failing over) is sent again
+    once, at once (one broken pooled connection costs no answer): redis-py would resend it up to
+    10 times with backoff, spending the whole request deadline on a shard that cannot answer and
+    leaving the batch-score fallback only its reserve (loadtests/RESULTS.md, "Redis Cluster
+    failover"). The failure still asks for a slot-map refresh, which the next command runs (at
+    most once a second), so reads recover once the replica has taken over, nobody acting; MOVED
+    and ASK are followed within an attempt."""
     import redis.asyncio as aioredis
 
     options = _options(settings)
