@@ -17,6 +17,11 @@ if TYPE_CHECKING:
     from features_online.settings import RedisSettings
 
 
+CLUSTER_RETRIES = 1
+"""How often the gateway's cluster client resends a command whose node failed (see
+:func:`connect_async`)."""
+
+
 @dataclass(frozen=True)
 class ClientSpec:
     """Everything needed to open a blocking client, picklable into Spark tasks."""
@@ -77,13 +82,24 @@ def connect(settings: RedisSettings, *, socket_timeout_s: float | None = None, r
 
 
 def connect_async(settings: RedisSettings):
-    """An asyncio client with a bounded pool (``redis.asyncio.Redis`` or ``RedisCluster``)."""
+    """An asyncio client with a bounded pool (``redis.asyncio.Redis`` or ``RedisCluster``).
+
+    On a cluster, a command that lost its node (killed, partitioned, failing over) is sent again
+    once, at once (one broken pooled connection costs no answer): redis-py would resend it up to
+    10 times with backoff, spending the whole request deadline on a shard that cannot answer and
+    leaving the batch-score fallback only its reserve (loadtests/RESULTS.md, "Redis Cluster
+    failover"). The failure still asks for a slot-map refresh, which the next command runs (at
+    most once a second), so reads recover once the replica has taken over, nobody acting; MOVED
+    and ASK are followed within an attempt."""
     import redis.asyncio as aioredis
 
     options = _options(settings)
     if settings.cluster:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         options.pop("max_connections")
-        return aioredis.RedisCluster.from_url(settings.url, **options)
+        return aioredis.RedisCluster.from_url(settings.url, retry=Retry(NoBackoff(), CLUSTER_RETRIES), **options)
     pool = aioredis.ConnectionPool.from_url(settings.url, **options)
     pool.connection_class = _linear_packing(pool.connection_class)  # no connection exists yet
     return aioredis.Redis.from_pool(pool)

@@ -25,6 +25,7 @@ from features_online.reader import ViewReader
 from features_online.sync import FeatureSync, SyncError, SyncResult, key_ttl_s
 from observability.metrics import GatewayMetrics
 from features_online.settings import FeatureSettings, RedisSettings
+from tests.integration.redis_cluster import LocalRedisCluster
 
 pytestmark = pytest.mark.integration
 
@@ -372,35 +373,12 @@ def test_the_freshness_gauge_is_the_age_of_the_live_versions_data(spark, redis_s
 @pytest.fixture(scope="module")
 def redis_cluster(tmp_path_factory):
     """A private three-node Redis Cluster (no replicas) on free ports."""
-    import shutil
-    import subprocess
-    import time
-
-    from tests.integration.conftest import _is_free
-
-    if shutil.which("redis-cli") is None:
-        pytest.fail("redis-cli is not installed (.ci/run installs redis-server with it)")
-    folder = tmp_path_factory.mktemp("cluster")
-    # Each node also listens on port + 10000 (the cluster bus): pick ports where both are free.
-    candidates = (p for p in np.random.default_rng().permutation(np.arange(20_000, 50_000)).tolist()
-                  if _is_free(p) and _is_free(p + 10_000))
-    ports = [next(candidates) for _ in range(3)]
-    procs = [subprocess.Popen(["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled",
-                               "yes", "--cluster-config-file", f"nodes-{p}.conf", "--save", "",
-                               "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL)
-             for p in ports]
-    time.sleep(0.5)
-    subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-                    "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
-    client = redis.Redis(port=ports[0])
-    for _ in range(100):
-        if client.cluster("info").get("cluster_state") == "ok":
-            break
-        time.sleep(0.1)
-    yield f"redis://127.0.0.1:{ports[0]}/0"
-    for proc in procs:
-        proc.terminate()
-        proc.wait(10)
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("cluster"), primaries=3)
+    try:
+        cluster.start()
+        yield cluster.url
+    finally:
+        cluster.stop()
 
 
 def test_sync_and_read_on_a_redis_cluster(spark, redis_cluster):

@@ -8,9 +8,11 @@ import asyncio
 from datetime import timedelta
 
 import numpy as np
+import pytest
 
 from features_online import layout
 from features_online.definitions import Entity, EntityKey, Feature, FeatureView
+from features_online.errors import StoreUnavailable
 from features_online.reader import GET_MANY_SHA, ViewReader
 from features_online.settings import FeatureSettings, RedisSettings
 from observability.metrics import GatewayMetrics
@@ -198,3 +200,48 @@ def test_a_view_without_a_live_version_reads_as_absent_without_a_command():
 
     got, round_trips = asyncio.run(run())
     assert round_trips == 0 and not got["shops"].present.any() and got["shops"].view == SHOPS
+
+
+class SlowToCancel(FakeRedis):
+    """A cluster client that, cancelled, finishes a pause of its own and raises its own error (as
+    redis-py's cluster client was seen to while a failover was under way)."""
+
+    async def execute_command(self, *command):
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)
+            raise ConnectionError("cluster is down") from None
+
+
+def test_on_a_cluster_a_read_ends_at_its_timeout_even_if_the_client_is_slow_to_cancel():
+    redis = SlowToCancel()
+    ids = np.arange(1, 4, dtype=np.int64)
+    store(redis, USERS, 4, ids, {"clicks": ids}, 1_000)
+    users = reader(redis, {"users": USERS}, cluster=True)
+
+    async def run():
+        await users.refresh()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(StoreUnavailable) as err:
+            await users.read({"users": np.array([1], dtype=np.int64)}, 0.05)
+        took = loop.time() - started
+        await asyncio.sleep(0.4)  # the abandoned command ends by itself, its error dropped
+        return err.value.reason, took
+
+    reason, took = asyncio.run(run())
+    assert reason == "timeout" and took < 0.2
+
+
+def test_on_a_cluster_a_read_within_its_timeout_answers():
+    redis = FakeRedis()
+    ids = np.arange(1, 4, dtype=np.int64)
+    store(redis, USERS, 4, ids, {"clicks": ids * 10}, 1_000)
+    users = reader(redis, {"users": USERS}, cluster=True)
+
+    async def run():
+        await users.refresh()
+        return (await users.read({"users": ids}, 1.0))["users"]
+
+    assert asyncio.run(run()).records["clicks"].tolist() == [10, 20, 30]

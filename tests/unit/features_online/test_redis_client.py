@@ -27,3 +27,14 @@ def test_tls_and_unix_urls_keep_their_connection_kind():
                       ("unix:///tmp/r.sock", aioconn.UnixDomainSocketConnection)):
         cls = connect_async(RedisSettings(url=url)).connection_pool.connection_class
         assert issubclass(cls, kind) and cls.__name__ == f"Linear{kind.__name__}"
+
+
+def test_the_cluster_client_resends_a_failed_command_once_without_backoff():
+    """A dead shard must fail within the deadline with time left for the batch-score fallback."""
+    from redis.backoff import NoBackoff
+
+    from features_online.redis_client import CLUSTER_RETRIES
+
+    client = connect_async(RedisSettings(url="redis://127.0.0.1:1/0", cluster=True))
+    assert client.retry.get_retries() == CLUSTER_RETRIES == 1
+    assert isinstance(client.retry._backoff, NoBackoff)
