@@ -755,3 +755,23 @@ def test_default_model_alone_leaves_grpc_off(helm_bin, helm_home, monkeypatch):
     protocols = gateway_settings(docs, container, monkeypatch).protocols
     assert protocols.default_model == "my-model" and not protocols.grpc.enabled
     assert "grpc" not in {p["name"] for p in container["ports"]}
+
+
+def test_gateway_pods_spread_over_nodes_and_zones_unless_told_otherwise(helm_bin, helm_home):
+    """One replica per node (item 3 of issue 16: a lost node loses one replica), so the worker
+    pods spread over hosts and zones, softly; explicit constraints replace the default."""
+    def spread(*sets):
+        docs = render(helm_bin, helm_home, *KEYS, *[a for s in sets for a in ("--set", s)])
+        (service,) = by_kind(docs, "RayService")
+        (worker,) = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+        return worker["template"]["spec"].get("topologySpreadConstraints")
+
+    default = spread()
+    assert [c["topologyKey"] for c in default] == ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+    assert all(c["whenUnsatisfiable"] == "ScheduleAnyway" and c["maxSkew"] == 1 for c in default)
+    assert all(c["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway" for c in default)
+    assert spread("ray.worker.spreadAcrossNodes=false") is None
+    own = spread("ray.worker.topologySpreadConstraints[0].maxSkew=2",
+                 "ray.worker.topologySpreadConstraints[0].topologyKey=zone",
+                 "ray.worker.topologySpreadConstraints[0].whenUnsatisfiable=DoNotSchedule")
+    assert own == [{"maxSkew": 2, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}]
