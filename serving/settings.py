@@ -349,6 +349,40 @@ class ProtocolSettings(Section):
     grpc: GrpcSettings = GrpcSettings()
 
 
+class InferenceLogSettings(Section):
+    """The inference log (serving/inference_log): every answered row, sampled per model, kept off
+    the hot path in a bounded buffer, written to one Redis stream per model
+    (``<prefix>:log:{<model>}``), compacted by ``mlgate log compact`` into a Parquet table
+    partitioned by model and date (batch/log_table.py) that Spark SQL reads."""
+
+    enabled: bool = False
+    """Record predictions. Off by default: the log holds what callers sent (inputs, entity keys),
+    which is data a platform decides to keep, not a side effect of serving."""
+    sample: float = Field(1.0, ge=0, le=1)
+    """Share of requests recorded (all of a request's rows, or none)."""
+    models: dict[str, float] = {}
+    """Per-model share, over ``sample`` (``{"my-model": 0.1}``)."""
+    buffer_rows: int = Field(50_000, gt=0)
+    """Most rows one replica holds waiting to be written; beyond, new records are dropped and
+    counted (``mlgate_inference_log_rows_total{outcome="dropped_buffer"}``), never the request."""
+    batch_rows: int = Field(512, gt=0)
+    """Rows written per stream entry (one XADD)."""
+    flush_interval_ms: int = Field(200, gt=0)
+    """Longest a record waits in the buffer before it is written."""
+    max_stream_entries: int = Field(200_000, gt=0)
+    """Entries a model's stream may hold before compaction empties it; past it new entries are
+    dropped and counted (``dropped_backlog``): the oldest are never trimmed unread."""
+    close_timeout_s: float = Field(10.0, ge=0)
+    """How long a stopping replica tries to write what it still holds."""
+    redis: RedisSettings | None = None
+    """Where the streams live; None: the feature store's Redis."""
+    table: Path | None = None
+    """The Parquet table (a folder, or a URL Spark and pyarrow read); None: ``<state_dir>/inference_log``."""
+
+    def rate(self, model: str) -> float:
+        return self.models.get(model, self.sample)
+
+
 class Settings(StoreSettings):
     """All of mlgate's configuration: the feature store's sections (``state_dir``, ``redis``,
     ``features``, ``spark``, ``log_level``) and the gateway's."""
@@ -376,6 +410,7 @@ class Settings(StoreSettings):
     registry: RegistrySettings = RegistrySettings()
     rollout: RolloutSettings = RolloutSettings()
     protocols: ProtocolSettings = ProtocolSettings()
+    inference_log: InferenceLogSettings = InferenceLogSettings()
 
     @field_validator("models")
     @classmethod
@@ -416,6 +451,12 @@ class Settings(StoreSettings):
     def artifact_root(self) -> str:
         """Where new MLflow experiments keep artifacts when the store is local."""
         return (self.state_dir / "artifacts").resolve().as_uri()
+
+    @property
+    def log_table(self) -> str:
+        """Where the inference log's Parquet table is (``inference_log.table``, else in ``state_dir``)."""
+        table = self.inference_log.table
+        return str(table) if table is not None else str((self.state_dir / "inference_log").resolve())
 
     def model(self, name: str) -> ModelSettings | None:
         return next((m for m in self.models if m.name == name), None)
