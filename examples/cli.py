@@ -82,6 +82,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "serving both, real predictions")
     serve_options(sp)
     sp.add_argument("--detach", action="store_true", help="return once ready; `mlgate stop` ends it")
+    sp.add_argument("--no-inference-log", dest="inference_log", action="store_false",
+                    help="keep no inference log (the demo records every request by default)")
+    sp.set_defaults(inference_log=True)
     sp.add_argument("--customers", type=int, default=100_000, help="fraud example: card holders")
     sp.add_argument("--couriers", type=int, default=300, help="delivery example: couriers")
     sp.set_defaults(func=cmd_demo)

@@ -128,6 +128,11 @@ class GatewayMetrics:
         self.quota_store_unavailable = Counter(
             "mlgate_quota_store_unavailable", "Requests decided without the quota store, which could "
             "not answer (admitted or refused by auth.quotas.on_store_down).", registry=r)
+        self.inference_log_rows = Counter(
+            "mlgate_inference_log_rows", "Rows of the inference log by outcome: written to the model's "
+            "stream, or dropped (dropped_buffer: the replica's buffer was full; dropped_backlog: the stream "
+            "waits for compaction; dropped_shutdown: not written before the replica stopped).",
+            ["model", "outcome"], registry=r)
 
     def child(self, metric, *labels: str):
         """``metric.labels(*labels)``, kept: the hot path asks for the same few children on every

@@ -50,6 +50,8 @@ def settings_from(args: argparse.Namespace, base: dict[str, Any] | None = None) 
         overrides["state_dir"] = args.state_dir
     if getattr(args, "insecure", False):
         overrides["auth"] = {**overrides.get("auth", {}), "insecure": True}
+    if getattr(args, "inference_log", False):
+        overrides["inference_log"] = {**overrides.get("inference_log", {}), "enabled": True}
     return Settings(**overrides)
 
 
@@ -64,6 +66,8 @@ def serve_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--insecure", action="store_true", default=None,
                     help="serve predictions without credentials on a non-loopback --host "
                          "(refused otherwise: configure auth.api_keys_file or auth.jwt)")
+    sp.add_argument("--inference-log", action="store_true", default=None,
+                    help="record every answered request in the inference log (inference_log.enabled)")
 
 
 def serve_flags(args: argparse.Namespace) -> list[str]:
@@ -75,6 +79,8 @@ def serve_flags(args: argparse.Namespace) -> list[str]:
             flags += [f"--{name}", str(value)]
     if getattr(args, "insecure", None):
         flags.append("--insecure")
+    if getattr(args, "inference_log", None):
+        flags.append("--inference-log")
     return flags
 
 

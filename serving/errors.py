@@ -148,6 +148,11 @@ class ModelNotReady(MlgateError):
     status, code, retryable, retry_after_s = 503, "model_not_ready", True, 5
 
 
+class InferenceLogDisabled(MlgateError):
+    status, code = 404, "inference_log_disabled"
+    default_message = "this gateway keeps no inference log (inference_log.enabled), so labels have nothing to join"
+
+
 class DependencyUnavailable(MlgateError):
     status, code, retryable, retry_after_s = 503, "dependency_unavailable", True, 2
 

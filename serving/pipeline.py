@@ -50,6 +50,7 @@ from serving.errors import (
     VariantNotFound,
 )
 from serving.catalog import Catalog, catalog_of
+from serving.inference_log.recorder import InferenceLog
 from serving.models import ModelBackend, ModelTable
 from serving.rollout import Rollouts
 from serving.routing import CANARY, CHAMPION
@@ -81,7 +82,7 @@ class Pipeline:
     def __init__(self, settings: Settings, models: ModelTable, metrics: GatewayMetrics,
                  store: ViewReader | None = None, scores: ViewReader | None = None,
                  rollouts: Rollouts | None = None, mirror: ShadowMirror | None = None,
-                 catalog: Catalog | None = None) -> None:
+                 catalog: Catalog | None = None, inference_log: InferenceLog | None = None) -> None:
         self.settings = settings
         self.models = models
         self.metrics = metrics
@@ -90,6 +91,7 @@ class Pipeline:
         # Which variant answers (without shared state: this process's own) and where shadows go.
         self.rollouts = rollouts if rollouts is not None else Rollouts(settings, models, metrics)
         self.mirror = mirror
+        self.log = inference_log  # what each answered request saw and said (serving/inference_log)
         self.catalog = catalog if catalog is not None else catalog_of(settings, None)
         self._bindings: dict[tuple[str, str], FeatureBinding] = {}
         self._score_views: dict[str, FeatureView] = {}
@@ -134,12 +136,16 @@ class Pipeline:
         return binding.key_columns, binding.request_spec.inputs
 
     async def predict(self, name: str, body: bytes, request_id: str,
-                      hints: RouteHints = NO_HINTS, payload: Any = None) -> dict[str, Any]:
+                      hints: RouteHints = NO_HINTS, payload: Any = None, client: str | None = None) -> dict[str, Any]:
         """The answer to one request: ``body`` (mlgate's own JSON), or a ``payload`` a protocol
-        codec has already decoded into the same shape."""
+        codec has already decoded into the same shape. ``client``: who called (the inference
+        log's ``client``)."""
         started = time.perf_counter()
         label, version, rows = (name if name in self.models else UNKNOWN_MODEL), "", 0
         variant: str | None = None  # until routed, a failure is no variant's
+        # the model's inputs as the model got them, when this request is recorded
+        trace: dict[str, Any] | None = {} if self.log is not None and label != UNKNOWN_MODEL and \
+            self.log.sampled(name) else None
         try:
             version = self.models.state(name).version or ""  # ModelNotFound: 404 before anything else
             if payload is None:
@@ -155,17 +161,20 @@ class Pipeline:
                 if variant == CANARY and self.models.backend(name, CANARY) is None:
                     variant = CHAMPION  # the canary is not serving (yet): its keys stay with the champion
             if variant == CANARY and not hints.variant:
-                answer = await self._try_canary(name, payload, started, deadline)
+                answer = await self._try_canary(name, payload, started, deadline, trace)
                 if answer is None:  # the canary failed: the champion answers instead
                     variant = CHAMPION
             if variant != CANARY or hints.variant:
-                answer = await self._answer(name, variant, payload, started, deadline, forced=bool(hints.variant))
+                answer = await self._answer(name, variant, payload, started, deadline, forced=bool(hints.variant),
+                                            trace=trace)
             predictions, spec = answer
             rows = len(predictions)
             version = spec.version if spec else predictions[0]["model_version"] or ""
         except MlgateError as exc:
             self._observe(label, variant, version, exc.code, started, rows, failed=exc.status >= 500,
                           judged=not hints.variant)
+            if trace is not None and exc.status >= 500:  # the platform's failures, not callers' mistakes
+                self._record(name, request_id, variant, version, payload, trace, [], started, client, exc.code)
             raise
         except Exception:
             log.exception("predict failed", extra={"request_id": request_id, "model": name})
@@ -176,16 +185,29 @@ class Pipeline:
         first = predictions[0] if predictions else {}
         self._observe(name, variant, version, "ok", started, rows, failed=model_failed, judged=not hints.variant,
                       score=codec.score_of(first) if first.get("source") == "online" else None)
+        if trace is not None:
+            self._record(name, request_id, variant, version, payload, trace, predictions, started, client)
         if self.mirror is not None and not hints.variant:
             for shadow in self.rollouts.shadows_for(name):
-                self.mirror.submit(Mirror(name, shadow, payload, predictions))
+                self.mirror.submit(Mirror(name, shadow, payload, predictions, request_id))
         return {"predictions": predictions, "model": name, "version": version, "variant": variant,
                 "alias": spec.alias if spec else None, "request_id": request_id}
 
+    def _record(self, name: str, request_id: str, variant: str | None, version: str, payload: Any,
+                trace: dict[str, Any], predictions: list[dict[str, Any] | None], started: float,
+                client: str | None, status: str = "ok") -> None:
+        """Hand the request to the inference log: objects the pipeline already holds, unencoded."""
+        keys = payload.get("entities") if isinstance(payload, dict) else None
+        self.log.record(name, {"id": request_id, "t": time.time_ns() // 1000 - int((time.perf_counter() - started) * 1e6),
+                               "ms": round((time.perf_counter() - started) * 1000, 3), "ver": version, "var": variant,
+                               "cl": client, "st": status, "keys": keys if isinstance(keys, list) else None,
+                               "in": trace.get("in"), "out": predictions}, len(predictions))
+
     async def _answer(self, name: str, variant: str, payload: Any, started: float, deadline: float,
-                      forced: bool = False, strict: bool = False
+                      forced: bool = False, strict: bool = False, trace: dict[str, Any] | None = None
                       ) -> tuple[list[dict[str, Any]], ModelSpec | None]:
-        """The variant's answer, with the fallback chain (``strict``: model failures raise)."""
+        """The variant's answer, with the fallback chain (``strict``: model failures raise;
+        ``trace``: receives the model's input columns)."""
         try:
             backend: ModelBackend | None = self.models.get(name, variant)
         except ModelNotReady as exc:  # entity-keyed requests may still get batch scores
@@ -194,25 +216,28 @@ class Pipeline:
             backend, not_ready = None, exc
         if codec.is_entity_keyed(payload):
             return await self._entity_predictions(name, backend, payload, started, deadline,
-                                                  model_failures_raise=strict)
+                                                  model_failures_raise=strict, trace=trace)
         if backend is None:
             raise not_ready
         spec = backend.spec
         instances = codec.instances_of(payload, self.settings.limits.max_instances)
         columns = codec.decode(instances, spec)
+        if trace is not None:
+            trace["in"] = columns
         self.metrics.observe_stage(name, "decode", time.perf_counter() - started)
         predictions = await self._infer(backend, columns, deadline)
         for p in predictions:
             p.update(source="online", model_version=spec.version)
         return predictions, spec
 
-    async def _try_canary(self, name: str, payload: Any, started: float, deadline: float
+    async def _try_canary(self, name: str, payload: Any, started: float, deadline: float,
+                          trace: dict[str, Any] | None = None
                           ) -> tuple[list[dict[str, Any]], ModelSpec | None] | None:
         """The canary's answer, or None when it failed (raised, or used up its share of the
         deadline): the failure counts against the canary and the champion answers in time."""
         canary_deadline = started + (deadline - started) * CANARY_DEADLINE_SHARE
         try:
-            return await self._answer(name, CANARY, payload, started, canary_deadline, strict=True)
+            return await self._answer(name, CANARY, payload, started, canary_deadline, strict=True, trace=trace)
         except MlgateError as exc:
             if exc.status < 500:
                 raise  # the caller's mistake: the champion would refuse it too
@@ -236,18 +261,29 @@ class Pipeline:
             if judged and (outcome == "ok" or failed):
                 self.rollouts.observe(model, variant, not failed, seconds, score)
 
-    async def replay(self, name: str, shadow: str, payload: Any) -> list[dict[str, Any] | None]:
+    async def replay(self, name: str, shadow: str, payload: Any, request_id: str | None = None
+                     ) -> list[dict[str, Any] | None]:
         """A mirrored request on a shadow variant: the online path only, no fallback, no
-        request metrics. Rows the shadow could not answer online are None."""
+        request metrics. Rows the shadow could not answer online are None. Recorded in the
+        inference log (variant: the shadow's name) when ``request_id`` is given and sampled."""
         backend = self.models.get(name, shadow)
         started = time.perf_counter()
         deadline = started + codec.timeout_s(payload, self._default_timeout_s)
+        trace: dict[str, Any] | None = {} if (request_id is not None and self.log is not None
+                                              and self.log.sampled(name)) else None
         if codec.is_entity_keyed(payload):
             predictions, _ = await self._entity_predictions(name, backend, payload, started, deadline,
-                                                            allow_fallback=False)
-            return predictions
-        columns = codec.decode(codec.instances_of(payload, self.settings.limits.max_instances), backend.spec)
-        return await self._infer(backend, columns, deadline, stages=False)
+                                                            allow_fallback=False, trace=trace)
+        else:
+            columns = codec.decode(codec.instances_of(payload, self.settings.limits.max_instances), backend.spec)
+            if trace is not None:
+                trace["in"] = columns
+            predictions = await self._infer(backend, columns, deadline, stages=False)
+            for p in predictions:
+                p.update(source="online", model_version=backend.spec.version)
+        if trace is not None:
+            self._record(name, request_id, shadow, backend.spec.version, payload, trace, predictions, started, None)
+        return predictions
 
     @property
     def _default_timeout_s(self) -> float:
@@ -270,7 +306,7 @@ class Pipeline:
 
     async def _entity_predictions(self, name: str, backend: ModelBackend | None, payload: dict[str, Any],
                                   started: float, deadline: float, allow_fallback: bool = True,
-                                  model_failures_raise: bool = False
+                                  model_failures_raise: bool = False, trace: dict[str, Any] | None = None
                                   ) -> tuple[list[dict[str, Any]], ModelSpec | None]:
         """Online answers for entity-keyed rows, with batch scores for the rows that need them
         (without ``allow_fallback``, those rows are None and failures raise;
@@ -290,6 +326,8 @@ class Pipeline:
         binding = self.binding(spec)
         rows, request_rows = codec.entity_rows(payload, binding, limit)
         request_columns = codec.decode(request_rows, binding.request_spec)
+        if trace is not None:  # until the stored features are in (the store may be down)
+            trace["in"] = request_columns
         ids_by_view = {view.name: rows.keys(view.entity) for view in binding.views}
         n = rows.n
         t_decoded = time.perf_counter()
@@ -308,6 +346,8 @@ class Pipeline:
         answers: list[dict[str, Any] | None] = [None] * n
         if online:
             columns = codec.merge(stored, request_columns, spec.feature_names)
+            if trace is not None:
+                trace["in"] = columns
             if len(online) < n:
                 columns = {k: v[online] for k, v in columns.items()}
             try:

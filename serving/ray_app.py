@@ -28,6 +28,7 @@ from serving.catalog import Catalog, catalog_of, changes
 from serving.http.app import authenticator, build_app
 from serving.http.predict_route import PredictRoute
 from serving.http.server import ReplicaServer
+from serving.inference_log.recorder import InferenceLog
 from serving.launcher import GATEWAY
 from serving.models import InProcessModel, ModelBackend, ModelTable
 from serving.pipeline import Pipeline
@@ -154,6 +155,7 @@ class Gateway:
         self._pipeline.mirror = ShadowMirror(self._pipeline.replay, metrics, rollout.shadow_queue,
                                              rollout.shadow_concurrency)
         self._pipeline.mirror.start()
+        self._pipeline.log = self._inference_log(metrics)
         self._limiter = self._quota_limiter(metrics)
         # Behind a load balancer (HAProxy ingress, several replicas, a rolling update) a replica
         # gets traffic as soon as this returns: answer from loaded models, not from fallbacks.
@@ -189,6 +191,17 @@ class Gateway:
         return GrpcServer(InferenceService(route, protocol()), host, settings.protocols.grpc.port,
                           settings.protocols.grpc.max_message_bytes, settings.http.drain_s,
                           settings.http.tls_certfile, settings.http.tls_keyfile)
+
+    def _inference_log(self, metrics: GatewayMetrics) -> InferenceLog | None:
+        """The inference log's writer, on a Redis pool of its own (its writes must not queue
+        behind or ahead of feature reads), when the log is on."""
+        settings = self._settings.inference_log
+        if not settings.enabled:
+            return None
+        redis = settings.redis or self._settings.redis
+        recorder = InferenceLog(settings, connect_async(redis), redis.prefix, metrics)
+        recorder.start()
+        return recorder
 
     def _quota_limiter(self, metrics: GatewayMetrics) -> Limiter | None:
         """Request quotas, in the quota Redis if one is set, else the feature store's (own pool)."""
@@ -272,6 +285,8 @@ class Gateway:
         pipeline = getattr(self, "_pipeline", None)
         if pipeline is not None and pipeline.mirror is not None:
             pipeline.mirror.close()
+        if pipeline is not None and pipeline.log is not None:  # requests have stopped: write what is held
+            await pipeline.log.close()
         watcher = getattr(self, "_watcher", None)
         if watcher is not None:
             watcher.close()

@@ -217,3 +217,32 @@ class RolloutChange(_Strict):
                                           "the canary. Also lifts a rollback halt.")
     shadow_shares: dict[str, Percent] | None = Field(None, description="Percent of requests mirrored, "
                                                      "by shadow name (0-100).")
+
+
+class Feedback(_Strict):
+    """One label: the true outcome of a logged prediction, joined to it by request id."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    request_id: str = Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$",
+                            description="The X-Request-ID of the predict call (its answer's request_id).")
+    label: Annotated[float, Field(ge=-F32_MAX, le=F32_MAX)] | bool | None = Field(
+        None, description="The true class (classifiers) or value (regressors); or give value.")
+    value: Annotated[float, Field(ge=-F32_MAX, le=F32_MAX)] | None = Field(
+        None, description="Same as label, for regressors.")
+    row: int | None = Field(None, ge=0, le=1_000_000, description="Which row of the request (default: every row).")
+    time: Annotated[float, Field(ge=0, le=32_503_680_000)] | None = Field(
+        None, description="When the outcome was known, Unix seconds (default: now).")
+
+
+class FeedbackBatch(_Strict):
+    """Several labels at once."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    feedback: list[Feedback] = Field(min_length=1, max_length=1000)
+
+
+class FeedbackAccepted(BaseModel):
+    accepted: int = Field(description="Labels recorded (durably in the log store).")
+    model: str

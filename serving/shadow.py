@@ -20,8 +20,9 @@ from serving.codec import score_of
 
 log = logging.getLogger(__name__)
 
-Replay = Callable[[str, str, Any], Awaitable[list[dict[str, Any] | None]]]
-"""(model, shadow, request payload) -> the shadow's predictions, None for rows it skipped."""
+Replay = Callable[[str, str, Any, str | None], Awaitable[list[dict[str, Any] | None]]]
+"""(model, shadow, request payload, request id) -> the shadow's predictions, None for rows it
+skipped."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Mirror:
     shadow: str
     payload: Any
     primary: list[dict[str, Any]]
+    request_id: str | None = None
 
 
 class ShadowMirror:
@@ -63,7 +65,7 @@ class ShadowMirror:
         m = self._metrics
         started = time.perf_counter()
         try:
-            shadow = await self._replay(mirror.model, mirror.shadow, mirror.payload)
+            shadow = await self._replay(mirror.model, mirror.shadow, mirror.payload, mirror.request_id)
         except Exception as exc:  # a shadow's failure is a finding, not an incident
             log.debug("shadow %s/%s failed: %s", mirror.model, mirror.shadow, type(exc).__name__)
             m.shadow_requests.labels(mirror.model, mirror.shadow, "error").inc()

@@ -75,7 +75,7 @@ class Authenticator:
         if self.enabled:
             scopes = frozenset(auth.anonymous_scopes)
         else:
-            scopes = frozenset({"predict:*", "metrics", *(("route",) if loopback_bound else ())})
+            scopes = frozenset({"predict:*", "metrics", "feedback", *(("route",) if loopback_bound else ())})
         self.anonymous = Principal("anonymous", "anonymous", scopes)
         self.allowed_hosts = allowed_hosts
 

@@ -12,10 +12,11 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from features_online.settings import RedisSettings, Section
 
-SCOPE_PATTERN = r"^(predict:(\*|[A-Za-z0-9][A-Za-z0-9_.-]{0,127})|route|admin|metrics)$"
+SCOPE_PATTERN = r"^(predict:(\*|[A-Za-z0-9][A-Za-z0-9_.-]{0,127})|route|admin|metrics|feedback)$"
 """``predict:<model>``, ``predict:*``, ``route`` (choose the routing key with X-Routing-Key and
 see which variant and version answered), ``admin`` (everything, the admin API included),
-``metrics`` (``GET /metrics``)."""
+``metrics`` (``GET /metrics``), ``feedback`` (labels for logged predictions: ``POST
+/v1/models/{name}/feedback``)."""
 KEY_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
 
 
@@ -169,5 +170,5 @@ def _check_scopes(scopes: tuple[str, ...]) -> tuple[str, ...]:
 
     for scope in scopes:
         if not re.match(SCOPE_PATTERN, scope):
-            raise ValueError(f"unknown scope {scope!r}: predict:<model>, predict:*, route, admin or metrics")
+            raise ValueError(f"unknown scope {scope!r}: predict:<model>, predict:*, route, admin, metrics or feedback")
     return scopes

@@ -12,6 +12,7 @@ from serving.auth.quota import Limiter
 from serving.errors import Unauthorized
 from serving.http.admin import AdminChange, AdminGuard, admin_router
 from serving.http.errors import install_error_handlers, json_response
+from serving.http.feedback import feedback_router
 from serving.http.openapi import PREDICT_PARAMETERS, PREDICT_RESPONSES, errors, install_openapi
 from serving.http.predict_route import GatewayApp, PredictRoute
 from serving.http.protocol_routes import protocol_router
@@ -96,6 +97,7 @@ def build_app(pipeline: Pipeline, echo_request_id: bool = True,
         return Response(pipeline.metrics.render(), media_type=pipeline.metrics.content_type)
 
     app.include_router(protocol_router(route, auth))
+    app.include_router(feedback_router(route, auth))
     if admin_api:
         app.include_router(admin_router(pipeline.rollouts, AdminGuard(auth), on_admin_change))
     install_openapi(app, settings)

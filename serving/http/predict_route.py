@@ -166,7 +166,8 @@ class PredictRoute:
     async def _respond(self, name: str, headers: Mapping[bytes, bytes], raw: bytes, principal: Principal,
                        client_host: str | None, rid: str, extra: Headers) -> tuple[int, bytes, Headers]:
         try:
-            result = await self.pipeline.predict(name, raw, rid, self._hints(name, headers, principal, client_host))
+            result = await self.pipeline.predict(name, raw, rid, self._hints(name, headers, principal, client_host),
+                                                 client=principal.id)
         except MlgateError as exc:
             self._count(None, exc.code)
             return self._error(exc, rid, extra)
@@ -196,7 +197,7 @@ class PredictRoute:
             except MlgateError as exc:
                 self.pipeline.reject(name, exc, started)
                 raise
-            result = await self.pipeline.predict(name, b"", rid, hints, payload=decoded.payload)
+            result = await self.pipeline.predict(name, b"", rid, hints, payload=decoded.payload, client=principal.id)
             content, typed = codec.encode(result, decoded, principal.trusted)
         except MlgateError as exc:
             outcome = exc.code

@@ -18,7 +18,7 @@ A label record: ``{"id": request id, "row": int or null (every row), "y": number
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import orjson
 
@@ -46,9 +46,10 @@ def models_key(prefix: str) -> str:
     return f"{prefix}:log:models"
 
 
-def encode(records: Iterable[dict[str, Any]]) -> dict[bytes, bytes]:
-    """One stream entry's fields for a batch of records (numpy arrays and scalars allowed)."""
-    return {b"v": FORMAT, FIELD: orjson.dumps(list(records), option=orjson.OPT_SERIALIZE_NUMPY)}
+def encode(records: Iterable[dict[str, Any]], default: Callable[[Any], Any] | None = None) -> dict[bytes, bytes]:
+    """One stream entry's fields for a batch of records (numeric numpy arrays and scalars
+    allowed; ``default`` converts anything else orjson cannot encode)."""
+    return {b"v": FORMAT, FIELD: orjson.dumps(list(records), default=default, option=orjson.OPT_SERIALIZE_NUMPY)}
 
 
 def decode(fields: dict[bytes, bytes]) -> list[dict[str, Any]]:
