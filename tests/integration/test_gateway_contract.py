@@ -19,7 +19,7 @@ from tests.integration.demo_gateway import ADMIN_TOKEN, MODEL, PYFUNC
 pytestmark = pytest.mark.integration
 
 EXAMPLES_PER_OPERATION = 100
-OPERATIONS = 25  # mlgate's 9, and the other protocols' 16
+OPERATIONS = 26  # mlgate's 10 (feedback included), and the other protocols' 16
 
 # What each check accepts beyond schemathesis' defaults, and why:
 # - a too-long list is refused with 413 (too_many_instances), which is a refusal like 400;
