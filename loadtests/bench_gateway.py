@@ -22,6 +22,9 @@ One machine, the same registered model and features, one system at a time, each 
              (`POST /v2/models/{m}/infer`, JSON tensors): a `customer_id` INT64 tensor (the
              entity key: the stored features are read as for mlgate) and one tensor per
              request-time input
+  mlgate-log the same as mlgate with the inference log on at 100 % sampling
+             (`inference_log.enabled`): every answered row recorded and written to the model's
+             Redis stream (the features' redis-server) by each replica's background writer
   floor      loadtests/floor_app.py: uvicorn + FastAPI (1 worker), one HMGET, one onnxruntime call
   mlflow     `mlflow models serve --env-manager local`: all 21 features in the request
   ray-naive  loadtests/naive_serve.py: mlflow.pyfunc on Ray Serve behind its default HTTP proxy
@@ -289,6 +292,8 @@ def starters(state: Path, settings, redis_url: str, onnx_file: str, inputs, mode
     return systems | {name: (*system, "") for name, system in {
         "mlgate": (PREDICT, "keyed", lambda port: mlgate_system(state, port)),
         "mlgate-v2": (f"/v2/models/{MODEL}/infer", "oip", lambda port: mlgate_system(state, port)),
+        "mlgate-log": (PREDICT, "keyed", lambda port: mlgate_system(
+            state, port, env={"MLGATE_INFERENCE_LOG__ENABLED": "true", "MLGATE_INFERENCE_LOG__SAMPLE": "1"})),
         "mlgate-1": (PREDICT, "keyed", lambda port: mlgate_system(state, port, "reuseport", 1)),
         "mlgate-direct": (PREDICT, "keyed", lambda port: mlgate_system(state, port, "direct")),
         "mlgate-haproxy": (PREDICT, "keyed", lambda port: mlgate_system(state, port, "haproxy")),
@@ -429,6 +434,10 @@ def report(results, levels, notes, began, ended, state: Path) -> None:
     if ("mlgate-v2", lo) in results and ("mlgate", lo) in results:
         print(f"- mlgate-v2 (OIP REST) p50 / mlgate p50 at c={lo}: {ratio('mlgate-v2', 'mlgate', lo, 'p50'):.2f}x "
               f"(target: at most 1.2x); req/s at c={hi}: {ratio('mlgate-v2', 'mlgate', hi, 'rps'):.2f}x")
+    if ("mlgate-log", hi) in results and ("mlgate", hi) in results:
+        print(f"- mlgate-log (inference log at 100 %) req/s / mlgate req/s at c={hi}: "
+              f"{ratio('mlgate-log', 'mlgate', hi, 'rps'):.2f}x (target: at least 0.9x); "
+              f"p50 at c={lo}: {ratio('mlgate-log', 'mlgate', lo, 'p50'):.2f}x")
     for secured in ("mlgate-auth", "mlgate-auth-nolease"):
         if (secured, hi) in results and ("mlgate", hi) in results:
             print(f"- {secured} req/s / mlgate req/s at c={hi}: {ratio(secured, 'mlgate', hi, 'rps'):.2f}x "

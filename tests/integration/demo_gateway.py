@@ -55,6 +55,10 @@ class DemoGateway:
                                MLGATE_FEATURES__ON_MISSING="default",  # the fallback policy has its own tests
                                MLGATE_PROTOCOLS__GRPC__ENABLED="true",
                                MLGATE_PROTOCOLS__GRPC__PORT=str(free_port()),
+                               # the inference log (on in the demo) holds every row until the graceful
+                               # stop: test_gateway_stop.py shows the stop writes them all
+                               MLGATE_INFERENCE_LOG__FLUSH_INTERVAL_MS="3600000",
+                               MLGATE_INFERENCE_LOG__BATCH_ROWS="40000",
                                MLGATE_MODELS=json.dumps([{"name": MODEL}, {"name": PYFUNC, "placement": "deployment",
                                                                           "allow_pyfunc": True}]))
         self.base = f"http://127.0.0.1:{self.env['MLGATE_HTTP__PORT']}"

@@ -15,7 +15,6 @@ import pandas as pd
 import pytest
 
 from examples.fraud.train import FEATURE_NAMES, REQUEST_FEATURES, REQUEST_NAMES
-from tests.integration.conftest import run_cli
 from tests.integration.demo_gateway import MODEL, PYFUNC
 
 pytestmark = pytest.mark.integration
@@ -155,13 +154,3 @@ def test_csv_and_kserve_v1_bodies_answer_like_native_predict(gateway):
     text = httpx.get(f"{gateway.base}/metrics", timeout=30).text
     for protocol in ("mlflow", "databricks", "v1", "v2"):
         assert f'mlgate_protocol_requests_total{{outcome="ok",protocol="{protocol}"}}' in text
-
-
-def test_stop_ends_the_gateway(gateway):
-    """The last test of the session's demo gateway (it runs after test_gateway.py's)."""
-    done = run_cli(["stop"], gateway.env, timeout=120)
-    gateway.running = False
-    gateway.redis.stop()
-    assert done.returncode == 0 and "stopped" in done.stdout
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{gateway.base}/healthz", timeout=2)
