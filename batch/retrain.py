@@ -75,8 +75,15 @@ def plan(repo, model: str, alias: str) -> TrainingJob:
     if reserved:
         raise UsageError(f"model {model!r}: training argument(s) {sorted(reserved)} are set by mlgate retrain")
     function = resolve(target, repo.root)
-    views = tuple(v for v in repo.views.values() if not entry.entities or v.entity.name in entry.entities)
+    views = model_views(repo, entry)
     return TrainingJob(model, function, arguments, serving_alias, {v.name: v.version for v in views}, views)
+
+
+def model_views(repo, entry) -> tuple:
+    """The views of the model's entities (every view for a model that declares none): what its
+    lineage records, without loading its signature."""
+    entities = entry.entities if entry is not None else ()
+    return tuple(v for v in repo.views.values() if not entities or v.entity.name in entities)
 
 
 def resolve(target: str, root: Path | None = None) -> Callable[..., Any]:
@@ -185,3 +192,20 @@ def run(settings, repo, job: TrainingJob, decision: Decision, alias: str, spark,
         client.set_model_version_tag(job.model, version, key, value)
     client.set_registered_model_alias(job.model, alias, version)
     return Retrained(job.model, version, alias, parent, values)
+
+
+def training_tags(settings, repo, model: str, client=None) -> dict[str, str]:
+    """The lineage tags of an ordinary training (not ``mlgate retrain``), taken before it starts:
+    trigger ``initial`` for a model's first serving version, else ``manual``."""
+    from mlflow import MlflowClient
+
+    entry = repo.models.get(model)
+    serving_alias = ((entry.serving if entry else None) or {}).get("alias") or CHAMPION_ALIAS
+    views = model_views(repo, entry)
+    client = client or MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    try:
+        parent = alias_version(client, model, serving_alias)
+    except Exception:  # a registry that does not know the model yet: a first training
+        parent = None
+    return lineage.tags("manual" if parent else "initial", feature_views={v.name: v.version for v in views},
+                        data_snapshot=data_snapshot(repo, views, Path(settings.offline_dir)), parent_version=parent)

@@ -160,3 +160,12 @@ def test_an_entry_point_must_return_a_version(tmp_path):
     with pytest.raises(CommandFailed, match="not a result with the registered version"):
         retrain.run(SimpleNamespace(offline_dir=tmp_path), None, job, retrain.decide(None, False), "challenger",
                     None, FakeRegistry({}))
+
+
+def test_ordinary_training_is_tagged_initial_then_manual(tmp_path):
+    r, settings = repo({"entry_point": ENTRY}), SimpleNamespace(offline_dir=tmp_path)
+    first = lineage.read(retrain.training_tags(settings, r, "m", client=FakeRegistry({})))
+    assert first["trigger"] == "initial" and first["parent_version"] is None
+    assert list(first["feature_views"]) == ["user_stats"]
+    again = lineage.read(retrain.training_tags(settings, r, "m", client=FakeRegistry({"champion": "3"})))
+    assert again["trigger"] == "manual" and again["parent_version"] == "3"
