@@ -14,9 +14,14 @@ Tags (values are strings; the structured ones compact JSON)::
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 PREFIX = "mlgate.lineage."
 TRIGGER = PREFIX + "trigger"
@@ -56,3 +61,29 @@ def read(version_tags: Mapping[str, str]) -> dict[str, Any]:
 
 def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+class LineageCache:
+    """Each (model, version)'s lineage, fetched by the blocking ``fetch`` in a thread, kept for
+    ``ttl_s`` (approval tags change after registration). A failed fetch answers None and is not
+    kept. Only ``GET /v1/models/{name}`` asks: never the predict path."""
+
+    def __init__(self, fetch: Callable[[str, str], dict[str, Any]], ttl_s: float = 60.0) -> None:
+        self._fetch = fetch
+        self._ttl_s = ttl_s
+        self._entries: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+
+    async def get(self, model: str, version: str) -> dict[str, Any] | None:
+        now = time.monotonic()
+        hit = self._entries.get((model, version))
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        try:
+            value = await asyncio.to_thread(self._fetch, model, version)
+        except Exception:  # the registry is down or slow: describe without lineage
+            log.warning("lineage of %s v%s unavailable", model, version, exc_info=True)
+            return None
+        if len(self._entries) > 1024:
+            self._entries.clear()
+        self._entries[(model, version)] = (now + self._ttl_s, value)
+        return value
