@@ -1,4 +1,4 @@
-"""``mlgate batch score``: Spark batch scoring (entry point ``mlgate.commands``)."""
+"""``mlgate batch score`` (Spark batch scoring) and ``mlgate retrain`` (entry point ``mlgate.commands``)."""
 
 from __future__ import annotations
 
@@ -90,7 +90,51 @@ def cmd_batch(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
+    from mlflow import MlflowClient
+
+    from batch import retrain
+    from features_online import jobs
+    from features_online.progress import step
+    from features_online.redis_client import connect
+    from serving import drift_status
+
+    repo = load_repository(settings, args.repo)
+    job = retrain.plan(repo, args.model, args.alias)  # a bad entry point fails before anything runs
+    status = None
+    if args.if_drift:
+        client = connect(settings.redis)
+        try:
+            status = drift_status.read(client, settings.redis.prefix, args.model)
+        finally:
+            client.close()
+    decision = retrain.decide(status, args.if_drift)
+    if not decision.train:
+        print(f"{args.model}: not retraining: {decision.reason.replace('NAME', args.model)}")
+        return retrain.NO_STATUS_EXIT if status is None else 0
+    registry = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    with step("starting Spark"):
+        spark = jobs.session(settings, debug=getattr(args, "debug", False))
+    try:
+        done = retrain.run(settings, repo, job, decision, args.alias, spark, registry)
+    finally:
+        spark.stop()
+    print(f"registered {done.model} v{done.version} as @{done.alias} (trigger: {decision.trigger}; parent: "
+          f"v{done.parent_version or '-'}); @{job.serving_alias} unchanged. Promote it after review: "
+          f"mlgate rollout approve --model {done.model} --version {done.version} --by <you>")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser("retrain", help="train a model again through its repository entry point, into a "
+                                        "challenger alias, with lineage tags")
+    sp.add_argument("--model", required=True, help="the model's name in the feature repository")
+    sp.add_argument("--if-drift", action="store_true",
+                    help="only if its latest drift status (`mlgate monitor`) says drifted; exit 3 if there is none")
+    sp.add_argument("--alias", default="challenger", help="alias to point at the new version (never the "
+                                                          "serving one; default challenger)")
+    sp.add_argument("--repo", help="feature repository folder (default: the one applied to the online store)")
+    sp.set_defaults(func=cmd_retrain)
     sp = sub.add_parser("batch", help="Spark batch scoring: scores to Parquet and to the fallback keyspace")
     sp.add_argument("action", choices=("score",))
     sp.add_argument("--model", help="name@alias or name/version (default: the settings' first model, else the "

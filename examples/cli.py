@@ -87,4 +87,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sp.set_defaults(inference_log=True)
     sp.add_argument("--customers", type=int, default=100_000, help="fraud example: card holders")
     sp.add_argument("--couriers", type=int, default=300, help="delivery example: couriers")
+    sp.add_argument("--traffic", type=int, default=0, metavar="N",
+                    help="once serving, send N real rows of the fraud example's recent transactions")
+    sp.add_argument("--drift", action="store_true",
+                    help="send drifted rows (amounts x3, more foreign and online, night hours); 3000 unless "
+                         "--traffic says; then print the monitor and retrain commands")
     sp.set_defaults(func=cmd_demo)

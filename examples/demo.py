@@ -164,6 +164,9 @@ def run(args: argparse.Namespace, settings: Settings, serve_flags: list[str]) ->
         wait_for_model(settings, steps[example].MODEL)
         steps[example].show_predictions(settings)
     print(f"  curl -s {url(settings, '/metrics')} | grep mlgate_\n", flush=True)
+    traffic_rows = args.traffic or (DRIFT_ROWS if args.drift else 0)
+    if traffic_rows:
+        send_traffic(settings, steps["fraud"].MODEL, traffic_rows, args.drift)
     if args.detach:
         print(f"gateway running in the background; logs in {settings.state_dir / 'logs'}; "
               "stop it with `mlgate stop`")
@@ -178,6 +181,23 @@ def run(args: argparse.Namespace, settings: Settings, serve_flags: list[str]) ->
         print("\nstopping ...")
         launcher.stop(settings)
         return 0
+
+
+DRIFT_ROWS = 3000
+
+
+def send_traffic(settings: Settings, model: str, rows: int, drift: bool) -> None:
+    """A burst of real requests (drifted inputs with ``drift``), then the loop's next commands."""
+    from examples import traffic
+    from features_online.progress import step
+
+    with step(f"sending {rows:,} {'drifted ' if drift else ''}rows to {model}", plain=True):
+        counts = traffic.send(settings, model, traffic.fraud_rows(settings, rows, drift=drift))
+    print(f"{counts['answered']:,} rows answered, {counts['refused']:,} refused")
+    print("Close the loop (with the inference log on, MLGATE_INFERENCE_LOG__ENABLED=true):\n"
+          "  mlgate log compact\n"
+          f"  mlgate monitor --model {model}\n"
+          f"  mlgate retrain --model {model} --if-drift\n", flush=True)
 
 
 def _has_alias(settings: Settings, name: str, alias: str) -> bool:

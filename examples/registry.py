@@ -43,10 +43,12 @@ def feature_stats(x: pd.DataFrame) -> dict[str, dict]:
 
 def register_onnx(onnx_model, *, name: str, alias: str, tracking_uri: str, artifact_root: str,
                   example: pd.DataFrame, outputs: pd.DataFrame, train_inputs: pd.DataFrame,
-                  params: dict, metrics: dict[str, float], tags: dict[str, str]) -> TrainResult:
+                  params: dict, metrics: dict[str, float], tags: dict[str, str],
+                  lineage: dict[str, str] | None = None) -> TrainResult:
     """Log ``onnx_model`` with the signature of ``example`` -> ``outputs`` (input names are the
     model's inputs: ``view__feature`` read from the online store, others sent by the caller),
-    register it as ``name`` and set ``alias`` on the new version."""
+    register it as ``name`` and set ``alias`` on the new version. ``lineage``: the version's
+    lineage tags (serving/lineage.py), e.g. from ``batch.retrain.training_tags``."""
     import mlflow
     import mlflow.onnx
     from mlflow import MlflowClient
@@ -82,7 +84,7 @@ def register_onnx(onnx_model, *, name: str, alias: str, tracking_uri: str, artif
         validation.setLevel(level)
     version = str(info.registered_model_version)
     client.set_registered_model_alias(name, alias, version)
-    for key, value in {**tags, "trained_for": alias}.items():
+    for key, value in {**tags, **(lineage or {}), "trained_for": alias}.items():
         client.set_model_version_tag(name, version, key, value)
     log.info("registered %s v%s as @%s", name, version, alias)
     return TrainResult(name, version, alias, run.info.run_id, metrics)

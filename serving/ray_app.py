@@ -30,6 +30,7 @@ from serving.http.predict_route import PredictRoute
 from serving.http.server import ReplicaServer
 from serving.inference_log.recorder import InferenceLog
 from serving.launcher import GATEWAY
+from serving.lineage import LineageCache
 from serving.models import InProcessModel, ModelBackend, ModelTable
 from serving.pipeline import Pipeline
 from serving.registry import Registry
@@ -118,6 +119,7 @@ class Gateway:
         metrics = GatewayMetrics()
         handles = handles or {}
         registry = self._registry = Registry(self._settings.tracking_uri)
+        self._lineage = LineageCache(registry.lineage)
         loop = asyncio.get_running_loop()
 
         def backend(model: ModelSettings) -> ModelBackend:
@@ -178,7 +180,7 @@ class Gateway:
     def _replica_server(self, host: str, port: int, admin_api: bool) -> ReplicaServer:
         http = self._settings.http
         app = build_app(self._pipeline, on_admin_change=self._registry.record_admin_change,
-                        limiter=self._limiter, admin_api=admin_api, host=host)
+                        limiter=self._limiter, admin_api=admin_api, host=host, lineage=self._lineage)
         return ReplicaServer(app, host, port, http.drain_s, http.keep_alive_s, http.header_timeout_s,
                              http.max_header_bytes, http.max_connections, http.backlog,
                              http.tls_certfile, http.tls_keyfile)
@@ -268,7 +270,7 @@ class Gateway:
     def __serve_build_asgi_app__(self):
         # Ray's middleware sets X-Request-ID
         return build_app(self._pipeline, echo_request_id=False, on_admin_change=self._registry.record_admin_change,
-                         limiter=self._limiter)
+                         limiter=self._limiter, lineage=self._lineage)
 
     async def check_health(self) -> None:
         """Replica liveness for Ray Serve. Readiness (models loaded) is /readyz."""

@@ -53,6 +53,16 @@ class Registry:
         """The version a model reference points at now (ModelValidationError: nowhere)."""
         return resolve_version(self.client, model)[0]
 
+    def lineage(self, model: str, version: str) -> dict[str, Any]:
+        """What ``GET /v1/models/{name}`` shows of a version: its lineage tags, its run's
+        metrics, who approved it (blocking: call it from a thread)."""
+        from serving import lineage
+
+        found = self.client.get_model_version(model, version)
+        tags = dict(found.tags or {})
+        metrics = dict(self.client.get_run(found.run_id).data.metrics) if found.run_id else {}
+        return {**lineage.read(tags), "metrics": metrics, "approved_by": tags.get(APPROVED_BY)}
+
     def record_rollback(self, model: str, version: str, breach: Breach) -> None:
         if version.isdigit():
             note = {"check": breach.check, "detail": breach.detail, "at": _now()}

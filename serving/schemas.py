@@ -185,6 +185,24 @@ class ModelSummary(BaseModel):
     error: str | None = Field(None, description="Why the model is not ready, if it is not.")
 
 
+class VariantLineage(BaseModel):
+    """A serving variant's version and where it came from (MLflow tags ``mlgate.lineage.*``,
+    its run's metrics); null where the registry did not say."""
+
+    variant: str = Field(description="champion, canary or a shadow's name.")
+    version: str
+    alias: str | None = None
+    trigger: Literal["drift", "manual", "initial"] | None = Field(None, description="Why it was trained.")
+    parent_version: str | None = Field(None, description="What the serving alias pointed at when it was trained.")
+    data_snapshot: dict[str, Any] | None = Field(None, description="Its training data: sources (path, "
+                                                 "modified) and offline tables (as of).")
+    feature_views: dict[str, str] | None = Field(None, description="Feature view schema versions, by view.")
+    drift: dict[str, Any] | None = Field(None, description="Retrained on drift: the drift figures that "
+                                         "triggered it (top columns' PSI).")
+    metrics: dict[str, float] | None = Field(None, description="Offline metrics of its training run.")
+    approved_by: str | None = Field(None, description="Who approved it for promotion, if anyone.")
+
+
 class ModelDetail(ModelSummary):
     uri: str | None = None
     flavor: Literal["onnx", "pyfunc"] | None = None
@@ -193,6 +211,13 @@ class ModelDetail(ModelSummary):
     feature_views: list[str] = Field([], description="Views the model reads stored features from.")
     example_request: PredictRequest | None = Field(
         None, description="A ready-to-send body for POST /v1/models/{name}/predict.")
+    variants: list[VariantLineage] | None = Field(
+        None, description="Each variant serving a version, with its lineage (callers with the route or "
+                          "admin scope).")
+    drift: dict[str, Any] | None = Field(
+        None, description="The model's latest drift and quality verdict (`mlgate monitor`): version, "
+                          "window, drifted, threshold, per-feature PSI, quality (callers with the route "
+                          "or admin scope).")
 
 
 class ModelList(BaseModel):

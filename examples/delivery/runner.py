@@ -47,10 +47,15 @@ def train(settings: Settings, alias: str = "champion", spark=None, seed: int = 0
 
     print(f"training {MODEL} for @{alias} (point-in-time training set from Spark) ...", flush=True)
     spark = spark or spark_session(settings, debug)
+    from batch.retrain import training_tags
+
+    repo = project.load(settings)
+    lineage = training_tags(settings, repo, MODEL)  # before training: the parent is today's champion
     with step("point-in-time training set (Spark)"):
-        table = training_data(settings, spark)
+        table = training_data(settings, spark, repo)
     with step("fitting, converting to ONNX, registering"), quiet_mlflow(debug):
-        result = train_and_register(table, settings.tracking_uri, settings.artifact_root, alias=alias, seed=seed)
+        result = train_and_register(table, settings.tracking_uri, settings.artifact_root, alias=alias, seed=seed,
+                                    lineage=lineage)
     m = result.metrics
     print(f"registered {result.name} v{result.version} as @{alias} (R² {m['r2']:.3f}, MAE "
           f"{m['mae_minutes']:.2f} min; predicting the mean: {m['baseline_mae_minutes']:.2f} min)")

@@ -100,7 +100,8 @@ def check_parity(onnx_model, model, x: np.ndarray) -> float:
 
 
 def train_and_register(table: pd.DataFrame, tracking_uri: str, artifact_root: str,
-                       alias: str = "champion", seed: int = 0, name: str = MODEL_NAME) -> TrainResult:
+                       alias: str = "champion", seed: int = 0, name: str = MODEL_NAME,
+                       lineage: dict[str, str] | None = None) -> TrainResult:
     """Fit on ``table`` (:func:`training_table`), check it learnt something, convert, register."""
     from sklearn.ensemble import GradientBoostingRegressor
     from sklearn.metrics import mean_absolute_error, r2_score
@@ -126,4 +127,4 @@ def train_and_register(table: pd.DataFrame, tracking_uri: str, artifact_root: st
                          artifact_root=artifact_root, example=example, outputs=outputs,
                          train_inputs=train[FEATURE_NAMES].astype("float64"),
                          params={**recipe, "seed": seed, "features": ",".join(FEATURE_NAMES)},
-                         metrics=metrics, tags={"r2": f"{metrics['r2']:.4f}"})
+                         metrics=metrics, tags={"r2": f"{metrics['r2']:.4f}"}, lineage=lineage)

@@ -134,7 +134,8 @@ def check_parity(onnx_model, model, x: np.ndarray) -> float:
 
 
 def train_and_register(table: pd.DataFrame, tracking_uri: str, artifact_root: str,
-                       alias: str = "champion", seed: int = 0, name: str = MODEL_NAME) -> TrainResult:
+                       alias: str = "champion", seed: int = 0, name: str = MODEL_NAME,
+                       lineage: dict[str, str] | None = None) -> TrainResult:
     """Fit on ``table`` (see :func:`training_table`), convert, log, register, set ``alias``."""
     from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.metrics import average_precision_score, roc_auc_score
@@ -163,4 +164,4 @@ def train_and_register(table: pd.DataFrame, tracking_uri: str, artifact_root: st
                          artifact_root=artifact_root, example=example, outputs=outputs,
                          train_inputs=train[FEATURE_NAMES],
                          params={**recipe, "seed": seed, "features": ",".join(FEATURE_NAMES)},
-                         metrics=metrics, tags={"auc": f"{metrics['auc']:.4f}"})
+                         metrics=metrics, tags={"auc": f"{metrics['auc']:.4f}"}, lineage=lineage)

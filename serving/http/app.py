@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
@@ -9,6 +11,7 @@ from serving import schemas
 from serving.auth.authenticator import Authenticator
 from serving.auth.principal import Principal
 from serving.auth.quota import Limiter
+from serving.drift_status import read_async
 from serving.errors import Unauthorized
 from serving.http.admin import AdminChange, AdminGuard, admin_router
 from serving.http.errors import install_error_handlers, json_response
@@ -16,17 +19,22 @@ from serving.http.feedback import feedback_router
 from serving.http.openapi import PREDICT_PARAMETERS, PREDICT_RESPONSES, errors, install_openapi
 from serving.http.predict_route import GatewayApp, PredictRoute
 from serving.http.protocol_routes import protocol_router
+from serving.lineage import LineageCache
 from serving.pipeline import Pipeline
 from serving.settings import Settings
 
+log = logging.getLogger(__name__)
+
+
 def build_app(pipeline: Pipeline, echo_request_id: bool = True,
               on_admin_change: AdminChange | None = None, limiter: Limiter | None = None,
-              admin_api: bool = True, host: str | None = None) -> FastAPI:
+              admin_api: bool = True, host: str | None = None, lineage: LineageCache | None = None) -> FastAPI:
     """The HTTP API over ``pipeline``. Pass ``echo_request_id=False`` behind a server that already
     returns X-Request-ID (Ray Serve does), so the header is not sent twice; ``on_admin_change``
     records each admin change on its model version (the registry); ``limiter`` enforces
     request quotas (none: no quotas); ``admin_api=False`` leaves the admin API out (it has a
-    port of its own); ``host``: the address this app is served on (default ``http.host``)."""
+    port of its own); ``host``: the address this app is served on (default ``http.host``);
+    ``lineage``: where ``GET /v1/models/{name}`` finds each serving version's lineage (none: null)."""
     settings, models = pipeline.settings, pipeline.models
     auth = authenticator(settings, host)
     app = GatewayApp(title="mlgate", version="1", description="Online inference gateway: "
@@ -63,8 +71,10 @@ def build_app(pipeline: Pipeline, echo_request_id: bool = True,
 
     @app.get("/v1/models/{name}", response_model=schemas.ModelDetail, responses=errors(401, 403, 404))
     async def describe_model(name: str, request: Request) -> Response:
-        """Version, alias, signature and a ready-to-send example request."""
-        auth.require_predict(await caller(request), name)
+        """Version, alias, signature and a ready-to-send example request; for callers with the
+        route or admin scope, each serving variant's lineage and the model's latest drift status."""
+        principal = await caller(request)
+        auth.require_predict(principal, name)
         state = models.state(name)
         detail = _summary(state)
         if state.backend is not None:
@@ -74,6 +84,9 @@ def build_app(pipeline: Pipeline, echo_request_id: bool = True,
                 inputs=[{"name": f.name, "type": f.dtype, "required": f.required} for f in spec.inputs],
                 feature_views=sorted(pipeline.binding(spec).by_view),
                 example_request=await pipeline.example_request(spec))
+        if principal.trusted:  # versions are what steering traffic needs (see predict's `undisclosed`)
+            detail.update(variants=await _variants(models.variants(name), lineage),
+                          drift=await _drift(pipeline, name))
         return json_response(detail)
 
     @app.get("/healthz", response_model=schemas.Health)
@@ -109,6 +122,28 @@ def authenticator(settings: Settings, host: str | None = None) -> Authenticator:
     token = settings.admin.token.get_secret_value() if settings.admin.token is not None else None
     return Authenticator(settings.auth, token, host or settings.http.host, settings.http.ingress,
                          settings.admin.allowed_hosts)
+
+
+async def _variants(variants: dict, lineage: LineageCache | None) -> list[dict]:
+    out = []
+    for name, variant in variants.items():
+        backend = variant.backend  # one read: a swap may replace it meanwhile
+        if backend is None:
+            continue
+        spec = backend.spec
+        found = await lineage.get(variant.model, spec.version) if lineage is not None else None
+        out.append({"variant": name, "version": spec.version, "alias": spec.alias, **(found or {})})
+    return out
+
+
+async def _drift(pipeline: Pipeline, name: str) -> dict | None:
+    if pipeline.store is None:
+        return None
+    try:
+        return await read_async(pipeline.store.client, pipeline.settings.redis.prefix, name)
+    except Exception:  # Redis down: describe without it
+        log.warning("drift status of %s unavailable", name, exc_info=True)
+        return None
 
 
 def _summary(state) -> dict:
