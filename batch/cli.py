@@ -120,10 +120,9 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
         spark.stop()
     status = result.status()
     if status is not None:
-        redis = settings.inference_log.redis or settings.redis
-        client = connect(redis)
+        client = connect(settings.redis)  # where the gateway reads it (serving/drift_watch.py)
         try:
-            drift_status.write(client, redis.prefix, status)
+            drift_status.write(client, settings.redis.prefix, status)
         finally:
             client.close()
     print(render(result))
