@@ -106,6 +106,8 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
         window = parse_window(args.window)
     except ValueError as exc:
         raise UsageError(f"--window: {exc}") from None
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", args.model):  # ModelSettings.name; a path part
+        raise UsageError(f"--model {args.model!r} is not a registered model name")
     if args.version is not None and not re.match(VERSION_PATTERN, args.version):
         raise UsageError(f"--version {args.version!r} is not a version number")
     root = settings.log_table
