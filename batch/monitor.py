@@ -185,15 +185,19 @@ def monitor(spark, root: str, model: str, load_baseline, *, window: timedelta, u
     if version is not None:
         log = log.where(F.col("version") == version)
     labels = log_table.read(spark, root, "labels", model)  # labels come in late: any time
-    found = {r["version"]: r["count"] for r in log.groupBy("version").count().collect() if r["version"]}
-    for v, rows in sorted(found.items(), key=lambda kv: -kv[1]):
-        try:
-            baseline, missing = load_baseline(v), None
-        except LookupError as exc:
-            baseline, missing = None, str(exc)
-        report = report_version(log.where(F.col("version") == v), labels, baseline, v, rows)
-        report.missing_baseline = missing
-        result.versions.append(report)
+    log = log.cache()  # read once, then counted per version, column and label join
+    try:
+        found = {r["version"]: r["count"] for r in log.groupBy("version").count().collect() if r["version"]}
+        for v, rows in sorted(found.items(), key=lambda kv: -kv[1]):
+            try:
+                baseline, missing = load_baseline(v), None
+            except LookupError as exc:
+                baseline, missing = None, str(exc)
+            report = report_version(log.where(F.col("version") == v), labels, baseline, v, rows)
+            report.missing_baseline = missing
+            result.versions.append(report)
+    finally:
+        log.unpersist()
     return result
 
 
