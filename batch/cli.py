@@ -1,4 +1,5 @@
-"""``mlgate batch score`` (Spark batch scoring) and ``mlgate retrain`` (entry point ``mlgate.commands``)."""
+"""``mlgate batch score`` (Spark batch scoring), ``mlgate monitor`` (drift and quality of the inference
+log) and ``mlgate retrain`` (entry point ``mlgate.commands``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import argparse
 import re
 
 from serving.errors import UsageError
-from serving.settings import ALIAS_PATTERN, ModelSettings, Settings
+from serving.drift_status import PSI_DRIFT
+from serving.settings import ALIAS_PATTERN, VERSION_PATTERN, ModelSettings, Settings
 
 
 def model_ref(text: str) -> ModelSettings:
@@ -125,6 +127,45 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
+    from functools import partial
+
+    from batch.baseline import load_baseline
+    from batch.monitor import monitor, parse_window, render, write_metrics
+    from features_online import jobs
+    from features_online.progress import step
+    from features_online.redis_client import connect
+    from serving import drift_status
+
+    try:
+        window = parse_window(args.window)
+    except ValueError as exc:
+        raise UsageError(f"--window: {exc}") from None
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$", args.model):  # ModelSettings.name; a path part
+        raise UsageError(f"--model {args.model!r} is not a registered model name")
+    if args.version is not None and not re.match(VERSION_PATTERN, args.version):
+        raise UsageError(f"--version {args.version!r} is not a version number")
+    root = settings.log_table
+    with step("starting Spark"):
+        spark = jobs.session(settings, debug=getattr(args, "debug", False))
+    try:
+        with step(f"judging {args.model} over {args.window}"):
+            result = monitor(spark, root, args.model, partial(load_baseline, settings.tracking_uri, args.model),
+                             window=window, version=args.version, threshold=args.threshold)
+            write_metrics(spark, root, result)
+    finally:
+        spark.stop()
+    status = result.status()
+    if status is not None:
+        client = connect(settings.redis)  # where the gateway reads it (serving/drift_watch.py)
+        try:
+            drift_status.write(client, settings.redis.prefix, status)
+        finally:
+            client.close()
+    print(render(result))
+    return 1 if args.fail_on_drift and status is not None and status["drifted"] else 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("retrain", help="train a model again through its repository entry point, into a "
                                         "challenger alias, with lineage tags")
@@ -145,3 +186,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "first view keyed by all its entities' keys)")
     sp.add_argument("--no-sync", action="store_true", help="write Parquet only, leave Redis alone")
     sp.set_defaults(func=cmd_batch)
+
+    sp = sub.add_parser("monitor", help="drift (PSI against the training baseline) and quality (with labels) of "
+                                        "a model's logged traffic: metrics table, status in Redis")
+    sp.add_argument("--model", required=True, help="registered model name")
+    sp.add_argument("--window", default="1d", help="how far back from now: 30m, 6h, 1d (default 1d)")
+    sp.add_argument("--version", help="judge only this version (default: every version in the window)")
+    sp.add_argument("--threshold", type=float, default=PSI_DRIFT,
+                    help=f"PSI over which a column has drifted (default {PSI_DRIFT})")
+    sp.add_argument("--fail-on-drift", action="store_true", help="exit 1 when drift is found (CI)")
+    sp.set_defaults(func=cmd_monitor)

@@ -44,11 +44,16 @@ def feature_stats(x: pd.DataFrame) -> dict[str, dict]:
 def register_onnx(onnx_model, *, name: str, alias: str, tracking_uri: str, artifact_root: str,
                   example: pd.DataFrame, outputs: pd.DataFrame, train_inputs: pd.DataFrame,
                   params: dict, metrics: dict[str, float], tags: dict[str, str],
-                  lineage: dict[str, str] | None = None) -> TrainResult:
+                  lineage: dict[str, str] | None = None,
+                  train_outputs: pd.DataFrame | None = None) -> TrainResult:
     """Log ``onnx_model`` with the signature of ``example`` -> ``outputs`` (input names are the
     model's inputs: ``view__feature`` read from the online store, others sent by the caller),
     register it as ``name`` and set ``alias`` on the new version. ``lineage``: the version's
-    lineage tags (serving/lineage.py), e.g. from ``batch.retrain.training_tags``."""
+    lineage tags (serving/lineage.py), e.g. from ``batch.retrain.training_tags``. The training
+    distribution of ``train_inputs`` and of the model's ``train_outputs`` on them is logged as the
+    version's drift baseline (batch/baseline.py)."""
+    from batch.baseline import log_baseline
+
     import mlflow
     import mlflow.onnx
     from mlflow import MlflowClient
@@ -75,6 +80,7 @@ def register_onnx(onnx_model, *, name: str, alias: str, tracking_uri: str, artif
             stats_path.write_text(json.dumps(feature_stats(train_inputs)))
             mlflow.log_params(params)
             mlflow.log_metrics(metrics)
+            log_baseline(train_inputs, train_outputs)
             info = mlflow.onnx.log_model(onnx_model, name="model", signature=signature,
                                          input_example=example, registered_model_name=name,
                                          extra_files=[str(stats_path)], save_as_external_data=False,

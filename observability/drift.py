@@ -8,7 +8,14 @@ their own bucket in both kinds, so a rise in missing inputs shows up as drift.
 
 PSI = sum((a - e) * ln(a / e)) over buckets, with shares floored at ``EPSILON`` so an empty bucket
 gives a large but finite term instead of infinity. Categorical columns use the same PSI on their
-category buckets, so one threshold (0.1 watch, 0.2 act) reads the same for every feature.
+category buckets, so one threshold (0.1 watch, 0.2 act) reads the same for every feature;
+they also get a Jensen-Shannon distance (base 2, 0..1), which stays bounded when a category
+appears that training never saw.
+
+Everything is defined on bucket *counts* (:func:`psi_of_counts`, :func:`js_of_counts`), so a job
+that counts in Spark on the baseline's edges (batch/monitor.py) uses the same maths as
+:func:`psi` on an array. Categories compare by :func:`category_text`, so 0 and 0.0 (an integer
+input logged as a double) are the same category.
 """
 
 from __future__ import annotations
@@ -50,6 +57,15 @@ def _missing(values: np.ndarray) -> np.ndarray:
     return np.zeros(len(values), bool)
 
 
+def category_text(value) -> str:
+    """The text a category is stored and compared as: integral numbers without ``.0``."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    if isinstance(value, (int, float, np.integer, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def counts(column: Column, values) -> np.ndarray:
     """Bucket counts of ``values`` on ``column``'s buckets (missing bucket last)."""
     values = np.asarray(values)
@@ -62,7 +78,7 @@ def counts(column: Column, values) -> np.ndarray:
     else:
         lookup = {c: i for i, c in enumerate(column.categories)}
         other = len(column.categories)
-        idx = np.fromiter((lookup.get(str(v), other) for v in present), int, len(present))
+        idx = np.fromiter((lookup.get(category_text(v), other) for v in present), int, len(present))
         body = np.bincount(idx, minlength=other + 1)
     return np.append(body, missing.sum()).astype(float)
 
@@ -72,9 +88,12 @@ def fit_column(values, bins: int = 10) -> Column:
     values = np.asarray(values)
     present = values[~_missing(values)]
     if _is_categorical(values):
-        cats, n = np.unique(present.astype(str), return_counts=True)
+        cats, n = np.unique(np.array([category_text(v) for v in present], dtype=object).astype(str),
+                            return_counts=True)
         top = cats[np.argsort(-n, kind="stable")][:MAX_CATEGORIES]
         column = Column("categorical", [], categories=sorted(top.tolist()))
+    elif len(present) == 0:  # all missing in training: one bucket for any value, one for missing
+        column = Column("numeric", [], edges=[-np.inf, np.inf])
     else:
         qs = np.quantile(present.astype(float), np.linspace(0, 1, bins + 1)[1:-1])
         edges = [-np.inf, *np.unique(qs).tolist(), np.inf]
@@ -83,12 +102,33 @@ def fit_column(values, bins: int = 10) -> Column:
     return Column(column.kind, (c / max(c.sum(), 1)).tolist(), column.edges, column.categories)
 
 
-def psi(column: Column, values) -> float:
-    """Population stability index of ``values`` against the baseline column."""
-    c = counts(column, values)
+def psi_of_counts(column: Column, bucket_counts) -> float:
+    """PSI of observed per-bucket counts (missing bucket last) against the baseline's shares."""
+    c = np.asarray(bucket_counts, float)
     actual = np.maximum(c / max(c.sum(), 1), EPSILON)
     expected = np.maximum(np.asarray(column.shares), EPSILON)
     return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+def js_of_counts(column: Column, bucket_counts) -> float:
+    """Jensen-Shannon distance (base 2: 0 same, 1 disjoint) between the baseline's shares and
+    observed per-bucket counts; 0 when nothing was observed."""
+    c = np.asarray(bucket_counts, float)
+    if c.sum() == 0:
+        return 0.0
+    p, q = np.asarray(column.shares, float), c / c.sum()
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        nz = a > 0
+        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
+
+    return float(np.sqrt(max((kl(p) + kl(q)) / 2, 0.0)))
+
+
+def psi(column: Column, values) -> float:
+    """Population stability index of ``values`` against the baseline column."""
+    return psi_of_counts(column, counts(column, values))
 
 
 @dataclass(frozen=True)

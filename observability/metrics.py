@@ -118,6 +118,23 @@ class GatewayMetrics:
         self.feature_store_errors = Counter(
             "mlgate_feature_store_errors", "Failed online-store calls by reason.", ["reason"], registry=r)
 
+        # Drift and quality: the latest verdict of ``mlgate monitor`` (serving/drift_status.py),
+        # which every replica reads alike, so replicas agree: the newest value wins.
+        self.drift_psi = Gauge(
+            "mlgate_drift_psi", "PSI of a logged input or output against the version's training "
+            "baseline, in the latest monitor window.", ["model", "version", "feature"],
+            multiprocess_mode="livemostrecent", registry=r)
+        self.drift_detected = Gauge(
+            "mlgate_drift_detected", "1 when the latest monitor run found a column over its PSI threshold.",
+            ["model", "version"], multiprocess_mode="livemostrecent", registry=r)
+        self.model_quality = Gauge(
+            "mlgate_model_quality", "Quality on labelled logged rows of the latest monitor window (auc, "
+            "precision, mae, rmse).", ["model", "version", "metric"], multiprocess_mode="livemostrecent",
+            registry=r)
+        self.monitor_last_run = Gauge(
+            "mlgate_monitor_last_run_timestamp_seconds", "When the latest monitor verdict was computed.",
+            ["model"], multiprocess_mode="livemostrecent", registry=r)
+
         self.protocol_requests = Counter(
             "mlgate_protocol_requests", "Predict requests by the protocol they came in (mlgate, v2 REST, "
             "v2-grpc, mlflow, databricks, v1) and outcome (ok or error code).", ["protocol", "outcome"],
@@ -172,6 +189,16 @@ class GatewayMetrics:
         for shadow, share in shadow_shares.items():
             self.shadow_share.labels(model, shadow).set(share)
         self.rollout_halted.labels(model).set(1 if halted else 0)
+
+    def drift_changed(self, status: dict) -> None:
+        """Set the drift gauges from a monitor status document (serving/drift_status.py)."""
+        model, version = status["model"], str(status["version"])
+        for feature, figures in (status.get("features") or {}).items():
+            self.drift_psi.labels(model, version, feature).set(figures["psi"])
+        self.drift_detected.labels(model, version).set(1 if status.get("drifted") else 0)
+        for metric, value in (status.get("quality") or {}).items():
+            self.model_quality.labels(model, version, metric).set(value)
+        self.monitor_last_run.labels(model).set(status["computed_at"])
 
     def render(self) -> bytes:
         """The exposition text: this process's metrics, or every live replica's on this node

@@ -25,6 +25,7 @@ from serving import codec
 from serving.auth.authenticator import check_exposure
 from serving.auth.quota import Limiter
 from serving.catalog import Catalog, catalog_of, changes
+from serving.drift_watch import DriftWatcher
 from serving.http.app import authenticator, build_app
 from serving.http.predict_route import PredictRoute
 from serving.http.server import ReplicaServer
@@ -153,6 +154,8 @@ class Gateway:
         self._pipeline = Pipeline(self._settings, self._models, metrics, self._store, self._scores,
                                   self._rollouts, catalog=self._catalog)
         self._watcher.start()
+        self._drift = DriftWatcher(self._store.client, self._settings.redis.prefix, self._models.names, metrics)
+        self._drift.start()
         rollout = self._settings.rollout
         self._pipeline.mirror = ShadowMirror(self._pipeline.replay, metrics, rollout.shadow_queue,
                                              rollout.shadow_concurrency)
@@ -289,9 +292,9 @@ class Gateway:
             pipeline.mirror.close()
         if pipeline is not None and pipeline.log is not None:  # requests have stopped: write what is held
             await pipeline.log.close()
-        watcher = getattr(self, "_watcher", None)
-        if watcher is not None:
-            watcher.close()
+        for watcher in (getattr(self, "_watcher", None), getattr(self, "_drift", None)):
+            if watcher is not None:
+                watcher.close()
         for part in (getattr(self, "_rollouts", None), getattr(self, "_models", None)):
             if part is not None:
                 part.close()

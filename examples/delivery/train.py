@@ -110,7 +110,8 @@ def train_and_register(table: pd.DataFrame, tracking_uri: str, artifact_root: st
     train, test = table.iloc[:cut], table.iloc[cut:]
     recipe = RECIPES.get(alias, RECIPES["champion"])
     model = GradientBoostingRegressor(random_state=seed, subsample=0.8, **recipe)
-    model.fit(train[FEATURE_NAMES].to_numpy(np.float32), train["label"].to_numpy())
+    x_train = train[FEATURE_NAMES].to_numpy(np.float32)
+    model.fit(x_train, train["label"].to_numpy())
     x_test = test[FEATURE_NAMES].to_numpy(np.float32)
     predicted = model.predict(x_test)
     metrics = {"r2": float(r2_score(test["label"], predicted)),
@@ -126,5 +127,6 @@ def train_and_register(table: pd.DataFrame, tracking_uri: str, artifact_root: st
     return register_onnx(onnx_model, name=name, alias=alias, tracking_uri=tracking_uri,
                          artifact_root=artifact_root, example=example, outputs=outputs,
                          train_inputs=train[FEATURE_NAMES].astype("float64"),
+                         train_outputs=pd.DataFrame({"prediction": model.predict(x_train)}),
                          params={**recipe, "seed": seed, "features": ",".join(FEATURE_NAMES)},
                          metrics=metrics, tags={"r2": f"{metrics['r2']:.4f}"}, lineage=lineage)

@@ -146,7 +146,8 @@ def train_and_register(table: pd.DataFrame, tracking_uri: str, artifact_root: st
         train = train.sample(MAX_TRAIN_ROWS, random_state=seed)
     recipe = RECIPES.get(alias, RECIPES["champion"])
     model = GradientBoostingClassifier(random_state=seed, subsample=0.8, **recipe)
-    model.fit(train[FEATURE_NAMES].to_numpy(np.float32), train["label"].to_numpy())
+    x_train = train[FEATURE_NAMES].to_numpy(np.float32)
+    model.fit(x_train, train["label"].to_numpy())
     x_test = test[FEATURE_NAMES].to_numpy(np.float32)
     p = model.predict_proba(x_test)[:, 1]
     metrics = {"auc": float(roc_auc_score(test["label"], p)),
@@ -163,5 +164,7 @@ def train_and_register(table: pd.DataFrame, tracking_uri: str, artifact_root: st
     return register_onnx(onnx_model, name=name, alias=alias, tracking_uri=tracking_uri,
                          artifact_root=artifact_root, example=example, outputs=outputs,
                          train_inputs=train[FEATURE_NAMES],
+                         train_outputs=pd.DataFrame({"label": model.predict(x_train).astype(np.int64),
+                                                     "probability": model.predict_proba(x_train)[:, 1]}),
                          params={**recipe, "seed": seed, "features": ",".join(FEATURE_NAMES)},
                          metrics=metrics, tags={"auc": f"{metrics['auc']:.4f}"}, lineage=lineage)

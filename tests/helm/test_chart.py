@@ -394,6 +394,23 @@ def test_alerts_and_dashboard_use_defined_metrics(helm_bin, helm_home):
     assert used and used <= defined, f"not defined in observability/metrics.py: {used - defined}"
 
 
+def test_monitor_and_log_compact_cronjobs_and_drift_alerts(helm_bin, helm_home):
+    docs = render(helm_bin, helm_home, "-f", str(CHART / "ci" / "production-values.yaml"))
+    args = {d["metadata"]["labels"]["app.kubernetes.io/component"]:
+            d["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+            for d in by_kind(docs, "CronJob")}
+    assert args["log-compact"] == ["log", "compact"]
+    assert args["monitor-my-model"] == ["monitor", "--model", "my-model", "--window", "6h", "--threshold", "0.2"]
+    assert args["monitor-other-model-v2"][:3] == ["monitor", "--model", "Other_Model.v2"]
+    (rule,) = by_kind(docs, "PrometheusRule")
+    drift = next(g for g in rule["spec"]["groups"] if g["name"] == "mlgate.drift")
+    assert {r["alert"] for r in drift["rules"]} == {"MlgateDrift", "MlgateMonitorNotRunning", "MlgateQualityDrop"}
+    assert "> 172800" in next(r["expr"] for r in drift["rules"] if r["alert"] == "MlgateMonitorNotRunning")
+    default = render(helm_bin, helm_home, "--set", "auth.insecure=true")
+    assert not [d for d in by_kind(default, "CronJob") if "monitor" in d["metadata"]["name"]
+                or "compact" in d["metadata"]["name"]]
+
+
 # ---- secure by default ----------------------------------------------------------------------
 
 def ray_pods(docs: list[dict]) -> list[tuple[dict, dict]]:

@@ -388,6 +388,21 @@ volumeMounts:
 {{- $_ := set $jobs "batch-score" (dict "schedule" .schedule "args" $args) -}}
 {{- end -}}
 {{- end -}}
+{{- with .Values.jobs.logCompact -}}
+{{- if .enabled -}}
+{{- $_ := set $jobs "log-compact" (dict "schedule" .schedule "args" (list "log" "compact")) -}}
+{{- end -}}
+{{- end -}}
+{{- with .Values.jobs.monitor -}}
+{{- if .enabled -}}
+{{- $models := .models | default (compact (list $.Values.model.name)) -}}
+{{- if not $models }}{{ fail "jobs.monitor.enabled needs jobs.monitor.models or model.name" }}{{ end -}}
+{{- range $models -}}
+{{- $args := list "monitor" "--model" . "--window" $.Values.jobs.monitor.window "--threshold" (toString $.Values.jobs.monitor.threshold) -}}
+{{- $_ := set $jobs (printf "monitor-%s" (. | lower | replace "_" "-" | replace "." "-" | trunc 40 | trimSuffix "-")) (dict "schedule" $.Values.jobs.monitor.schedule "args" $args) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- toJson $jobs -}}
 {{- end -}}
 
