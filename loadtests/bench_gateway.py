@@ -394,6 +394,14 @@ def main() -> None:
                               f"errors {r['errors']}  generator {r['gen_cores']:.2f} cores  host busy "
                               f"{r['host_busy']:.2f}  top processes (cores) {r['top_procs']}"
                               + (f"\n        mlgate stage means (ms): {r['stages_ms']}" if before else ""), flush=True)
+                    if name == "mlgate-log":  # the rows the replicas recorded, as their metrics count them
+                        time.sleep(1)  # one flush interval: the last rows written
+                        text = call(port, http("GET", port, "/metrics"))[1].decode()
+                        counts = {o: sum(float(v) for v in re.findall(
+                            rf'^mlgate_inference_log_rows_total\{{[^}}]*outcome="{o}"[^}}]*\}} (\S+)$', text, re.MULTILINE))
+                            for o in ("written", "dropped_buffer", "dropped_backlog")}
+                        notes.append(f"{name}: inference log rows {counts}")
+                        print(notes[-1], flush=True)
                     if name == "floor":
                         r = results[("ceiling", 32)] = asyncio.run(load(
                             port, [http("GET", port, "/healthz")], 32, args.warmup, args.duration, roots))
