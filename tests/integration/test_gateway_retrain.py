@@ -35,9 +35,9 @@ def test_retrain_if_drift_registers_a_challenger_the_gateway_serves_as_canary(de
     from mlflow import MlflowClient
 
     registry = MlflowClient(tracking_uri=gateway.settings.tracking_uri, registry_uri=gateway.settings.tracking_uri)
-    challenger = registry.get_model_version_by_alias(MODEL, "challenger")
-    assert challenger.version != champion
-    assert registry.get_model_version_by_alias(MODEL, "champion").version == champion
+    challenger = str(registry.get_model_version_by_alias(MODEL, "challenger").version)
+    assert challenger != champion
+    assert str(registry.get_model_version_by_alias(MODEL, "champion").version) == champion
 
     body = orjson.dumps({"instances": gateway.table[FEATURE_NAMES].head(1).to_dict("records")},
                         option=orjson.OPT_SERIALIZE_NUMPY)
@@ -45,9 +45,9 @@ def test_retrain_if_drift_registers_a_challenger_the_gateway_serves_as_canary(de
     while True:  # the canary follows the alias (registry.poll_s), then loads and validates it
         r = httpx.post(f"{gateway.base}/v1/models/{MODEL}/predict", content=body, timeout=30,
                        headers={"content-type": "application/json", "x-mlgate-variant": "canary", **admin})
-        if r.status_code == 200 and r.json()["version"] == challenger.version:
+        if r.status_code == 200 and r.json()["version"] == challenger:
             break
-        assert time.monotonic() < deadline, f"canary not serving v{challenger.version}: {r.status_code} {r.text[:300]}"
+        assert time.monotonic() < deadline, f"canary not serving v{challenger}: {r.status_code} {r.text[:300]}"
         time.sleep(1)
     routed = httpx.post(f"{gateway.base}/v1/models/{MODEL}/predict", content=body, timeout=30,
                         headers={"content-type": "application/json", **admin}).json()
@@ -55,5 +55,5 @@ def test_retrain_if_drift_registers_a_challenger_the_gateway_serves_as_canary(de
     detail = httpx.get(f"{gateway.base}/v1/models/{MODEL}", headers=admin, timeout=30).json()
     assert detail["drift"]["drifted"] is True
     canary = next(v for v in detail["variants"] if v["variant"] == "canary")
-    assert canary["version"] == challenger.version and canary["trigger"] == "drift"
+    assert canary["version"] == challenger and canary["trigger"] == "drift"
     assert canary["parent_version"] == champion and canary["drift"]
