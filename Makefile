@@ -27,8 +27,15 @@ demo: system $(STAMP)
 	$(VENV)/bin/mlgate demo
 
 ## The whole suite: unit tests, then integration tests on real MLflow, Ray Serve and HTTP.
+## The pure tests (unit, contract, chart: no Ray, no Spark) run beside the integration tests, which
+## spend much of their time waiting on Ray, Spark and servers to start: CI stays inside 20 minutes.
 test: system-test $(STAMP)
-	$(PY) -m pytest tests --durations=15
+	@$(PY) -m pytest tests/unit tests/contract tests/helm -q -p no:cacheprovider \
+		--basetemp=/tmp/mlgate-pure-tests > .pure-tests.log 2>&1 & pure=$$!; \
+	$(PY) -m pytest tests/integration --durations=15; rc=$$?; \
+	wait $$pure; prc=$$?; echo "== unit, contract and chart tests (beside the integration tests):"; \
+	if [ $$prc -eq 0 ]; then tail -n 3 .pure-tests.log; else cat .pure-tests.log; fi; \
+	[ $$rc -eq 0 ] && [ $$prc -eq 0 ]
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit
@@ -49,7 +56,7 @@ stop: $(STAMP)
 	$(VENV)/bin/mlgate stop
 
 clean:
-	rm -rf .mlgate .pytest_cache
+	rm -rf .mlgate .pytest_cache .pure-tests.log
 
 ## Pinned runtime requirements of the images, from .venv (run after changing dependencies).
 .PHONY: lock images

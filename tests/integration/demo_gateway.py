@@ -59,6 +59,7 @@ class DemoGateway:
                                # stop: test_gateway_stop.py shows the stop writes them all
                                MLGATE_INFERENCE_LOG__FLUSH_INTERVAL_MS="3600000",
                                MLGATE_INFERENCE_LOG__BATCH_ROWS="40000",
+                               MLGATE_REGISTRY__POLL_S="1",  # a retrained challenger is picked up sooner
                                MLGATE_MODELS=json.dumps([{"name": MODEL}, {"name": PYFUNC, "placement": "deployment",
                                                                           "allow_pyfunc": True}]))
         self.base = f"http://127.0.0.1:{self.env['MLGATE_HTTP__PORT']}"
