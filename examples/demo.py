@@ -194,7 +194,7 @@ def send_traffic(settings: Settings, model: str, rows: int, drift: bool) -> None
     with step(f"sending {rows:,} {'drifted ' if drift else ''}rows to {model}", plain=True):
         counts = traffic.send(settings, model, traffic.fraud_rows(settings, rows, drift=drift))
     print(f"{counts['answered']:,} rows answered, {counts['refused']:,} refused")
-    print("Close the loop (with the inference log on, MLGATE_INFERENCE_LOG__ENABLED=true):\n"
+    print("Close the loop (the demo logs every request; --no-inference-log turns that off):\n"
           "  mlgate log compact\n"
           f"  mlgate monitor --model {model}\n"
           f"  mlgate retrain --model {model} --if-drift\n", flush=True)
