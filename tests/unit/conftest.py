@@ -50,3 +50,14 @@ def _no_outside_mlflow_uri(monkeypatch):
 @pytest.fixture
 def spec() -> ModelSpec:
     return make_spec()
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    """No MLGATE_* variable from the shell, and a state folder of the test's own (command-line tests)."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("MLGATE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("MLGATE_STATE_DIR", str(tmp_path / "state"))

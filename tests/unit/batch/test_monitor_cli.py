@@ -12,11 +12,8 @@ from serving import cli
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    for name in list(__import__("os").environ):
-        if name.startswith("MLGATE_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("MLGATE_STATE_DIR", str(tmp_path / "state"))
+def _clean(clean_env):
+    """Only the settings a test sets (tests/unit/conftest.py)."""
 
 
 @pytest.mark.parametrize("args, flag", [(["--window", "2x"], "--window"), (["--window", "0d"], "--window"),

@@ -16,11 +16,8 @@ from serving.settings import ModelSettings
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    for name in list(__import__("os").environ):
-        if name.startswith("MLGATE_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("MLGATE_STATE_DIR", str(tmp_path / "state"))
+def _clean(clean_env):
+    """Only the settings a test sets (tests/unit/conftest.py)."""
 
 
 def error_lines(capsys) -> list[str]:
